@@ -1,0 +1,229 @@
+"""The inter-TVD information flow matrix (paper section 3.3) and the indirect-flow finder.
+
+Semantics (documented in docs/policy.md):
+- Inside a TVD traffic is always open. An ordered pair (x, y) with no entry is closed.
+- A permitted connection x -> y (open or controlled) carries information both ways: its replies
+  flow y -> x, unless the entry says `replies: false` (a one-way, data-diode style flow).
+- A shared-membership set {x, y}: a VM in both TVDs can copy anything across, so for the
+  verifier it is an open channel both ways.
+- The dummy TVD (VLANs outside every TVD) with policy open is an open channel to and from
+  every TVD, as the paper defines it.
+
+The verifier is conservative: for every closed ordered pair (x, y) it looks for any chain of
+information-carrying edges from x to y and reports one shortest chain per pair: an error when
+a chain of open edges exists, a warning when every chain passes a controlled edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xen_tvd.policy.model import DUMMY_TVD, Flow, FlowKind, Policy, Rule
+
+
+class FlowMatrix:
+    """Who may initiate what to whom: kind(x, y) and the effective rules of controlled pairs."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.tvds = sorted(policy.tvds)
+        self._flows: dict[tuple[str, str], Flow] = {(f.src, f.dst): f for f in policy.flows}
+
+    def entry(self, src: str, dst: str) -> Flow | None:
+        return self._flows.get((src, dst))
+
+    def kind(self, src: str, dst: str) -> FlowKind:
+        if src == dst:
+            return FlowKind.OPEN
+        if DUMMY_TVD in (src, dst) and (src, dst) not in self._flows:
+            return self.policy.dummy_policy
+        f = self._flows.get((src, dst))
+        return f.kind if f else FlowKind.CLOSED
+
+    def rules(self, src: str, dst: str) -> tuple[Rule, ...]:
+        """What passes a controlled pair: the intersection of sender and receiver rules."""
+        f = self._flows.get((src, dst))
+        if f is None or f.kind is not FlowKind.CONTROLLED:
+            return ()
+        return intersect_rules(f.sender, f.receiver)
+
+
+def _rule_sets(r: Rule):
+    protos = ("tcp", "udp", "icmp", "icmpv6") if r.proto == "any" else (r.proto,)
+    return protos, r.ports
+
+
+def intersect_rules(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """Rules allowed by both sides (sender and receiver must each agree)."""
+    out: list[Rule] = []
+    for ra in a:
+        pa, porta = _rule_sets(ra)
+        for rb in b:
+            pb, portb = _rule_sets(rb)
+            for proto in (p for p in pa if p in pb):
+                if ra.proto == rb.proto == "any":
+                    cand = Rule("any")
+                elif proto not in ("tcp", "udp"):
+                    cand = Rule(proto)
+                elif porta is None:
+                    cand = Rule(proto, portb)
+                elif portb is None:
+                    cand = Rule(proto, porta)
+                else:
+                    lo, hi = max(porta[0], portb[0]), min(porta[1], portb[1])
+                    if lo > hi:
+                        continue
+                    cand = Rule(proto, (lo, hi))
+                if cand not in out:
+                    out.append(cand)
+                if cand.proto == "any":
+                    break
+    return tuple(out)
+
+
+# --- indirect flows ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Edge:
+    src: str
+    dst: str
+    kind: FlowKind         # OPEN or CONTROLLED
+    why: str               # "flow", "reply", "shared", "dummy"
+    flow: Flow | None = None
+
+    def describe(self) -> str:
+        if self.why == "reply":
+            return f"{self.src} -> {self.dst} rides on replies of {self.dst} -> {self.src}"
+        if self.why == "shared":
+            return f"{self.src} -> {self.dst} through a VM in both (shared-membership)"
+        if self.why == "dummy":
+            return f"{self.src} -> {self.dst} through the open dummy TVD"
+        return f"{self.src} -> {self.dst} is {self.kind.value}"
+
+
+@dataclass(frozen=True)
+class IndirectFlow:
+    src: str
+    dst: str
+    path: tuple[str, ...]
+    edges: tuple[Edge, ...]
+    all_open: bool
+
+    def path_text(self) -> str:
+        return " -> ".join(self.path)
+
+
+def information_edges(policy: Policy) -> list[Edge]:
+    edges: list[Edge] = []
+    for f in policy.flows:
+        if f.kind is FlowKind.CLOSED:
+            continue
+        edges.append(Edge(f.src, f.dst, f.kind, "flow", f))
+        if f.replies:
+            edges.append(Edge(f.dst, f.src, f.kind, "reply", f))
+    for group in policy.shared_membership:
+        for a in group:
+            for b in group:
+                if a != b:
+                    edges.append(Edge(a, b, FlowKind.OPEN, "shared"))
+    if policy.dummy_policy is FlowKind.OPEN:
+        for t in policy.tvds:
+            edges.append(Edge(t, DUMMY_TVD, FlowKind.OPEN, "dummy"))
+            edges.append(Edge(DUMMY_TVD, t, FlowKind.OPEN, "dummy"))
+    return edges
+
+
+class _Graph:
+    """Adjacency as Python-int bitsets: one BFS level costs one OR per frontier node."""
+
+    def __init__(self, n: int) -> None:
+        self.succ = [0] * n
+        self.pred = [0] * n
+
+    def add(self, a: int, b: int) -> None:
+        self.succ[a] |= 1 << b
+        self.pred[b] |= 1 << a
+
+    def levels(self, src: int) -> tuple[int, list[int]]:
+        seen = frontier = 1 << src
+        levels = [frontier]
+        succ = self.succ
+        while frontier:
+            nxt = 0
+            f = frontier
+            while f:
+                low = f & -f
+                nxt |= succ[low.bit_length() - 1]
+                f ^= low
+            nxt &= ~seen
+            if not nxt:
+                break
+            seen |= nxt
+            levels.append(nxt)
+            frontier = nxt
+        return seen, levels
+
+    def path(self, dst: int, levels: list[int]) -> list[int]:
+        bit = 1 << dst
+        k = next(i for i, lv in enumerate(levels) if lv & bit)
+        path = [dst]
+        cur = dst
+        for j in range(k - 1, -1, -1):
+            cand = self.pred[cur] & levels[j]
+            cur = (cand & -cand).bit_length() - 1
+            path.append(cur)
+        path.reverse()
+        return path
+
+
+def find_indirect_flows(policy: Policy) -> list[IndirectFlow]:
+    """One shortest chain per closed ordered pair that information can still cross."""
+    names = sorted(policy.tvds)
+    if policy.dummy_policy is FlowKind.OPEN:
+        names.append(DUMMY_TVD)
+    idx = {n: i for i, n in enumerate(names)}
+    n = len(names)
+    g_open, g_all = _Graph(n), _Graph(n)
+    edge_of: dict[tuple[int, int], Edge] = {}
+    for e in information_edges(policy):
+        if e.src not in idx or e.dst not in idx:
+            continue  # unknown names are reported by the schema layer
+        a, b = idx[e.src], idx[e.dst]
+        g_all.add(a, b)
+        prev = edge_of.get((a, b))
+        # prefer a direct flow over a reply, and open over controlled, when describing a hop
+        if e.kind is FlowKind.OPEN:
+            g_open.add(a, b)
+            if prev is None or prev.kind is not FlowKind.OPEN or prev.why == "reply":
+                edge_of[(a, b)] = e
+        elif prev is None:
+            edge_of[(a, b)] = e
+
+    permitted = [0] * n
+    for f in policy.flows:
+        if f.kind is not FlowKind.CLOSED and f.src in idx and f.dst in idx:
+            permitted[idx[f.src]] |= 1 << idx[f.dst]
+    if policy.dummy_policy is FlowKind.OPEN and DUMMY_TVD in idx:
+        d = idx[DUMMY_TVD]
+        for i in range(n):
+            if i != d:
+                permitted[i] |= 1 << d
+                permitted[d] |= 1 << i
+    everyone = (1 << n) - 1
+    found: list[IndirectFlow] = []
+    for x in range(n):
+        closed = everyone & ~permitted[x] & ~(1 << x)
+        reach_all, levels_all = g_all.levels(x)
+        problems = reach_all & closed
+        if not problems:
+            continue
+        reach_open, levels_open = g_open.levels(x)
+        while problems:
+            low = problems & -problems
+            y = low.bit_length() - 1
+            problems ^= low
+            all_open = bool(reach_open & low)
+            hops = (g_open if all_open else g_all).path(y, levels_open if all_open else levels_all)
+            path = tuple(names[i] for i in hops)
+            edges = tuple(edge_of[(hops[i], hops[i + 1])] for i in range(len(hops) - 1))
+            found.append(IndirectFlow(names[x], names[y], path, edges, all_open))
+    return found

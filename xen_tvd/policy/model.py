@@ -1,0 +1,150 @@
+"""The TVD security model as plain data (paper sections 3 and 5.1).
+
+Built by xen_tvd.policy.schema from a verified YAML file; consumed by the semantic functions
+(lattice, flows, membership), the planner and the proxy. No I/O here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+PROTECTION_GOALS = ("isolation", "integrity", "confidentiality")
+FUNCTIONAL_CAPABILITIES = ("vlan", "ethernet", "ip")
+ASSURANCE_KINDS = ("trust", "mutable-log", "immutable-log", "evaluation", "introspection",
+                   "policy", "audit")
+DUMMY_TVD = "dummy"  # the paper's TVD_delta for VLANs outside every TVD (section 4.5)
+
+
+class FlowKind(str, Enum):
+    OPEN = "open"
+    CONTROLLED = "controlled"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Pos:
+    """Where a value came from: file, 1-based line and column."""
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    dominates: tuple[str, ...] = ()   # direct successors in the partial order (p > q)
+    excludes: tuple[str, ...] = ()    # properties no one machine can hold together with p
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class MembershipRequirement:
+    """One element of M(t): a property the member must hold (reflexively or by dominance),
+    optionally backed by evidence of one of the given assurance kinds (Table 2)."""
+    property: str
+    assurance: frozenset[str] = frozenset()   # empty: any assurance kind will do
+    pos: Pos | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        if not self.assurance:
+            return self.property
+        return f"{self.property} (assured by {' or '.join(sorted(self.assurance))})"
+
+
+@dataclass(frozen=True)
+class Tvd:
+    name: str
+    vlan: int
+    vni: int
+    protection: frozenset[str] = frozenset({"isolation"})
+    membership: tuple[MembershipRequirement, ...] = ()  # M(t)
+    multicast_group: str = ""                 # IPv4 group for VXLAN BUM traffic
+    tx_checksum_offload: bool = False         # vif tx-csum offload (paper 6.2; off = safe)
+    session_seconds: int | None = None        # continual membership re-check bound
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allowed service of a controlled flow: proto tcp|udp|icmp|any, optional port(s)."""
+    proto: str
+    ports: tuple[int, int] | None = None     # inclusive range; None = any port
+    pos: Pos | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        if self.ports is None:
+            return self.proto
+        lo, hi = self.ports
+        return f"{self.proto}/{lo}" if lo == hi else f"{self.proto}/{lo}-{hi}"
+
+
+@dataclass(frozen=True)
+class Flow:
+    """P_{src,dst}: information flow policy from src TVD to dst TVD (section 3.3).
+
+    A controlled flow is enforced twice: `sender` rules by the sender TVD (its
+    confidentiality), `receiver` rules by the receiver TVD (its integrity). What passes is the
+    intersection of the two.
+    """
+    src: str
+    dst: str
+    kind: FlowKind
+    sender: tuple[Rule, ...] = ()
+    receiver: tuple[Rule, ...] = ()
+    replies: bool = True      # replies of permitted connections carry data back dst -> src
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A physical network of the capability model (an L2 segment hosts sit on)."""
+    name: str
+    subnet: str                       # IPv4 CIDR of the underlay
+    vlan_capable: bool = False        # 802.1Q switches: TVD VLANs may be trunked here
+    multicast: bool = True            # IP multicast works between hosts of this network
+    trusted_for: frozenset[str] = frozenset()  # protection goals the network itself provides
+    mtu: int = 1500
+    max_mtu: int = 1500               # the underlay may be raised up to this (jumbo frames)
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class HostNic:
+    network: str
+    nic: str                          # Dom0 device name on that network
+    address: str                      # this host's IPv4 address there
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str                      # management / primary underlay address
+    capabilities: frozenset[str]      # C(h) subset of {vlan, ethernet, ip}
+    properties: dict[str, str] = field(default_factory=dict, hash=False)  # prop -> assurance
+    nics: tuple[HostNic, ...] = ()
+    pos: Pos | None = field(default=None, compare=False)
+
+    def nic_on(self, network: str) -> HostNic | None:
+        for n in self.nics:
+            if n.network == network:
+                return n
+        return None
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: int
+    properties: dict[str, Property]
+    tvds: dict[str, Tvd]
+    flows: tuple[Flow, ...]
+    # The paper's TVD_delta holds every VLAN outside all TVDs and is open to every TVD; we
+    # default to CLOSED (fail closed) and the verifier flags `open` as an indirect channel.
+    dummy_policy: FlowKind = FlowKind.CLOSED
+    dummy_vlans: tuple[int, ...] = ()
+    shared_membership: tuple[tuple[str, ...], ...] = ()  # TVD sets a VM may join together
+    networks: dict[str, Network] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    source: str = ""

@@ -1,0 +1,94 @@
+"""Human views of a policy: the flow matrix (paper Figure 1) and a Graphviz drawing."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from xen_tvd.policy.flows import FlowMatrix
+from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
+
+
+def _cell(matrix: FlowMatrix, a: str, b: str) -> str:
+    k = matrix.kind(a, b)
+    if a == b or k is FlowKind.OPEN:
+        return "1"
+    if k is FlowKind.CLOSED:
+        return "0"
+    return f"P[{a},{b}]"
+
+
+def matrix_text(policy: Policy, color: bool = False) -> str:
+    """Rows: sender TVD; columns: receiver TVD. 1 open, 0 closed, P[x,y] controlled."""
+    m = FlowMatrix(policy)
+    names = sorted(policy.tvds) + [DUMMY_TVD]
+    cells = [[_cell(m, a, b) for b in names] for a in names]
+    w0 = max(len("from \\ to"), *(len(n) for n in names))
+    widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
+    paint = {"1": "\033[32m", "0": "\033[31m"}
+
+    def fmt(text: str, width: int) -> str:
+        padded = text.center(width)
+        if not color:
+            return padded
+        return f"{paint.get(text, chr(27) + '[33m')}{padded}\033[0m"
+
+    lines = ["from \\ to".ljust(w0) + " | " + " | ".join(n.center(w) for n, w in zip(names, widths))]
+    lines.append("-" * len(lines[0]))
+    for a, row in zip(names, cells):
+        lines.append(a.ljust(w0) + " | " + " | ".join(fmt(c, w) for c, w in zip(row, widths)))
+    lines.append("")
+    lines.append("1 = open, 0 = closed, P[x,y] = controlled (sender side enforced by x for its "
+                 "confidentiality, receiver side by y for its integrity)")
+    lines.append(f"dummy = VLANs outside every TVD{' ' + str(list(policy.dummy_vlans)) if policy.dummy_vlans else ''}: "
+                 f"{policy.dummy_policy.value} to every TVD")
+    for f in sorted(policy.flows, key=lambda f: (f.src, f.dst)):
+        if f.kind is not FlowKind.CONTROLLED:
+            continue
+        passes = ", ".join(str(r) for r in m.rules(f.src, f.dst)) or "nothing"
+        lines.append(f"P[{f.src},{f.dst}]: sender {f.src} allows "
+                     f"{', '.join(map(str, f.sender))}; receiver {f.dst} allows "
+                     f"{', '.join(map(str, f.receiver))}; passes {passes}"
+                     f"{'' if f.replies else '; no replies'}")
+    return "\n".join(lines)
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(policy: Policy) -> str:
+    m = FlowMatrix(policy)
+    out = ["digraph tvds {", "  rankdir=LR;", '  node [shape=box, style="rounded"];']
+    for t in sorted(policy.tvds.values(), key=lambda t: t.name):
+        label = f"{t.name}\\nVLAN {t.vlan} / VNI {t.vni}\\n{', '.join(sorted(t.protection))}"
+        out.append(f"  {_q(t.name)} [label=\"{label}\"];")
+    if policy.dummy_policy is FlowKind.OPEN:
+        out.append(f'  {_q(DUMMY_TVD)} [label="dummy (outside every TVD)", style=dashed];')
+        for t in sorted(policy.tvds):
+            out.append(f'  {_q(t)} -> {_q(DUMMY_TVD)} [dir=both, color=gray, label="open"];')
+    for f in sorted(policy.flows, key=lambda f: (f.src, f.dst)):
+        if f.kind is FlowKind.OPEN:
+            attrs = 'color=darkgreen, label="open"'
+        elif f.kind is FlowKind.CONTROLLED:
+            rules = ", ".join(str(r) for r in m.rules(f.src, f.dst)) or "nothing"
+            attrs = f"color=orange, style=dashed, label={_q('controlled: ' + rules)}"
+        else:
+            attrs = 'color=red, style=dotted, label="closed"'
+        out.append(f"  {_q(f.src)} -> {_q(f.dst)} [{attrs}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+class RenderError(Exception):
+    """Drawing failed for a reason the admin can fix (e.g. Graphviz not installed)."""
+
+
+def dot_to_svg(dot: str, out: str) -> None:
+    exe = shutil.which("dot")
+    if exe is None:
+        raise RenderError("Graphviz 'dot' is not installed (apt-get install graphviz); "
+                         "write .dot instead")
+    proc = subprocess.run([exe, "-Tsvg", "-o", out], input=dot.encode(), capture_output=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise RenderError(f"Graphviz failed: {proc.stderr.decode(errors='replace').strip()}")

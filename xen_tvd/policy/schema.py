@@ -1,0 +1,427 @@
+"""Policy file (YAML, version 1) -> Policy, with every schema and reference problem reported.
+
+Structural checks live here because they need the YAML nodes for positions: types, ranges,
+unknown keys, unknown names, duplicates. Whole-policy semantics (cycles, indirect flows,
+membership conflicts) live in xen_tvd.policy.verify and work on the Policy alone.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import yaml
+
+from xen_tvd.diagnostics import Collector
+from xen_tvd.policy.model import (ASSURANCE_KINDS, DUMMY_TVD, FUNCTIONAL_CAPABILITIES,
+                                  PROTECTION_GOALS, Flow, FlowKind, Host, HostNic,
+                                  MembershipRequirement, Network, Policy, Property, Rule, Tvd)
+from xen_tvd.yamlschema import Reader
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
+PORT_RANGE_RE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
+PROTOS = ("tcp", "udp", "icmp", "icmpv6", "any")
+VNI_FROM_VLAN = 10000  # default vni = 10000 + vlan, so vlan 100 <-> vni 10100
+
+TOP_KEYS = {"version": True, "properties": False, "tvds": True, "flows": False, "dummy": False,
+            "shared-membership": False, "networks": False, "hosts": False}
+PROPERTY_KEYS = {"dominates": False, "excludes": False, "description": False}
+TVD_KEYS = {"vlan": True, "vni": False, "protection": False, "membership": False,
+            "multicast-group": False, "tx-checksum-offload": False, "session-seconds": False,
+            "description": False}
+FLOW_KEYS = {"from": True, "to": True, "policy": True, "allow": False, "sender": False,
+             "receiver": False, "replies": False, "description": False}
+NETWORK_KEYS = {"subnet": True, "vlan-capable": False, "multicast": False, "trusted-for": False,
+                "mtu": False, "max-mtu": False, "description": False}
+HOST_KEYS = {"address": True, "capabilities": True, "properties": False, "nics": False,
+             "description": False}
+
+
+def default_multicast_group(vni: int) -> str:
+    """239.0.0.0/8 is organisation-local scope; derive a distinct group per VNI."""
+    return f"239.{(vni >> 16) & 255}.{(vni >> 8) & 255}.{vni & 255}"
+
+
+class PolicyReader(Reader):
+    def __init__(self, file: str, diags: Collector) -> None:
+        super().__init__(file, diags)
+        self.refs: list[tuple[str, str, yaml.Node, str]] = []  # (kind, name, node, context)
+
+    def ref(self, kind: str, name: str | None, node, context: str) -> None:
+        if name is not None:
+            self.refs.append((kind, name, node, context))
+
+    # ---------------------------------------------------------------------------------------
+    def policy(self, root) -> Policy | None:
+        top = self.mapping(root, "the policy file", TOP_KEYS)
+        if top is None:
+            return None
+        if "version" in top:
+            v = top["version"][1]
+            if self.integer(v, "version", 1, 1_000_000) not in (None, 1):
+                self.err(v, "unsupported policy version (this xen-tvd reads version: 1)")
+        props = self.properties(top["properties"][1]) if "properties" in top else {}
+        tvds = self.tvds(top["tvds"][1]) if "tvds" in top else {}
+        flows = tuple(self.flows(top["flows"][1])) if "flows" in top else ()
+        dummy_kind, dummy_vlans = (self.dummy(top["dummy"][1]) if "dummy" in top
+                                   else (FlowKind.CLOSED, ()))
+        shared = (tuple(self.shared(top["shared-membership"][1]))
+                  if "shared-membership" in top else ())
+        networks = self.networks(top["networks"][1]) if "networks" in top else {}
+        hosts = self.hosts(top["hosts"][1]) if "hosts" in top else {}
+        self.check_refs(props, tvds, networks)
+        self.check_unique(tvds, dummy_vlans, hosts, networks)
+        return Policy(1, props, tvds, flows, dummy_kind, dummy_vlans, shared, networks, hosts,
+                      self.file)
+
+    def properties(self, node) -> dict[str, Property]:
+        out = {}
+        for name, kn, vn in self.items(node, "properties"):
+            if self.name(kn, "property name") is None:
+                continue
+            if isinstance(vn, yaml.ScalarNode) and vn.value in ("", "~", "null") \
+                    and vn.tag.endswith(":null"):
+                out[name] = Property(name, pos=self.pos(kn))
+                continue
+            body = self.mapping(vn, f"property '{name}'", PROPERTY_KEYS) or {}
+            dom = exc = ()
+            if "dominates" in body:
+                dom = tuple(self._names(body["dominates"][1], f"dominates of '{name}'",
+                                        "property", f"property '{name}' dominates"))
+            if "excludes" in body:
+                exc = tuple(self._names(body["excludes"][1], f"excludes of '{name}'",
+                                        "property", f"property '{name}' excludes"))
+            if "description" in body:
+                self.string(body["description"][1], "description")
+            out[name] = Property(name, dom, exc, self.pos(kn))
+        return out
+
+    def _names(self, node, what: str, kind: str, context: str) -> list[str]:
+        out = []
+        for v, item in self.string_list(node, what):
+            out.append(v)
+            self.ref(kind, v, item, context)
+        return out
+
+    def tvds(self, node) -> dict[str, Tvd]:
+        out = {}
+        for name, kn, vn in self.items(node, "tvds"):
+            if self.name(kn, "TVD name") is None:
+                continue
+            if name == DUMMY_TVD:
+                self.err(kn, f"'{DUMMY_TVD}' is reserved for the dummy TVD; configure it under "
+                             "the top-level 'dummy' key")
+                continue
+            body = self.mapping(vn, f"TVD '{name}'", TVD_KEYS)
+            if body is None:
+                continue
+            vlan = self.integer(body["vlan"][1], f"vlan of TVD '{name}'", 1, 4094) \
+                if "vlan" in body else None
+            vni = (self.integer(body["vni"][1], f"vni of TVD '{name}'", 1, 16_777_215)
+                   if "vni" in body else (VNI_FROM_VLAN + vlan if vlan else None))
+            protection = frozenset({"isolation"})
+            if "protection" in body:
+                protection = frozenset(v for v, _ in self.string_list(
+                    body["protection"][1], f"protection of TVD '{name}'",
+                    lambda n, w: self.choice(n, w, PROTECTION_GOALS)))
+            membership = tuple(self.requirements(body["membership"][1], name)) \
+                if "membership" in body else ()
+            group = default_multicast_group(vni) if vni else ""
+            if "multicast-group" in body:
+                group = self.multicast(body["multicast-group"][1], name) or group
+            csum = False
+            if "tx-checksum-offload" in body:
+                csum = bool(self.boolean(body["tx-checksum-offload"][1],
+                                         f"tx-checksum-offload of TVD '{name}'"))
+            session = None
+            if "session-seconds" in body:
+                session = self.integer(body["session-seconds"][1],
+                                       f"session-seconds of TVD '{name}'", 1, 31_536_000)
+            if "description" in body:
+                self.string(body["description"][1], "description")
+            # keep a TVD with a bad id (already reported) so references to it stay valid
+            out[name] = Tvd(name, vlan or 0, vni or 0, protection, membership, group, csum, session,
+                            self.pos(kn))
+        return out
+
+    def requirements(self, node, tvd: str):
+        for item in self.sequence(node, f"membership of TVD '{tvd}'") or []:
+            if isinstance(item, yaml.MappingNode):
+                body = self.mapping(item, "membership requirement",
+                                    {"property": True, "assurance": False}) or {}
+                prop = self.string(body["property"][1], "property") if "property" in body else None
+                kinds = frozenset()
+                if "assurance" in body:
+                    kinds = frozenset(v for v, _ in self.string_list(
+                        body["assurance"][1], "assurance",
+                        lambda n, w: self.choice(n, w, ASSURANCE_KINDS)))
+                ref_node = body["property"][1] if "property" in body else item
+            else:
+                prop, kinds, ref_node = self.string(item, f"membership of TVD '{tvd}'"), frozenset(), item
+            if prop is None:
+                continue
+            self.ref("property", prop, ref_node, f"membership of TVD '{tvd}'")
+            yield MembershipRequirement(prop, kinds, self.pos(item))
+
+    def multicast(self, node, tvd: str) -> str | None:
+        v = self.string(node, f"multicast-group of TVD '{tvd}'")
+        if v is None:
+            return None
+        try:
+            a = ipaddress.IPv4Address(v)
+        except ValueError:
+            self.err(node, f"multicast-group of TVD '{tvd}' '{v}' is not an IPv4 address")
+            return None
+        if not a.is_multicast or a in ipaddress.IPv4Network("224.0.0.0/24"):
+            self.err(node, f"multicast-group of TVD '{tvd}' {v} must be a routable multicast "
+                           "address (224.0.1.0-239.255.255.255; 239.0.0.0/8 for private use)")
+            return None
+        return v
+
+    # ---------------------------------------------------------------------------------------
+    def flows(self, node):
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for item in self.sequence(node, "flows") or []:
+            body = self.mapping(item, "flow entry", FLOW_KEYS)
+            if body is None:
+                continue
+            src = self.name(body["from"][1], "from") if "from" in body else None
+            dst = self.name(body["to"][1], "to") if "to" in body else None
+            self.ref("tvd", src, body.get("from", (None, item))[1], "flow")
+            self.ref("tvd", dst, body.get("to", (None, item))[1], "flow")
+            kind_s = self.choice(body["policy"][1], "policy", [k.value for k in FlowKind]) \
+                if "policy" in body else None
+            if src is None or dst is None or kind_s is None:
+                continue
+            kind = FlowKind(kind_s)
+            if src == dst:
+                self.err(item, f"flow from '{src}' to itself: inside a TVD traffic is always open")
+                continue
+            if (src, dst) in seen:
+                first = self.pos(seen[(src, dst)])
+                self.err(item, f"second entry for {src} -> {dst} (first at line {first.line}); "
+                               "one entry per ordered pair")
+                continue
+            seen[(src, dst)] = item
+            allow = self.rules(body["allow"][1], "allow") if "allow" in body else None
+            sender = self.side(body["sender"][1], "sender") if "sender" in body else None
+            receiver = self.side(body["receiver"][1], "receiver") if "receiver" in body else None
+            replies = True
+            if "replies" in body:
+                replies = self.boolean(body["replies"][1], "replies") is not False
+            if "description" in body:
+                self.string(body["description"][1], "description")
+            if kind is not FlowKind.CONTROLLED:
+                for key in ("allow", "sender", "receiver"):
+                    if key in body:
+                        self.err(body[key][0], f"'{key}' only belongs to a controlled flow "
+                                               f"({src} -> {dst} is {kind.value})")
+                sender = receiver = ()
+            else:
+                if allow is not None and (sender is not None or receiver is not None):
+                    self.err(body["allow"][0], "give either 'allow' (both sides) or "
+                                               "'sender'/'receiver', not both")
+                if allow is not None:
+                    sender = receiver = allow
+                if sender is None and receiver is None:
+                    self.err(item, f"controlled flow {src} -> {dst} has no rules; add 'allow' "
+                                   "(or 'sender' and 'receiver'), or make it closed")
+                    continue
+                if sender is None or receiver is None:
+                    missing = "receiver" if receiver is None else "sender"
+                    self.err(item, f"controlled flow {src} -> {dst} lacks its '{missing}' side: "
+                                   "each TVD enforces its own half (paper section 3.3)")
+                    continue
+            yield Flow(src, dst, kind, tuple(sender), tuple(receiver), replies, self.pos(item))
+
+    def side(self, node, what: str):
+        body = self.mapping(node, what, {"allow": True})
+        if body is None or "allow" not in body:
+            return None
+        return self.rules(body["allow"][1], f"{what} allow")
+
+    def rules(self, node, what: str) -> list[Rule]:
+        out = []
+        for item in self.sequence(node, what) or []:
+            body = self.mapping(item, "rule", {"proto": True, "port": False})
+            if body is None or "proto" not in body:
+                continue
+            proto = self.choice(body["proto"][1], "proto", PROTOS)
+            ports = None
+            if "port" in body:
+                pn = body["port"][1]
+                if proto not in ("tcp", "udp"):
+                    if proto is not None:
+                        self.err(pn, f"port only applies to tcp or udp, not {proto}")
+                    continue
+                ports = self.port(pn)
+                if ports is None:
+                    continue
+            if proto is not None:
+                out.append(Rule(proto, ports, self.pos(item)))
+        return out
+
+    def port(self, node) -> tuple[int, int] | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":str"):
+            m = PORT_RANGE_RE.match(node.value)
+            if not m:
+                self.err(node, f"port '{node.value}' must be a number or a range like 8000-8080")
+                return None
+            lo, hi = int(m[1]), int(m[2])
+            if not 1 <= lo <= hi <= 65535:
+                self.err(node, f"port range {lo}-{hi} must satisfy 1 <= low <= high <= 65535")
+                return None
+            return lo, hi
+        p = self.integer(node, "port", 1, 65535)
+        return None if p is None else (p, p)
+
+    def dummy(self, node):
+        body = self.mapping(node, "dummy", {"policy": False, "vlans": False}) or {}
+        kind = FlowKind.CLOSED
+        if "policy" in body:
+            k = self.choice(body["policy"][1], "dummy policy", ("open", "closed"))
+            kind = FlowKind(k) if k else FlowKind.CLOSED
+        vlans = []
+        for item in self.sequence(body["vlans"][1], "dummy vlans") or [] if "vlans" in body else []:
+            v = self.integer(item, "dummy VLAN id", 1, 4094)
+            if v is not None:
+                vlans.append((v, item))
+        self._dummy_vlan_nodes = vlans
+        return kind, tuple(v for v, _ in vlans)
+
+    def shared(self, node):
+        for item in self.sequence(node, "shared-membership") or []:
+            names = self.string_list(item, "shared-membership set", self.name)
+            if isinstance(item, yaml.SequenceNode) and len(names) < 2:
+                self.err(item, "a shared-membership set names at least two TVDs")
+                continue
+            for n, nn in names:
+                self.ref("tvd", n, nn, "shared-membership")
+            yield tuple(n for n, _ in names)
+
+    # ---------------------------------------------------------------------------------------
+    def networks(self, node) -> dict[str, Network]:
+        out = {}
+        for name, kn, vn in self.items(node, "networks"):
+            if self.name(kn, "network name") is None:
+                continue
+            body = self.mapping(vn, f"network '{name}'", NETWORK_KEYS)
+            if body is None or "subnet" not in body:
+                continue
+            sn = self.string(body["subnet"][1], f"subnet of network '{name}'")
+            try:
+                subnet = str(ipaddress.IPv4Network(sn)) if sn else None
+            except ValueError:
+                self.err(body["subnet"][1], f"subnet '{sn}' is not an IPv4 network like 10.0.1.0/24")
+                subnet = None
+            vlan_capable = bool(body and "vlan-capable" in body and
+                                self.boolean(body["vlan-capable"][1], "vlan-capable"))
+            multicast = True
+            if "multicast" in body:
+                multicast = self.boolean(body["multicast"][1], "multicast") is not False
+            trusted = frozenset()
+            if "trusted-for" in body:
+                trusted = frozenset(v for v, _ in self.string_list(
+                    body["trusted-for"][1], "trusted-for",
+                    lambda n, w: self.choice(n, w, PROTECTION_GOALS)))
+            mtu = self.integer(body["mtu"][1], "mtu", 576, 65535) if "mtu" in body else 1500
+            max_mtu = (self.integer(body["max-mtu"][1], "max-mtu", 576, 65535)
+                       if "max-mtu" in body else mtu)
+            if mtu and max_mtu and max_mtu < mtu:
+                self.err(body["max-mtu"][1], f"max-mtu {max_mtu} is below mtu {mtu}")
+            if subnet is None or mtu is None or max_mtu is None:
+                continue
+            out[name] = Network(name, subnet, vlan_capable, multicast, trusted, mtu, max_mtu,
+                                self.pos(kn))
+        return out
+
+    def hosts(self, node) -> dict[str, Host]:
+        out = {}
+        for name, kn, vn in self.items(node, "hosts"):
+            if self.name(kn, "host name") is None:
+                continue
+            body = self.mapping(vn, f"host '{name}'", HOST_KEYS)
+            if body is None or "address" not in body or "capabilities" not in body:
+                continue
+            addr = self.address(body["address"][1], f"address of host '{name}'")
+            caps = frozenset(v for v, _ in self.string_list(
+                body["capabilities"][1], f"capabilities of host '{name}'",
+                lambda n, w: self.choice(n, w, FUNCTIONAL_CAPABILITIES)))
+            props = {}
+            if "properties" in body:
+                for p, pk, pv in self.items(body["properties"][1], f"properties of host '{name}'"):
+                    kind = self.choice(pv, f"assurance of '{p}'", ASSURANCE_KINDS)
+                    self.ref("property", p, pk, f"host '{name}'")
+                    if kind:
+                        props[p] = kind
+            nics = []
+            if "nics" in body:
+                for item in self.sequence(body["nics"][1], f"nics of host '{name}'") or []:
+                    nb = self.mapping(item, "nic", {"network": True, "nic": True, "address": True})
+                    if not nb or len(nb) < 3:
+                        continue
+                    net = self.name(nb["network"][1], "network")
+                    self.ref("network", net, nb["network"][1], f"host '{name}'")
+                    dev = self.string(nb["nic"][1], "nic", IFNAME_RE,
+                                      "a Linux interface name of at most 15 characters")
+                    a = self.address(nb["address"][1], "nic address")
+                    if net and dev and a:
+                        nics.append((HostNic(net, dev, a), item))
+            if addr is None:
+                continue
+            self._nic_nodes = getattr(self, "_nic_nodes", []) + [(name, n, i) for n, i in nics]
+            out[name] = Host(name, addr, caps, props, tuple(n for n, _ in nics), self.pos(kn))
+        return out
+
+    def address(self, node, what: str) -> str | None:
+        v = self.string(node, what)
+        if v is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Address(v))
+        except ValueError:
+            self.err(node, f"{what} '{v}' is not an IPv4 address")
+            return None
+
+    # ---------------------------------------------------------------------------------------
+    def check_refs(self, props, tvds, networks) -> None:
+        known = {"property": props, "tvd": {**tvds, DUMMY_TVD: None}, "network": networks}
+        for kind, name, node, context in self.refs:
+            if name not in known[kind]:
+                self.err(node, f"unknown {kind} '{name}' in {context}", "unknown-name")
+
+    def check_unique(self, tvds, dummy_vlans, hosts, networks) -> None:
+        by_vlan: dict[int, str] = {}
+        by_vni: dict[int, str] = {}
+        by_group: dict[str, str] = {}
+        for t in tvds.values():
+            pos = t.pos
+            if not t.vlan or not t.vni:
+                continue
+            if t.vlan in by_vlan:
+                self.diags.error(pos, f"TVD '{t.name}' reuses VLAN {t.vlan} of TVD "
+                                      f"'{by_vlan[t.vlan]}' (a VLAN belongs to at most one TVD)",
+                                 "duplicate-vlan")
+            by_vlan.setdefault(t.vlan, t.name)
+            if t.vni in by_vni:
+                self.diags.error(pos, f"TVD '{t.name}' reuses VNI {t.vni} of TVD "
+                                      f"'{by_vni[t.vni]}'", "duplicate-vni")
+            by_vni.setdefault(t.vni, t.name)
+            if t.multicast_group in by_group:
+                self.diags.warning(pos, f"TVD '{t.name}' shares multicast group "
+                                        f"{t.multicast_group} with '{by_group[t.multicast_group]}'"
+                                        " (isolation holds, but each host receives the other "
+                                        "TVD's floods)", "shared-group")
+            by_group.setdefault(t.multicast_group, t.name)
+        for v, node in getattr(self, "_dummy_vlan_nodes", []):
+            if v in by_vlan:
+                self.err(node, f"dummy VLAN {v} belongs to TVD '{by_vlan[v]}'", "duplicate-vlan")
+        seen_addr: dict[str, str] = {}
+        for host, nic, node in getattr(self, "_nic_nodes", []):
+            net = networks.get(nic.network)
+            if net and ipaddress.IPv4Address(nic.address) not in ipaddress.IPv4Network(net.subnet):
+                self.err(node, f"host '{host}' address {nic.address} is outside network "
+                               f"'{net.name}' ({net.subnet})")
+            if nic.address in seen_addr and seen_addr[nic.address] != host:
+                self.err(node, f"address {nic.address} of host '{host}' is already host "
+                               f"'{seen_addr[nic.address]}'s")
+            seen_addr.setdefault(nic.address, host)

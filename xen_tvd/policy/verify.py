@@ -1,0 +1,108 @@
+"""Whole-policy semantic verification (pure): property order, membership, flows, capability.
+
+Runs on a Policy that passed the schema layer and returns diagnostics; never raises.
+"""
+from __future__ import annotations
+
+from xen_tvd.diagnostics import Collector
+from xen_tvd.policy.flows import FlowMatrix, find_indirect_flows
+from xen_tvd.policy.lattice import PropertyOrder, joint_conflicts
+from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
+
+
+def verify(policy: Policy, diags: Collector) -> None:
+    check_property_order(policy, diags)
+    check_membership(policy, diags)
+    check_flows(policy, diags)
+    check_capabilities(policy, diags)
+
+
+def check_property_order(policy: Policy, diags: Collector) -> None:
+    order = PropertyOrder(policy.properties)
+    for cyc in order.cycles():
+        first = policy.properties[cyc[0]]
+        diags.error(first.pos, "cycle in the property order: " + " > ".join(cyc)
+                    + " (dominance must be a partial order)", "property-cycle")
+    for p in policy.properties.values():
+        if p.name in p.excludes:
+            diags.error(p.pos, f"property '{p.name}' excludes itself", "property-conflict")
+            continue
+        for a, b in order.conflicts([p.name]):
+            diags.error(p.pos, f"property '{p.name}' can never be held: it dominates both "
+                               f"'{a}' and '{b}', which exclude each other", "property-conflict")
+
+
+def check_membership(policy: Policy, diags: Collector) -> None:
+    for t in policy.tvds.values():
+        pairs = joint_conflicts(policy, [t.name])
+        for a, b in pairs:
+            diags.error(t.pos, f"TVD '{t.name}' can admit no machine: its requirements need "
+                               f"both '{a}' and '{b}', which exclude each other",
+                        "membership-conflict")
+    for group in policy.shared_membership:
+        known = [g for g in group if g in policy.tvds]
+        if len(known) != len(group):
+            continue
+        singles = {p for t in group for p in joint_conflicts(policy, [t])}
+        for a, b in joint_conflicts(policy, group):
+            if (a, b) in singles:
+                continue
+            pos = policy.tvds[group[0]].pos
+            diags.error(pos, "shared membership " + " + ".join(group) + " cannot be met by "
+                             f"one VM: it needs both '{a}' and '{b}', which exclude each other",
+                        "membership-conflict")
+
+
+def check_flows(policy: Policy, diags: Collector) -> None:
+    matrix = FlowMatrix(policy)
+    for group in policy.shared_membership:
+        for a in group:
+            for b in group:
+                if a != b and a in policy.tvds and b in policy.tvds \
+                        and matrix.kind(a, b) is FlowKind.CONTROLLED:
+                    diags.warning(matrix.entry(a, b).pos,
+                                  f"controlled flow {a} -> {b} is effectively open for VMs in "
+                                  f"both (shared-membership {' + '.join(group)})",
+                                  "shared-over-controlled")
+    for f in policy.flows:
+        if f.kind is FlowKind.CONTROLLED and not matrix.rules(f.src, f.dst):
+            diags.warning(f.pos, f"controlled flow {f.src} -> {f.dst} passes nothing: its "
+                                 "sender and receiver rules share no service", "empty-controlled")
+        if DUMMY_TVD in (f.src, f.dst) and f.kind is FlowKind.CONTROLLED:
+            diags.error(f.pos, "the dummy TVD enforces no policy of its own, so a controlled "
+                               "flow with it has no sender/receiver to enforce one side",
+                        "dummy-controlled")
+    for ind in find_indirect_flows(policy):
+        first = ind.edges[0].flow
+        pos = first.pos if first is not None else policy.tvds.get(ind.src, None)
+        pos = pos.pos if hasattr(pos, "pos") else pos
+        hops = "; ".join(e.describe() for e in ind.edges)
+        if ind.all_open:
+            diags.error(pos, f"closed pair {ind.src} -> {ind.dst} is bypassed by open path "
+                             f"{ind.path_text()} ({hops})", "indirect-flow")
+        else:
+            diags.warning(pos, f"closed pair {ind.src} -> {ind.dst} is reachable through "
+                               f"controlled path {ind.path_text()} ({hops}); make sure the "
+                               "controlled rules cannot relay it", "indirect-flow")
+
+
+def check_capabilities(policy: Policy, diags: Collector) -> None:
+    for h in policy.hosts.values():
+        if h.nics and "ip" not in h.capabilities and "vlan" not in h.capabilities:
+            diags.warning(h.pos, f"host '{h.name}' has neither ip nor vlan capability: it can "
+                                 "carry TVD segments only for its own VMs", "host-capability")
+    if policy.hosts:
+        for t in policy.tvds.values():
+            if "confidentiality" not in t.protection:
+                continue
+            for h in policy.hosts.values():
+                for nic in h.nics:
+                    net = policy.networks.get(nic.network)
+                    if net and "confidentiality" not in net.trusted_for:
+                        diags.warning(t.pos, f"TVD '{t.name}' requires confidentiality but "
+                                             f"host '{h.name}' reaches others over network "
+                                             f"'{net.name}', which is not trusted for it: the "
+                                             "planner will refuse to place the TVD's segment "
+                                             "there until an encrypted transport is available",
+                                      "confidentiality")
+                        break

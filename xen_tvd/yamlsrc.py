@@ -1,0 +1,113 @@
+"""Load YAML into nodes that remember file:line:col, safely, whatever the input.
+
+PyYAML's composer gives nodes with marks; on top of it we refuse what makes policies unsafe or
+unreadable to audit: aliases (billion-laughs expansion), nesting deeper than MAX_DEPTH (the
+composer recurses), files larger than MAX_BYTES, several documents, and duplicate keys.
+"""
+from __future__ import annotations
+
+import yaml
+
+from xen_tvd.diagnostics import Collector
+from xen_tvd.policy.model import Pos
+
+MAX_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 64
+
+
+class YamlUnreadable(Exception):
+    """The file cannot be read at all (missing, permission, a directory): a usage error."""
+
+
+def pos_of(node: yaml.Node | yaml.Mark | None, file: str) -> Pos | None:
+    if node is None:
+        return None
+    mark = node.start_mark if isinstance(node, yaml.Node) else node
+    return Pos(file, mark.line + 1, mark.column + 1)
+
+
+def read_source(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise YamlUnreadable(f"{path}: cannot read: {e.strerror or e}") from None
+    return data
+
+
+def compose(data: bytes, file: str, diags: Collector) -> yaml.Node | None:
+    """Return the single document's root node, or None after reporting why not."""
+    if len(data) > MAX_BYTES:
+        diags.error(Pos(file, 1, 1), f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB")
+        return None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        diags.error(Pos(file, line, col), "not UTF-8 text (is this a binary file?)")
+        return None
+    try:
+        if not _prescan(text, file, diags):
+            return None
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        diags.error(pos_of(mark, file) or Pos(file, 1, 1), f"YAML syntax: {problem}")
+    except yaml.YAMLError as e:
+        diags.error(Pos(file, 1, 1), f"YAML syntax: {str(e).splitlines()[0]}")
+    except RecursionError:  # belt and braces: _prescan bounds depth first
+        diags.error(Pos(file, 1, 1), f"nesting deeper than {MAX_DEPTH} levels")
+    return None
+
+
+def _prescan(text: str, file: str, diags: Collector) -> bool:
+    """Walk parser events (iterative, no recursion) to bound depth and refuse aliases."""
+    depth = 0
+    docs = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.DocumentStartEvent):
+            docs += 1
+            if docs > 1:
+                diags.error(pos_of(ev.start_mark, file), "only one YAML document is allowed")
+                return False
+        elif isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                diags.error(pos_of(ev.start_mark, file), f"nesting deeper than {MAX_DEPTH} levels")
+                return False
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(ev, yaml.AliasEvent):
+            diags.error(pos_of(ev.start_mark, file),
+                        "YAML aliases are not allowed (write the value out; policies must read plainly)")
+            return False
+        if getattr(ev, "anchor", None):
+            diags.error(pos_of(ev.start_mark, file),
+                        "YAML anchors are not allowed (write the value out; policies must read plainly)")
+            return False
+    return True
+
+
+_constructor = yaml.constructor.SafeConstructor()
+
+
+def scalar(node: yaml.Node):
+    """The Python value of a scalar node (int, float, bool, None, str, ...)."""
+    return _constructor.construct_object(node, deep=True)
+
+
+def kind_name(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    try:
+        v = scalar(node)
+    except Exception:  # a malformed timestamp or similar: still just a scalar to us
+        return "a scalar"
+    if v is None:
+        return "nothing (null)"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(v), f"a {type(v).__name__}")

@@ -1,0 +1,157 @@
+"""apply(): make one namespace's TVD devices match a HostState (OVN-controller style).
+
+One netlink socket and one link dump per run. Phases, in an order that never needs a device
+that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer one needs:
+  1. validate everything (names, conflicts with devices we do not own, underlays) - no writes
+  2. fail closed: detach strays from our bridges; delete owned devices no longer desired or
+     whose immutable parameters changed
+  3. underlay MTUs, then per segment: bridge, uplink (create/recreate, MTU, enslave, up, FDB)
+  4. ports: attach each existing VifPort; absent ones are reported, not errors
+  5. NIC VLAN offloads
+Every write is preceded by a comparison, so a converged host sees zero changes.
+"""
+from __future__ import annotations
+
+from . import bridge, common, model, offload, vlan, vxlan
+from .common import Ctx
+from .netlink import Link, Links, open_ipr
+from .report import ApplyReport, DataplaneError
+from .vif import attach
+
+UPLINK_PLUGINS = (vxlan, vlan)  # each: KIND UPLINK ifname alias validate mismatch create mtu_hint sync
+
+
+def uplink_plugin(seg: model.Segment):
+    for p in UPLINK_PLUGINS:
+        if isinstance(seg.uplink, p.UPLINK):
+            return p
+    return None
+
+
+def _desired_devices(state: model.HostState) -> dict[str, tuple[str, model.Segment]]:
+    """name -> (kind, segment) of every device we should own."""
+    out = {}
+    for seg in state.segments:
+        out[bridge.ifname(seg)] = (bridge.KIND, seg)
+        p = uplink_plugin(seg)
+        if p is not None:
+            out[p.ifname(seg)] = (p.KIND, seg)
+    return out
+
+
+def _validate(ctx: Ctx, state: model.HostState) -> dict[str, tuple[str, model.Segment]]:
+    tvds, bridges = set(), set()
+    for seg in state.segments:
+        if seg.tvd in tvds or seg.bridge in bridges:
+            raise DataplaneError(f"duplicate segment {seg.tvd}/{seg.bridge} in desired state")
+        tvds.add(seg.tvd)
+        bridges.add(seg.bridge)
+        bridge.validate_name(seg)
+        if not 68 <= seg.mtu <= 65535:
+            raise DataplaneError(f"segment {seg.tvd}: MTU {seg.mtu} outside 68..65535")
+        p = uplink_plugin(seg)
+        if seg.uplink is not None and p is None:
+            raise DataplaneError(f"segment {seg.tvd}: unsupported uplink {type(seg.uplink).__name__}")
+        if p is not None:
+            p.validate(ctx, seg)
+    desired = _desired_devices(state)
+    for name in desired:
+        link = ctx.links.get(name)
+        if link is not None and not link.owned:
+            raise DataplaneError(
+                f"{name} already exists in {ctx.where} but is not owned by xen-tvd (its ifalias does "
+                f"not start with {model.OWNER_ALIAS_PREFIX!r}); rename or delete it, xen-tvd will not touch it")
+    seen = set()
+    for port in state.ports:
+        if state.segment(port.tvd) is None:
+            raise DataplaneError(f"port {port.ifname} names TVD {port.tvd}, which has no segment on this host")
+        if port.ifname in seen:
+            raise DataplaneError(f"port {port.ifname} listed twice in desired state")
+        if port.ifname in desired:
+            raise DataplaneError(f"port {port.ifname} collides with a xen-tvd device name")
+        seen.add(port.ifname)
+    return desired
+
+
+def _prune(ctx: Ctx, state: model.HostState, desired) -> None:
+    port_names = {p.ifname for p in state.ports}
+    owned_bridges = [l for l in ctx.links.by_name.values() if l.owned and l.kind == bridge.KIND]
+    for br in owned_bridges:
+        for m in ctx.links.members(br.index):
+            if not m.owned and m.name not in port_names:
+                common.detach(ctx, m)  # a stray on a TVD bridge is an isolation breach
+    for link in list(ctx.links.by_name.values()):
+        if not link.owned:
+            continue
+        want = desired.get(link.name)
+        if want is None:
+            common.delete(ctx, link, "not in desired state")
+        elif want[0] != link.kind:
+            common.delete(ctx, link, f"is a {link.kind}, want a {want[0]}")
+        elif link.kind != bridge.KIND:
+            p = uplink_plugin(want[1])
+            diff = p.mismatch(ctx, link, want[1])
+            if diff:
+                common.delete(ctx, link, "recreating: " + ", ".join(diff))
+
+
+def _underlay_mtus(ctx: Ctx, state: model.HostState) -> None:
+    for nic, mtu in sorted(state.underlay_mtu.items()):
+        link = ctx.links.get(nic)
+        if link is None:
+            ctx.report.warnings.append(f"underlay {nic} not found in {ctx.where}; MTU {mtu} not applied")
+            continue
+        common.set_mtu(ctx, link, mtu)
+
+
+def _uplink(ctx: Ctx, seg: model.Segment, br: Link) -> None:
+    p = uplink_plugin(seg)
+    if p is None:
+        return
+    name = p.ifname(seg)
+    link = ctx.links.get(name)
+    if link is None:
+        p.create(ctx, seg, name)
+        ctx.changed(f"created {p.KIND} {name}")
+        link = ctx.require(name)
+    link = common.set_alias(ctx, link, p.alias(seg))
+    link = common.set_mtu(ctx, link, seg.mtu, p.mtu_hint(seg))
+    link = common.set_master(ctx, link, br)
+    link = common.set_up(ctx, link)
+    p.sync(ctx, seg, link)
+
+
+def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
+    report = ApplyReport()
+    with open_ipr(netns) as ipr:
+        ctx = Ctx(ipr, Links(ipr), report, netns)
+        try:
+            desired = _validate(ctx, state)
+            _prune(ctx, state, desired)
+            _underlay_mtus(ctx, state)
+            bridges = {}
+            for seg in state.segments:
+                bridges[seg.tvd] = br = bridge.ensure(ctx, seg)
+                _uplink(ctx, seg, br)
+            for port in state.ports:
+                link = ctx.links.get(port.ifname)
+                if link is None:
+                    report.missing_ports.append(port.ifname)
+                    continue
+                try:
+                    attach(ctx, link, state.segment(port.tvd), bridges[port.tvd])
+                except DataplaneError as e:
+                    # One broken vif must not keep the other VMs offline; it is left detached.
+                    report.warnings.append(str(e))
+            for seg in state.segments:  # ports could have pulled an auto-MTU bridge down
+                common.set_mtu(ctx, ctx.require(seg.bridge), seg.mtu)
+            for nic in state.vlan_offload_off:
+                link = ctx.links.get(nic)
+                if link is None:
+                    report.warnings.append(f"NIC {nic} not found in {ctx.where}; VLAN offload not changed")
+                else:
+                    offload.ensure_vlan_offload_off(ctx, link)
+        except DataplaneError as e:
+            e.report = report  # what was changed before the failure, for logs
+            raise
+    return report

@@ -1,0 +1,70 @@
+"""Attaching one VM interface to its segment: the single code path for hotplug, lab and apply.
+
+Fail closed: if any step fails the vif is left with no master and down, so a half-configured
+VM can never sit on the wrong LAN or on a LAN with the wrong MTU/offload settings.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import bridge, common, model, offload
+from .common import Ctx
+from .netlink import Link, Links, describe, open_ipr, where
+from .report import ApplyReport, DataplaneError
+
+
+def attach(ctx: Ctx, link: Link, seg: model.Segment, br: Link,
+           frontend_mtu_cb: Callable[[int], object] | None = None) -> None:
+    """MTU, tx-csum, (frontend MTU), master, up. On failure: detached and DataplaneError."""
+    try:
+        link = common.set_mtu(ctx, link, seg.mtu)
+        offload.ensure_tx_csum(ctx, link, seg.vif_tx_csum_offload)
+        if frontend_mtu_cb is not None:
+            # Before enslaving: the guest learns the MTU before any frame can flow.
+            try:
+                frontend_mtu_cb(seg.mtu)
+            except Exception as e:  # the callback is foreign code (xenstore write)
+                raise DataplaneError(f"frontend MTU callback for {link.name} failed: {e}") from None
+        link = common.set_master(ctx, link, br)
+        common.set_up(ctx, link)
+    except DataplaneError as e:
+        _fail_closed(ctx, link.name, e)
+
+
+def _fail_closed(ctx: Ctx, name: str, err: DataplaneError):
+    extra = ""
+    try:
+        cur = ctx.links.refresh(name)
+        if cur is not None:
+            common.detach(ctx, cur)
+    except (DataplaneError, NetlinkError, OSError) as e2:
+        extra = f" (and detaching it failed too: {describe(e2)}; detach {name} by hand)"
+    raise DataplaneError(f"{err}; {name} left detached{extra}") from None
+
+
+def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = None,
+             frontend_mtu_cb: Callable[[int], object] | None = None) -> None:
+    if port.tvd != segment.tvd:
+        raise DataplaneError(f"plug_vif: port {port.ifname} is for TVD {port.tvd}, segment is {segment.tvd}")
+    with open_ipr(netns) as ipr:
+        ctx = Ctx(ipr, Links(ipr, dump=False), ApplyReport(), netns)
+        link = ctx.links.get(port.ifname)
+        if link is None:
+            raise DataplaneError(f"cannot plug {port.ifname}: no such interface in {where(netns)}")
+        br = ctx.links.get(segment.bridge)
+        if br is None or br.kind != bridge.KIND or not br.owned:
+            state = "does not exist" if br is None else "is not a xen-tvd bridge"
+            _fail_closed(ctx, port.ifname, DataplaneError(
+                f"cannot plug {port.ifname} into TVD {segment.tvd}: bridge {segment.bridge} {state} "
+                f"in {where(netns)}; run apply() for this host first"))
+        attach(ctx, link, segment, br, frontend_mtu_cb)
+
+
+def unplug_vif(ifname: str, netns: str | None = None) -> None:
+    with open_ipr(netns) as ipr:
+        ctx = Ctx(ipr, Links(ipr, dump=False), ApplyReport(), netns)
+        link = ctx.links.get(ifname)
+        if link is not None:  # already gone (domain destroyed): nothing to do
+            common.detach(ctx, link)

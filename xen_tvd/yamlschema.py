@@ -17,6 +17,11 @@ from xen_tvd.yamlsrc import kind_name, pos_of, scalar
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
+def _short(text: str, limit: int = 40) -> str:
+    """A value as quoted in a message: a 5000-digit number must not flood the terminal."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Reader:
     def __init__(self, file: str, diags: Collector) -> None:
         self.file = file
@@ -40,7 +45,12 @@ class Reader:
             return None
         out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for knode, vnode in node.value:
-            key = scalar(knode) if isinstance(knode, yaml.ScalarNode) else None
+            try:
+                key = scalar(knode) if isinstance(knode, yaml.ScalarNode) else None
+            except yaml.YAMLError:  # `!foo x:`, `<<:`, `=:`, `2020-13-45:` ...
+                self.err(knode, f"keys of {what} must be plain strings, not "
+                                f"'{knode.tag}' '{_short(knode.value)}'")
+                continue
             if not isinstance(key, str):
                 self.err(knode, f"keys of {what} must be strings, not {kind_name(knode)}")
                 continue
@@ -77,7 +87,7 @@ class Reader:
         try:
             return scalar(node), True
         except yaml.YAMLError:
-            self.err(node, f"{what}: unreadable value '{node.value}'")
+            self.err(node, f"{what}: unreadable value '{_short(node.value)}'")
             return None, False
 
     def integer(self, node, what: str, lo: int, hi: int) -> int | None:

@@ -94,8 +94,18 @@ _constructor = yaml.constructor.SafeConstructor()
 
 
 def scalar(node: yaml.Node):
-    """The Python value of a scalar node (int, float, bool, None, str, ...)."""
-    return _constructor.construct_object(node, deep=True)
+    """The Python value of a scalar node (int, float, bool, None, str, ...).
+
+    Raises only yaml.YAMLError: PyYAML's constructors let ValueError, KeyError and friends
+    escape for values such as `2020-13-45`, `!!int abc`, `!!bool x` or a 5000-digit integer.
+    """
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any constructor failure is an unreadable value
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot read value: {e}", node.start_mark) from None
 
 
 def kind_name(node: yaml.Node) -> str:

@@ -106,6 +106,11 @@ def scalar(node: yaml.Node):
     except Exception as e:  # noqa: BLE001 - any constructor failure is an unreadable value
         raise yaml.constructor.ConstructorError(
             None, None, f"cannot read value: {e}", node.start_mark) from None
+    finally:
+        # the shared constructor caches every node it built; drop them so repeated loads
+        # do not keep every policy ever read alive
+        _constructor.constructed_objects.clear()
+        _constructor.recursive_objects.clear()
 
 
 def kind_name(node: yaml.Node) -> str:

@@ -1,0 +1,331 @@
+"""The lab spec: which VMs (with which TVD NICs) run on which policy host. See docs/lab.md.
+
+    name: paper                      # optional; prefix of every namespace (default: file stem)
+    policy: lab-paper-policy.yaml    # relative to this file
+    vms:
+      a1: {host: h1, domid: 1, nics: [{tvd: alpha, address: 192.168.50.11/24}]}
+
+Hosts and the networks they sit on come from the policy's capability model. Every problem is
+reported as one `FILE:LINE:COL: error: message` line; nothing here touches the kernel.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from xen_tvd.policy.model import Policy, Pos  # first: xen_tvd.diagnostics imports it back
+from xen_tvd.diagnostics import Collector  # noqa: I001
+from xen_tvd.yamlsrc import YamlUnreadable, compose, kind_name, pos_of, read_source, scalar
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
+VM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
+MAX_DOMID = 32751   # DOMID_FIRST_RESERVED - 1
+MAX_NICS = 16
+
+
+class SpecUnreadable(Exception):
+    """The spec (or its policy) cannot be read at all: a usage error (exit 2)."""
+
+
+class SpecInvalid(Exception):
+    """str() is one diagnostics line per problem (exit 1)."""
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    devid: int
+    tvd: str
+    address: str            # IPv4 interface, CIDR notation
+    pos: Pos | None = None
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.address).ip)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    host: str
+    domid: int
+    nics: tuple[NicSpec, ...]
+    pos: Pos | None = None
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    path: str               # absolute path of the spec file
+    name: str
+    policy_path: str        # absolute
+    vms: dict[str, VmSpec]
+
+
+def default_name(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0].lower()
+    stem = re.sub(r"[^a-z0-9-]+", "-", stem).strip("-") or "lab"
+    return stem[:24].rstrip("-")
+
+
+def _policy_loader():
+    from xen_tvd.policy import PolicyInvalid, load_policy
+    return load_policy, PolicyInvalid
+
+
+def load_lab(path: str) -> tuple[LabSpec, Policy]:
+    """Parse and validate the spec and the policy it names; raise SpecUnreadable/SpecInvalid."""
+    try:
+        data = read_source(path)
+    except YamlUnreadable as e:
+        raise SpecUnreadable(str(e)) from None
+    if os.path.isdir(path):
+        raise SpecUnreadable(f"{path}: cannot read: Is a directory")
+    diags = Collector()
+    root = compose(data, path, diags)
+    if root is None:
+        if not diags.errors:
+            diags.error(Pos(path, 1, 1), "the lab spec is empty")
+        raise SpecInvalid("\n".join(str(d) for d in diags.errors))
+    spec_path = os.path.abspath(path)
+    p = lambda node: pos_of(node, path)  # noqa: E731
+
+    if not isinstance(root, yaml.MappingNode):
+        diags.error(p(root), f"a lab spec must be a mapping, got {kind_name(root)}")
+        raise SpecInvalid("\n".join(str(d) for d in diags.errors))
+
+    top = _mapping(root, path, diags, {"name", "policy", "vms"}, "lab spec")
+    name = default_name(path)
+    if "name" in top:
+        k, v = top["name"]
+        val = _str(v, path, diags, "name")
+        if val is not None:
+            if NAME_RE.match(val):
+                name = val
+            else:
+                diags.error(p(v), f"name {val!r} must be 1-24 of a-z 0-9 - (it prefixes "
+                                  "namespace names), starting with a letter or digit")
+    policy: Policy | None = None
+    policy_path = ""
+    if "policy" not in top:
+        diags.error(p(root), "missing key 'policy' (path of the TVD policy, relative to this file)")
+    else:
+        k, v = top["policy"]
+        rel = _str(v, path, diags, "policy")
+        if rel is not None:
+            policy_path = os.path.normpath(os.path.join(os.path.dirname(spec_path), rel))
+            policy = _load_policy(policy_path, p(v), diags)
+    vms: dict[str, VmSpec] = {}
+    if "vms" not in top:
+        diags.error(p(root), "missing key 'vms' (the lab's virtual machines)")
+    else:
+        vms = _vms(top["vms"][1], path, diags, policy)
+    if diags.errors:
+        raise SpecInvalid("\n".join(str(d) for d in diags.errors))
+    assert policy is not None
+    return LabSpec(spec_path, name, policy_path, vms), policy
+
+
+def _load_policy(policy_path: str, where: Pos | None, diags: Collector) -> Policy | None:
+    load_policy, PolicyInvalid = _policy_loader()
+    if not os.path.isfile(policy_path):
+        diags.error(where, f"policy file {policy_path} does not exist or is not a file")
+        return None
+    try:
+        return load_policy(policy_path)
+    except PolicyInvalid as e:
+        for line in str(e).splitlines():
+            if line.strip():
+                diags.items.append(_Raw(line))
+        diags.error(where, "the policy named here is invalid (problems above)")
+    except (OSError, YamlUnreadable) as e:
+        diags.error(where, f"cannot read policy {policy_path}: {e}")
+    return None
+
+
+class _Raw:
+    """A diagnostics line produced elsewhere (the policy loader), passed through verbatim."""
+    is_error = True
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def _mapping(node, file, diags, allowed: set[str], what: str) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for k, v in node.value:
+        key = scalar(k) if isinstance(k, yaml.ScalarNode) else None
+        if not isinstance(key, str):
+            diags.error(pos_of(k, file), f"{what}: keys must be strings")
+            continue
+        if key in out:
+            diags.error(pos_of(k, file), f"{what}: duplicate key {key!r}")
+            continue
+        if key not in allowed:
+            diags.error(pos_of(k, file), f"{what}: unknown key {key!r} "
+                                         f"(allowed: {', '.join(sorted(allowed))})")
+            continue
+        out[key] = (k, v)
+    return out
+
+
+def _str(node, file, diags, what) -> str | None:
+    if isinstance(node, yaml.ScalarNode):
+        v = scalar(node)
+        if isinstance(v, str) and v:
+            return v
+    diags.error(pos_of(node, file), f"{what} must be a non-empty string, got {kind_name(node)}")
+    return None
+
+
+def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpec]:
+    p = lambda n: pos_of(n, file)  # noqa: E731
+    if not isinstance(node, yaml.MappingNode):
+        diags.error(p(node), f"vms must be a mapping of VM name to VM, got {kind_name(node)}")
+        return {}
+    if not node.value:
+        diags.error(p(node), "vms is empty: a lab needs at least one VM")
+    vms: dict[str, VmSpec] = {}
+    seen_addr: dict[str, Pos | None] = {}
+    seen_domid: dict[tuple[str, int], str] = {}
+    pending_domid: list[str] = []    # VMs without a domid, in spec order
+    raw: dict[str, tuple] = {}
+    for k, v in node.value:
+        name = scalar(k) if isinstance(k, yaml.ScalarNode) else None
+        if not isinstance(name, str) or not VM_RE.match(name):
+            diags.error(p(k), f"VM name {name!r} must be 1-24 of a-z 0-9 - "
+                              "(it names a namespace), starting with a letter or digit")
+            continue
+        if name in raw:
+            diags.error(p(k), f"duplicate VM {name!r}")
+            continue
+        raw[name] = (k, v)
+    for name, (k, v) in raw.items():
+        what = f"VM {name}"
+        if not isinstance(v, yaml.MappingNode):
+            diags.error(p(v), f"{what} must be a mapping with host and nics, got {kind_name(v)}")
+            continue
+        f = _mapping(v, file, diags, {"host", "domid", "nics"}, what)
+        host = None
+        if "host" not in f:
+            diags.error(p(v), f"{what}: missing key 'host'")
+        else:
+            hn = f["host"][1]
+            host = _str(hn, file, diags, f"{what}: host")
+            if host is not None and policy is not None:
+                h = policy.hosts.get(host)
+                if h is None:
+                    known = ", ".join(sorted(policy.hosts)) or "none"
+                    diags.error(p(hn), f"{what}: host {host!r} is not in the policy's capability "
+                                       f"model (hosts: {known})")
+                    host = None
+                elif not h.nics:
+                    diags.error(p(hn), f"{what}: host {host!r} has no nics in the policy, so the "
+                                       "lab cannot tell which network it sits on")
+                    host = None
+        domid = None
+        if "domid" in f:
+            dn = f["domid"][1]
+            dv = scalar(dn) if isinstance(dn, yaml.ScalarNode) else None
+            if type(dv) is not int or not 1 <= dv <= MAX_DOMID:
+                diags.error(p(dn), f"{what}: domid must be an integer 1..{MAX_DOMID} "
+                                   f"(0 is Dom0), got {kind_name(dn) if type(dv) is not int else dv}")
+            else:
+                domid = dv
+                if host is not None:
+                    other = seen_domid.get((host, dv))
+                    if other:
+                        diags.error(p(dn), f"{what}: domid {dv} is already used by VM {other} "
+                                           f"on host {host}")
+                    else:
+                        seen_domid[(host, dv)] = name
+        nics: list[NicSpec] = []
+        if "nics" not in f:
+            diags.error(p(v), f"{what}: missing key 'nics'")
+        else:
+            nn = f["nics"][1]
+            if not isinstance(nn, yaml.SequenceNode) or not nn.value:
+                diags.error(p(nn), f"{what}: nics must be a non-empty list of "
+                                   "{tvd: NAME, address: A.B.C.D/LEN}")
+            elif len(nn.value) > MAX_NICS:
+                diags.error(p(nn), f"{what}: at most {MAX_NICS} nics")
+            else:
+                for devid, item in enumerate(nn.value):
+                    nic = _nic(item, devid, file, diags, policy, f"{what} nic {devid}", seen_addr)
+                    if nic is not None:
+                        nics.append(nic)
+        if host is not None and domid is None:
+            pending_domid.append(name)
+        vms[name] = VmSpec(name, host or "", domid or 0, tuple(nics), p(k))
+    # Domids not given are assigned per host, smallest free first, in spec order.
+    for name in pending_domid:
+        host = vms[name].host
+        d = 1
+        while (host, d) in seen_domid:
+            d += 1
+        seen_domid[(host, d)] = name
+        vm = vms[name]
+        vms[name] = VmSpec(vm.name, vm.host, d, vm.nics, vm.pos)
+    return vms
+
+
+def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
+    p = lambda n: pos_of(n, file)  # noqa: E731
+    if not isinstance(node, yaml.MappingNode):
+        diags.error(p(node), f"{what} must be a mapping {{tvd: NAME, address: A.B.C.D/LEN}}, "
+                             f"got {kind_name(node)}")
+        return None
+    f = _mapping(node, file, diags, {"tvd", "address"}, what)
+    ok = True
+    tvd = addr = None
+    if "tvd" not in f:
+        diags.error(p(node), f"{what}: missing key 'tvd'")
+        ok = False
+    else:
+        tn = f["tvd"][1]
+        tvd = _str(tn, file, diags, f"{what}: tvd")
+        if tvd is None:
+            ok = False
+        elif policy is not None and tvd not in policy.tvds:
+            known = ", ".join(sorted(policy.tvds)) or "none"
+            diags.error(p(tn), f"{what}: TVD {tvd!r} is not defined by the policy (TVDs: {known})")
+            ok = False
+    if "address" not in f:
+        diags.error(p(node), f"{what}: missing key 'address' (IPv4 with prefix, e.g. "
+                             "192.168.50.11/24)")
+        ok = False
+    else:
+        an = f["address"][1]
+        s = _str(an, file, diags, f"{what}: address")
+        if s is None:
+            ok = False
+        else:
+            try:
+                if "/" not in s:
+                    raise ValueError("a prefix length is required")
+                iface = ipaddress.IPv4Interface(s)
+                net = iface.network
+                if iface.ip in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
+                    raise ValueError("that is the network or broadcast address of its subnet")
+                if iface.ip.is_multicast or iface.ip.is_loopback or iface.ip.is_unspecified:
+                    raise ValueError("not a unicast host address")
+                addr = str(iface)
+            except ValueError as e:
+                diags.error(p(an), f"{what}: address {s!r} is not a usable IPv4 host address "
+                                   f"with prefix: {e}")
+                ok = False
+            else:
+                ip = str(iface.ip)
+                if ip in seen_addr:
+                    diags.error(p(an), f"{what}: address {ip} is already used at {seen_addr[ip]}")
+                    ok = False
+                else:
+                    seen_addr[ip] = p(an)
+    if not ok:
+        return None
+    return NicSpec(devid, tvd, addr, p(node))

@@ -3,7 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xen_tvd.policy.model import Pos
+
+@dataclass(frozen=True)
+class Pos:
+    """Where a value came from: file, 1-based line and column.
+
+    Defined here, not in xen_tvd.policy.model (which re-exports it): diagnostics, yamlsrc and
+    yamlschema must be importable first without pulling in the xen_tvd.policy package, whose
+    __init__ imports them back.
+    """
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ from typing import Callable, Iterator
 
 import yaml
 
-from xen_tvd.diagnostics import Collector
-from xen_tvd.policy.model import Pos
+from xen_tvd.diagnostics import Collector, Pos
 from xen_tvd.yamlsrc import kind_name, pos_of, scalar
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

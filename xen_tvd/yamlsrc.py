@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import yaml
 
-from xen_tvd.diagnostics import Collector
-from xen_tvd.policy.model import Pos
+from xen_tvd.diagnostics import Collector, Pos
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from xen_tvd.diagnostics import Pos  # re-exported: defined there so importing never cycles
+
 PROTECTION_GOALS = ("isolation", "integrity", "confidentiality")
 FUNCTIONAL_CAPABILITIES = ("vlan", "ethernet", "ip")
 ASSURANCE_KINDS = ("trust", "mutable-log", "immutable-log", "evaluation", "introspection",
@@ -19,17 +21,6 @@ class FlowKind(str, Enum):
     OPEN = "open"
     CONTROLLED = "controlled"
     CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class Pos:
-    """Where a value came from: file, 1-based line and column."""
-    file: str
-    line: int
-    col: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,15 @@ def compose(data: bytes, file: str, diags: Collector) -> yaml.Node | None:
         return None
     try:
         text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    except UnicodeDecodeError:
+        # report the column in characters, like YAML marks, and not counting a BOM
+        prefix = ""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            prefix = data[: e.start].decode("utf-8-sig")
+        line = prefix.count("\n") + 1
+        col = len(prefix) - (prefix.rfind("\n") + 1) + 1
         diags.error(Pos(file, line, col), "not UTF-8 text (is this a binary file?)")
         return None
     try:
@@ -54,6 +60,10 @@ def compose(data: bytes, file: str, diags: Collector) -> yaml.Node | None:
         mark = e.problem_mark or e.context_mark
         problem = (e.problem or e.context or "invalid YAML").strip()
         diags.error(pos_of(mark, file) or Pos(file, 1, 1), f"YAML syntax: {problem}")
+    except yaml.reader.ReaderError as e:  # a control character or NUL: has an offset, no mark
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        diags.error(Pos(file, line, col), f"YAML syntax: {str(e).splitlines()[0]}")
     except yaml.YAMLError as e:
         diags.error(Pos(file, 1, 1), f"YAML syntax: {str(e).splitlines()[0]}")
     except RecursionError:  # belt and braces: _prescan bounds depth first

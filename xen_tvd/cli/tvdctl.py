@@ -91,8 +91,11 @@ def cmd_graph(args) -> int:
     dot = render.to_dot(policy)
     out = args.output
     if out.endswith(".dot") or out.endswith(".gv"):
-        with open(out, "w") as f:
-            f.write(dot)
+        try:
+            with open(out, "w") as f:
+                f.write(dot)
+        except OSError as e:
+            raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     elif out.endswith(".svg"):
         try:
             render.dot_to_svg(dot, out)

@@ -7,7 +7,9 @@ Semantics (documented in docs/policy.md):
 - A shared-membership set {x, y}: a VM in both TVDs can copy anything across, so for the
   verifier it is an open channel both ways.
 - The dummy TVD (VLANs outside every TVD) with policy open is an open channel to and from
-  every TVD, as the paper defines it.
+  every TVD, as the paper defines it, except for pairs that have an entry of their own
+  (explicit entries override the default, as in FlowMatrix.kind); entries naming the dummy
+  TVD carry information like any other, whatever the dummy policy.
 
 The verifier is conservative: for every closed ordered pair (x, y) it looks for any chain of
 information-carrying edges from x to y and reports one shortest chain per pair: an error when
@@ -126,9 +128,13 @@ def information_edges(policy: Policy) -> list[Edge]:
                 if a != b:
                     edges.append(Edge(a, b, FlowKind.OPEN, "shared"))
     if policy.dummy_policy is FlowKind.OPEN:
+        # the default covers only pairs without an entry of their own (as in FlowMatrix.kind);
+        # a default pair is an open flow with replies: an edge each way
+        listed = {(f.src, f.dst) for f in policy.flows}
         for t in policy.tvds:
-            edges.append(Edge(t, DUMMY_TVD, FlowKind.OPEN, "dummy"))
-            edges.append(Edge(DUMMY_TVD, t, FlowKind.OPEN, "dummy"))
+            pairs = {p for p in ((t, DUMMY_TVD), (DUMMY_TVD, t)) if p not in listed}
+            for a, b in pairs | {(b, a) for a, b in pairs}:
+                edges.append(Edge(a, b, FlowKind.OPEN, "dummy"))
     return edges
 
 
@@ -178,7 +184,8 @@ class _Graph:
 def find_indirect_flows(policy: Policy) -> list[IndirectFlow]:
     """One shortest chain per closed ordered pair that information can still cross."""
     names = sorted(policy.tvds)
-    if policy.dummy_policy is FlowKind.OPEN:
+    if policy.dummy_policy is FlowKind.OPEN or any(DUMMY_TVD in (f.src, f.dst)
+                                                   for f in policy.flows):
         names.append(DUMMY_TVD)
     idx = {n: i for i, n in enumerate(names)}
     n = len(names)
@@ -202,11 +209,14 @@ def find_indirect_flows(policy: Policy) -> list[IndirectFlow]:
     for f in policy.flows:
         if f.kind is not FlowKind.CLOSED and f.src in idx and f.dst in idx:
             permitted[idx[f.src]] |= 1 << idx[f.dst]
-    if policy.dummy_policy is FlowKind.OPEN and DUMMY_TVD in idx:
+    if policy.dummy_policy is FlowKind.OPEN:
         d = idx[DUMMY_TVD]
-        for i in range(n):
-            if i != d:
+        listed = {(f.src, f.dst) for f in policy.flows}
+        for t in policy.tvds:
+            i = idx[t]
+            if (t, DUMMY_TVD) not in listed:
                 permitted[i] |= 1 << d
+            if (DUMMY_TVD, t) not in listed:
                 permitted[d] |= 1 << i
     everyone = (1 << n) - 1
     found: list[IndirectFlow] = []

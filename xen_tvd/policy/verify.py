@@ -7,7 +7,7 @@ from __future__ import annotations
 from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.flows import FlowMatrix, find_indirect_flows
 from xen_tvd.policy.lattice import PropertyOrder, joint_conflicts
-from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
+from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy, Pos
 
 
 def verify(policy: Policy, diags: Collector) -> None:
@@ -73,9 +73,12 @@ def check_flows(policy: Policy, diags: Collector) -> None:
                                "flow with it has no sender/receiver to enforce one side",
                         "dummy-controlled")
     for ind in find_indirect_flows(policy):
+        # anchor: the first hop's entry, else the source TVD, else the target (the dummy TVD
+        # has no node of its own), else the file
         first = ind.edges[0].flow
-        pos = first.pos if first is not None else policy.tvds.get(ind.src, None)
-        pos = pos.pos if hasattr(pos, "pos") else pos
+        anchors = (first, policy.tvds.get(ind.src), policy.tvds.get(ind.dst))
+        pos = next((a.pos for a in anchors if a is not None and a.pos is not None),
+                   Pos(policy.source, 1, 1))
         hops = "; ".join(e.describe() for e in ind.edges)
         if ind.all_open:
             diags.error(pos, f"closed pair {ind.src} -> {ind.dst} is bypassed by open path "

@@ -1,7 +1,9 @@
 """The partial order of security properties and TVD membership (paper section 3.2).
 
 A machine m with properties p_m may join TVD t iff every requirement p in M(t) is dominated
-(reflexively, transitively) by some p' in p_m. A VM in several TVDs must satisfy all of them.
+(reflexively, transitively) by some p' in p_m. A VM in several TVDs must satisfy all of them,
+and the TVDs must lie in one `shared-membership` set (such a VM is an open channel between
+them, which the flow verifier accounts for only for the listed sets).
 
 Conflicts are expressed with `excludes`: `p excludes q` means no machine can hold p and q
 together. Because holding p' >= p means holding p, exclusions are inherited upwards; so a set
@@ -99,6 +101,7 @@ class Admission:
     unmet: dict[str, list[MembershipRequirement]] = field(default_factory=dict)
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     unknown_tvds: list[str] = field(default_factory=list)
+    not_shared: list[str] = field(default_factory=list)  # several TVDs not allowed together
 
     def reason(self) -> str:
         if self.admitted:
@@ -108,6 +111,9 @@ class Admission:
             parts.append("unknown TVD " + ", ".join(self.unknown_tvds))
         for tvd, reqs in self.unmet.items():
             parts.append(f"TVD {tvd} requires " + ", ".join(str(r) for r in reqs))
+        if self.not_shared:
+            parts.append(" + ".join(self.not_shared) + " are not a shared-membership set "
+                         "(one VM may join several TVDs only as listed there)")
         for a, b in self.conflicts:
             parts.append(f"properties {a} and {b} exclude each other")
         return "; ".join(parts)
@@ -134,8 +140,14 @@ def admit(policy: Policy, tvds, machine: dict[str, str | None]) -> Admission:
         unmet = [r for r in tvd.membership if not requirement_met(order, r, machine)]
         if unmet:
             result.unmet[name] = unmet
+    # a VM in several TVDs is an open channel between them; the verifier only knows of the
+    # sets listed under shared-membership, so only those may be joined together
+    joined = list(dict.fromkeys(t for t in tvds if t in policy.tvds))
+    if len(joined) > 1 and not any(set(joined) <= set(g) for g in policy.shared_membership):
+        result.not_shared = joined
     result.conflicts = order.conflicts(machine)
-    result.admitted = not (result.unknown_tvds or result.unmet or result.conflicts)
+    result.admitted = not (result.unknown_tvds or result.unmet or result.conflicts
+                           or result.not_shared)
     return result
 
 

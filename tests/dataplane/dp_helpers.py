@@ -138,3 +138,33 @@ def underlay(ns: str, ip: str = "10.0.0.1") -> None:
     """A stand-in physical NIC 'ul0' with an address (peer end left dangling in the same ns)."""
     veth(ns, "ul0", "ul0p")
     addr(ns, "ul0", ip)
+
+
+def mac(ns: str, dev: str) -> str:
+    with ipr(ns) as i:
+        return i.get_links(i.link_lookup(ifname=dev)[0])[0].get("IFLA_ADDRESS")
+
+
+class Sniffer:
+    """AF_PACKET socket opened inside `ns` on `dev`: every frame the interface receives queues
+    up in the socket, so "did X ever arrive" is answered by draining it — no sleeps, no timing."""
+
+    def __init__(self, ns: str, dev: str):
+        from pyroute2 import netns as pr_netns
+        self.sock = pr_netns.create_socket(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003), flags=0)
+        self.sock.bind((dev, 0))
+        self.sock.setblocking(False)
+
+    def sources(self) -> list[str]:
+        """Source MACs of all frames received so far (drains the queue)."""
+        out = []
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return out
+            if addr[2] != socket.PACKET_OUTGOING:
+                out.append(":".join(f"{b:02x}" for b in data[6:12]))
+
+    def close(self):
+        self.sock.close()

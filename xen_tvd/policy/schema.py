@@ -368,6 +368,7 @@ class PolicyReader(Reader):
                         nics.append((HostNic(net, dev, a), item))
             if addr is None:
                 continue
+            self._addr_nodes = getattr(self, "_addr_nodes", []) + [(name, addr, body["address"][1])]
             self._nic_nodes = getattr(self, "_nic_nodes", []) + [(name, n, i) for n, i in nics]
             out[name] = Host(name, addr, caps, props, tuple(n for n, _ in nics), self.pos(kn))
         return out
@@ -416,6 +417,11 @@ class PolicyReader(Reader):
             if v in by_vlan:
                 self.err(node, f"dummy VLAN {v} belongs to TVD '{by_vlan[v]}'", "duplicate-vlan")
         seen_addr: dict[str, str] = {}
+        for host, addr, node in getattr(self, "_addr_nodes", []):
+            if addr in seen_addr:
+                self.err(node, f"address {addr} of host '{host}' is already host "
+                               f"'{seen_addr[addr]}'s")
+            seen_addr.setdefault(addr, host)
         for host, nic, node in getattr(self, "_nic_nodes", []):
             net = networks.get(nic.network)
             if net and ipaddress.IPv4Address(nic.address) not in ipaddress.IPv4Network(net.subnet):

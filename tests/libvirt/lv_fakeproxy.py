@@ -1,0 +1,77 @@
+"""A tiny stand-in for tvd-proxy: speaks the local protocol v1 (docs/proxy-protocol.md) on a
+temporary UNIX socket so the libvirt hook can be tested without the real daemon. It is NOT the
+proxy: its admission is a toy (TVD -> required properties). The real `tvd-proxy run` is
+exercised in test_hook_realproxy.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+
+class FakeProxy:
+    def __init__(self, path: str, tvds: dict[str, set[str]]) -> None:
+        self.path = path
+        self.tvds = tvds                 # TVD -> properties a VM must hold
+        self.requests: list[dict] = []
+        self.registrations: dict[str, dict] = {}
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(16)
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _answer(self, req: dict) -> dict:
+        if req.get("v") != 1:
+            return {"v": 1, "ok": False, "error": "protocol version not supported (this proxy speaks v1)"}
+        op = req.get("op")
+        if op == "ping":
+            return {"v": 1, "ok": True, "version": "fake", "host": "fake"}
+        if op == "register":
+            for nic in req["nics"]:
+                if nic["tvd"] not in self.tvds:
+                    return {"v": 1, "ok": False, "error": f"unknown TVD '{nic['tvd']}'"}
+                missing = self.tvds[nic["tvd"]] - set(req["properties"])
+                if missing:
+                    return {"v": 1, "ok": False,
+                            "error": f"admission denied: VM {req['name']} lacks {', '.join(sorted(missing))} "
+                                     f"for TVD {nic['tvd']}"}
+            self.registrations[req["uuid"]] = req
+            return {"v": 1, "ok": True}
+        if op == "unregister":
+            self.registrations.pop(req["uuid"], None)
+            return {"v": 1, "ok": True}
+        return {"v": 1, "ok": False, "error": f"unknown op {op!r}"}
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                buf = b""
+                while not buf.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                try:
+                    req = json.loads(buf)
+                except ValueError:
+                    conn.sendall(b'{"v":1,"ok":false,"error":"malformed request"}\n')
+                    continue
+                self.requests.append(req)
+                conn.sendall(json.dumps(self._answer(req)).encode() + b"\n")
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

@@ -14,6 +14,7 @@ from xen_tvd.policy import YamlUnreadable, check_file
 from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import ASSURANCE_KINDS
 from xen_tvd.policy import render
+from xen_tvd.cli import libvirt as cli_libvirt
 
 
 class UsageError(Exception):
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the machine's properties, e.g. tpm-measured-boot:immutable-log")
     a.set_defaults(func=cmd_admit)
 
+    cli_libvirt.add_parsers(sub)
     return p
 
 

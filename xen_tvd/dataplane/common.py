@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .netlink import Link, Links, doing, where
+from .netlink import Link, Links, describe, doing, where
 from .report import ApplyReport, DataplaneError
 
 
@@ -20,6 +20,7 @@ class Ctx:
     links: Links
     report: ApplyReport
     netns: str | None
+    fdb: list | None = None  # AF_BRIDGE neighbour dump, read once per apply when needed
 
     @property
     def where(self) -> str:
@@ -41,7 +42,7 @@ def set_alias(ctx: Ctx, link: Link, alias: str) -> Link:
     with doing(f"setting ifalias of {link.name}"):
         ctx.ipr.link("set", index=link.index, ifalias=alias)
     ctx.changed(f"set alias of {link.name} to {alias}")
-    return ctx.require(link.name)
+    return ctx.links.update(link, alias=alias)
 
 
 def set_mtu(ctx: Ctx, link: Link, mtu: int, hint: str = "") -> Link:
@@ -50,7 +51,7 @@ def set_mtu(ctx: Ctx, link: Link, mtu: int, hint: str = "") -> Link:
     with doing(f"setting MTU {mtu} on {link.name} in {ctx.where}", hint):
         ctx.ipr.link("set", index=link.index, mtu=mtu)
     ctx.changed(f"set mtu of {link.name} {link.mtu} -> {mtu}")
-    return ctx.require(link.name)
+    return ctx.links.update(link, mtu=mtu)
 
 
 def set_master(ctx: Ctx, link: Link, master: Link) -> Link:
@@ -59,7 +60,7 @@ def set_master(ctx: Ctx, link: Link, master: Link) -> Link:
     with doing(f"enslaving {link.name} to bridge {master.name} in {ctx.where}"):
         ctx.ipr.link("set", index=link.index, master=master.index)
     ctx.changed(f"attached {link.name} to {master.name}")
-    return ctx.require(link.name)
+    return ctx.links.update(link, master=master.index)
 
 
 def set_up(ctx: Ctx, link: Link) -> Link:
@@ -68,7 +69,7 @@ def set_up(ctx: Ctx, link: Link) -> Link:
     with doing(f"setting {link.name} up in {ctx.where}"):
         ctx.ipr.link("set", index=link.index, state="up")
     ctx.changed(f"set {link.name} up")
-    return ctx.require(link.name)
+    return ctx.links.update(link, up=True)
 
 
 def detach(ctx: Ctx, link: Link) -> Link | None:
@@ -78,15 +79,17 @@ def detach(ctx: Ctx, link: Link) -> Link | None:
         if link.master:
             ctx.ipr.link("set", index=link.index, master=0)
             ctx.changed(f"detached {link.name} from {old.name if old else link.master}")
+            link = ctx.links.update(link, master=None)
         if link.up:
             ctx.ipr.link("set", index=link.index, state="down")
             ctx.changed(f"set {link.name} down")
+            link = ctx.links.update(link, up=False)
     except NetlinkError as e:
         if e.code == errno.ENODEV:  # it went away meanwhile: detached by definition
             ctx.links.forget(link.name)
             return None
-        raise DataplaneError(f"detaching {link.name} in {ctx.where} failed ({e})") from None
-    return ctx.links.refresh(link.name)
+        raise DataplaneError(f"detaching {link.name} in {ctx.where} failed ({describe(e)})") from None
+    return link
 
 
 def delete(ctx: Ctx, link: Link, why: str) -> None:
@@ -95,6 +98,6 @@ def delete(ctx: Ctx, link: Link, why: str) -> None:
         ctx.ipr.link("del", index=link.index)
     except NetlinkError as e:
         if e.code != errno.ENODEV:
-            raise DataplaneError(f"deleting {link.kind or 'device'} {link.name} in {ctx.where} failed ({e})") from None
+            raise DataplaneError(f"deleting {link.kind or 'device'} {link.name} in {ctx.where} failed ({describe(e)})") from None
     ctx.links.forget(link.name)
     ctx.changed(f"deleted {link.kind or 'device'} {link.name} ({why})")

@@ -79,9 +79,10 @@ def mtu_hint(seg: model.Segment) -> str:
 
 
 def _flood_list(ctx: Ctx, link: Link) -> set[str]:
-    with doing(f"reading FDB of {link.name}"):
-        entries = ctx.ipr.get_neighbours(family=socket.AF_BRIDGE)
-    return {e.get("NDA_DST") for e in entries
+    if ctx.fdb is None:  # one dump per apply, shared by all segments
+        with doing(f"reading the bridge FDB in {ctx.where}"):
+            ctx.fdb = list(ctx.ipr.get_neighbours(family=socket.AF_BRIDGE))
+    return {e.get("NDA_DST") for e in ctx.fdb
             if e["ifindex"] == link.index and e.get("NDA_LLADDR") == ZERO_MAC and e.get("NDA_DST")}
 
 

@@ -1,0 +1,290 @@
+"""Tier-1 harness for the proxy and vif-tvd: real namespaces, bridges, VXLAN, a real tvd-proxy
+process per Dom0 and the real hotplug/vif-tvd script.
+
+Stand-ins, and what they stand in for:
+- xenstore: tests/hotplug/xenstore-stubs/ (xenstore-read/-write/-rm/-exists over a JSON file)
+  stand in for the real xenstore tools and xenstored, which cannot run without Xen. The
+  nested-Xen tier uses the real ones.
+- netback: a "vif" is a veth whose Dom0 end is named vif<domid>.<devid> inside a host
+  namespace; its other end is eth0 of a VM namespace (the guest's netfront).
+- the physical LAN: a fabric namespace with a bridge, one veth "wire" per Dom0 (eth0).
+- libxl: the test runs vif-tvd with libxl's arguments and environment (vif, XENBUS_PATH, ...).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VIF_TVD = os.path.join(REPO, "hotplug", "vif-tvd")
+STUBS = os.path.join(REPO, "tests", "hotplug", "xenstore-stubs")
+POLICY = os.path.join(REPO, "xl-configs", "tvd-hosts-policy.yaml")
+NS_PREFIX = "tvdh-"
+HOSTS = {"dom0-a": "10.77.1.11", "dom0-b": "10.77.1.12"}   # as in tvd-hosts-policy.yaml
+
+
+def sh(*argv, check=True, ns=None, **kw):
+    if ns:
+        argv = ("ip", "netns", "exec", ns, *argv)
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True, **kw)
+
+
+def ip(*args, ns=None, check=True):
+    return sh("ip", *(["-n", ns] if ns else []), *args, check=check)
+
+
+def link_info(ns: str, dev: str) -> dict | None:
+    """The kernel's view (ip -j -d link), read independently of the code under test."""
+    r = ip("-j", "-d", "link", "show", "dev", dev, ns=ns, check=False)
+    if r.returncode != 0:
+        return None
+    d = json.loads(r.stdout)[0]
+    return {"master": d.get("master"), "up": "UP" in d.get("flags", []), "mtu": d.get("mtu"),
+            "operstate": d.get("operstate")}
+
+
+def all_links(ns: str) -> list[str]:
+    return [d["ifname"] for d in json.loads(ip("-j", "link", "show", ns=ns).stdout)]
+
+
+class Xenstore:
+    """The JSON file the xenstore stand-ins use."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.write_all({})
+
+    def read_all(self) -> dict:
+        with open(self.path) as f:
+            return json.load(f)
+
+    def write_all(self, db: dict) -> None:
+        tmp = self.path + ".t"
+        with open(tmp, "w") as f:
+            json.dump(db, f)
+        os.rename(tmp, self.path)
+
+    def update(self, **entries) -> None:
+        db = self.read_all()
+        db.update(entries)
+        self.write_all(db)
+
+    def set(self, path: str, value: str | None) -> None:
+        db = self.read_all()
+        if value is None:
+            db.pop(path, None)
+        else:
+            db[path] = value
+        self.write_all(db)
+
+    def get(self, path: str) -> str | None:
+        return self.read_all().get(path)
+
+
+@dataclass
+class Vm:
+    name: str
+    uuid: str
+    domid: int
+    host: str            # Dom0 name
+    ns: str              # the VM's namespace
+    nics: dict[int, str] = field(default_factory=dict)   # devid -> VM-side IP
+
+    def vif(self, devid: int = 0) -> str:
+        return f"vif{self.domid}.{devid}"
+
+    def backend(self, devid: int = 0) -> str:
+        return f"/local/domain/0/backend/vif/{self.domid}/{devid}"
+
+    def frontend(self, devid: int = 0) -> str:
+        return f"/local/domain/{self.domid}/device/vif/{devid}"
+
+
+class Proxy:
+    def __init__(self, lab: "Lab", host: str, policy: str) -> None:
+        self.lab, self.host, self.policy = lab, host, policy
+        self.socket = os.path.join(lab.tmp, f"{host}.sock")
+        self.state_dir = os.path.join(lab.tmp, f"{host}-state")
+        self.log_path = os.path.join(lab.tmp, f"{host}-proxy.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> None:
+        env = dict(os.environ, PYTHONPATH=REPO)
+        self.logf = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xen_tvd.proxy.main", "run", "--policy", self.policy,
+             "--host", self.host, "--socket", self.socket, "--state-dir", self.state_dir,
+             "--netns", self.lab.host_ns[self.host]],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=env)
+        if wait:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"tvd-proxy exited {self.proc.returncode}: {self.log()}")
+                try:
+                    if self.request({"op": "ping"}).get("ok"):
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            raise AssertionError(f"tvd-proxy did not come up: {self.log()}")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def request(self, obj: dict, timeout: float = 15) -> dict:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.socket)
+            s.sendall(json.dumps(dict({"v": 1}, **obj)).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                c = s.recv(65536)
+                if not c:
+                    break
+                buf += c
+        finally:
+            s.close()
+        return json.loads(buf)
+
+
+class Lab:
+    """Fabric + one namespace per Dom0 of the policy; VMs added on demand. close() removes all."""
+
+    def __init__(self, tmp: str, hosts=("dom0-a",)) -> None:
+        self.tmp = tmp
+        self.run = uuidlib.uuid4().hex[:6]
+        self.namespaces: list[str] = []
+        self.proxies: dict[str, Proxy] = {}
+        self.vms: list[Vm] = []
+        self.xs = Xenstore(os.path.join(tmp, "xenstore.json"))
+        self.fabric = self._ns("fab")
+        ip("link", "add", "name", "fab0", "type", "bridge", ns=self.fabric)
+        ip("link", "set", "fab0", "up", ns=self.fabric)
+        self.host_ns: dict[str, str] = {}
+        for h in hosts:
+            ns = self._ns(h)
+            self.host_ns[h] = ns
+            peer = f"w-{h[-1]}"
+            ip("link", "add", "eth0", "type", "veth", "peer", "name", peer, ns=ns)
+            ip("link", "set", peer, "netns", self.fabric, ns=ns)
+            ip("link", "set", peer, "master", "fab0", "up", ns=self.fabric)
+            ip("addr", "add", f"{HOSTS[h]}/24", "dev", "eth0", ns=ns)
+            ip("link", "set", "eth0", "up", ns=ns)
+
+    def _ns(self, tag: str) -> str:
+        name = f"{NS_PREFIX}{self.run}-{tag}"
+        ip("netns", "add", name)
+        self.namespaces.append(name)
+        ip("link", "set", "lo", "up", ns=name)
+        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+           ns=name)
+        return name
+
+    def proxy(self, host: str = "dom0-a", policy: str = POLICY, start: bool = True) -> Proxy:
+        p = Proxy(self, host, policy)
+        self.proxies[host] = p
+        if start:
+            p.start()
+        return p
+
+    def vm(self, name: str, domid: int, host: str = "dom0-a", nics: dict[int, tuple[str, str]] | None = None,
+           uuid: str | None = None, tap: bool = False) -> Vm:
+        """A VM with one NIC per devid: {devid: (bridge key, VM IP)}. The vif is created down."""
+        vm = Vm(name, uuid or str(uuidlib.uuid4()), domid, host, self._ns(f"vm{domid}"))
+        hns = self.host_ns[host]
+        entries = {f"/local/domain/{domid}/vm": f"/vm/{vm.uuid}",
+                   f"/local/domain/{domid}/name": name,
+                   f"/vm/{vm.uuid}/uuid": vm.uuid}
+        for devid, (bridge, addr) in (nics or {0: ("tvd:alpha", "10.99.0.1")}).items():
+            dev = f"vif{domid}.{devid}" + ("-emu" if tap else "")
+            guest, tmpname = f"eth{devid}", f"g{domid}-{devid}"
+            ip("link", "add", dev, "type", "veth", "peer", "name", tmpname, ns=hns)
+            ip("link", "set", tmpname, "netns", vm.ns, ns=hns)
+            ip("link", "set", tmpname, "name", guest, ns=vm.ns)
+            ip("addr", "add", f"{addr}/24", "dev", guest, ns=vm.ns)
+            ip("link", "set", guest, "up", ns=vm.ns)
+            vm.nics[devid] = addr
+            be, fe = vm.backend(devid), vm.frontend(devid)
+            mac = f"00:16:3e:{domid >> 8 & 255:02x}:{domid & 255:02x}:{devid:02x}"
+            entries.update({f"{be}/frontend": fe, f"{be}/frontend-id": str(domid),
+                            f"{be}/mac": mac, f"{be}/handle": str(devid), f"{be}/type": "vif",
+                            f"{be}/script": "/etc/xen/scripts/vif-tvd", f"{be}/online": "1",
+                            f"{fe}/backend": be, f"{fe}/backend-id": "0", f"{fe}/mac": mac,
+                            f"{fe}/handle": str(devid)})
+            if bridge is not None:
+                entries[f"{be}/bridge"] = bridge
+        self.xs.update(**entries)
+        self.vms.append(vm)
+        return vm
+
+    def env(self, proxy_host: str = "dom0-a", **extra) -> dict:
+        env = {"PATH": STUBS + ":/usr/sbin:/usr/bin:/sbin:/bin",
+               "XENSTORE_STUB_FILE": self.xs.path,
+               "TVD_PROXY_SOCKET": os.path.join(self.tmp, f"{proxy_host}.sock")}
+        env.update(extra)
+        return env
+
+    def hotplug(self, vm: Vm, cmd: str = "online", devid: int = 0, type_if: str = "vif",
+                env: dict | None = None, script: str = VIF_TVD, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run the hotplug script as libxl does (Linux: libxl_linux.c), inside the Dom0 ns."""
+        e = self.env(vm.host)
+        if type_if == "vif":
+            e.update({"vif": vm.vif(devid), "XENBUS_PATH": f"backend/vif/{vm.domid}/{devid}",
+                      "XENBUS_TYPE": "vif", "XENBUS_BASE_PATH": "backend",
+                      "script": script, "netdev": ""})
+        else:
+            e.update({"INTERFACE": f"{vm.vif(devid)}-emu", "vif": vm.vif(devid),
+                      "XENBUS_PATH": f"backend/vif/{vm.domid}/{devid}", "script": script})
+        if env:
+            e.update(env)
+        return subprocess.run(["ip", "netns", "exec", self.host_ns[vm.host], script, cmd,
+                               f"type_if={type_if}"], env=e, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def ping(self, src: Vm, dst_ip: str, count: int = 1, size: int | None = None) -> bool:
+        args = ["ping", "-c", str(count), "-W", "1", "-i", "0.2"]
+        if size is not None:
+            args += ["-M", "do", "-s", str(size)]
+        return sh(*args, dst_ip, ns=src.ns, check=False).returncode == 0
+
+    def close(self) -> None:
+        errors = []
+        for p in self.proxies.values():
+            p.stop()
+        for ns in reversed(self.namespaces):
+            r = ip("netns", "del", ns, check=False)
+            if r.returncode != 0:
+                errors.append(f"{ns}: {r.stderr.strip()}")
+        assert not errors, errors
+
+
+def leftover_namespaces() -> list[str]:
+    out = ip("netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(NS_PREFIX)]

@@ -1,0 +1,463 @@
+"""The proxy proper: request handlers, the writer lock, reconcile on start, the socket server.
+
+Every change to the Dom0 network happens in `Proxy` under `self.lock`, so parallel hotplug
+events are serialised here (the scripts are thin clients). Desired state for this host, in
+standalone mode:
+
+    plan(policy, {me: admitted ports}, extra={me: local TVDs,
+                                              every other policy host: the local TVDs it may carry})
+
+so each local TVD's VXLAN/VLAN uplink points at the other hosts of the capability model. A TVD
+with no local vif has no segment here: the last `vif-offline` of a TVD removes its vSwitch.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import socketserver
+import struct
+import threading
+import time
+
+from xen_tvd.dataplane import DataplaneError, apply, plug_vif, unplug_vif
+from xen_tvd.dataplane.model import HostState, VifPort
+from xen_tvd.dataplane.netlink import BRIDGE_PREFIX, Links, open_ipr
+from xen_tvd.planner import PlanError, bridge_name, plan
+from xen_tvd.policy.lattice import admit
+from xen_tvd.policy.model import Policy
+
+from . import admission
+from .admission import Denied
+from .log import log
+from .protocol import (IFNAME_RE, MAX_REQUEST, TVD_RE, UUID_RE, VERSION, ProtocolError,
+                       decode_request, encode)
+from .state import Registration, StateStore, VifRecord
+
+
+class Refused(Exception):
+    """Any refusal with a one-line message (bad request, denied, plan or dataplane failure)."""
+
+
+def _int(req: dict, key: str, required: bool = True) -> int | None:
+    v = req.get(key)
+    if v is None and not required:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ProtocolError(f"'{key}' must be a non-negative integer, got {v!r}")
+    return v
+
+
+def _str(req: dict, key: str, pattern=None, required: bool = True) -> str | None:
+    v = req.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or (pattern is not None and not pattern.match(v)):
+        raise ProtocolError(f"'{key}' is missing or malformed: {v!r}")
+    return v
+
+
+class Proxy:
+    def __init__(self, policy: Policy, host: str, state_dir: str) -> None:
+        if host not in policy.hosts:
+            raise RuntimeError(f"host '{host}' is not in the policy's capability model "
+                               f"(hosts: {', '.join(sorted(policy.hosts)) or 'none'})")
+        self.policy = policy
+        self.host = host
+        self.store = StateStore(state_dir)
+        self.lock = threading.Lock()
+        self.regs: dict[str, Registration] = {}
+        self.vifs: dict[str, VifRecord] = {}
+        self.applied: HostState | None = None   # what the kernel was last made to match
+
+    # ---- desired state -----------------------------------------------------------------------
+
+    def _host_carries(self, host: str, tvd: str) -> bool:
+        return admit(self.policy, [tvd], dict(self.policy.hosts[host].properties)).admitted
+
+    def desired(self, vifs, extra_local: set[str] = frozenset()) -> HostState:
+        ports = [VifPort(v.ifname, v.tvd) for v in vifs]
+        local = {v.tvd for v in vifs} | set(extra_local)
+        extra = {self.host: local}
+        for h in self.policy.hosts:
+            if h != self.host:
+                extra[h] = {t for t in local if self._host_carries(h, t)}
+        try:
+            states = plan(self.policy, {self.host: ports}, extra)
+        except PlanError as e:
+            raise Refused(str(e)) from None
+        return states.get(self.host, HostState(host=self.host))
+
+    def converge(self, state: HostState, force: bool = False) -> None:
+        """apply() when the segments differ from what we last applied (or when forced)."""
+        if not force and self.applied is not None and self.applied.segments == state.segments \
+                and self.applied.underlay_mtu == state.underlay_mtu:
+            return
+        t0 = time.monotonic()
+        try:
+            report = apply(state)
+        except DataplaneError as e:
+            self.applied = None
+            raise Refused(str(e)) from None
+        self.applied = state
+        for w in report.warnings:
+            log("warning", "apply-warning", detail=w)
+        if report.changes:
+            log("info", "apply", changes=len(report.changes), detail="; ".join(report.changes),
+                ms=(time.monotonic() - t0) * 1000)
+
+    def save(self) -> None:
+        try:
+            self.store.save(self.regs, self.vifs)
+        except OSError as e:
+            log("error", "state-save-failed", path=self.store.path, error=e.strerror or str(e))
+
+    # ---- start: re-learn and reconcile without touching running VMs -------------------------
+
+    def kernel_ports(self) -> dict[str, str]:
+        """ifname -> TVD of every non-owned interface enslaved to one of our TVD bridges."""
+        by_bridge = {bridge_name(t): t for t in self.policy.tvds}
+        out = {}
+        with open_ipr(None) as ipr:
+            links = Links(ipr)
+            for br in list(links.by_name.values()):
+                if br.owned and br.kind == "bridge" and br.name.startswith(BRIDGE_PREFIX):
+                    tvd = by_bridge.get(br.name)
+                    if tvd is None:
+                        continue   # TVD gone from the policy: apply() removes the bridge
+                    for m in links.members(br.index):
+                        if not m.owned:
+                            out[m.name] = tvd
+        return out
+
+    def startup(self) -> None:
+        with self.lock:
+            self.regs, saved, notes = self.store.load()
+            for n in notes:
+                log("info", "state", detail=n)
+            attached = self.kernel_ports()
+            vifs: dict[str, VifRecord] = {}
+            for name, tvd in sorted(attached.items()):
+                rec = saved.get(name)
+                if rec is not None and rec.tvd == tvd:
+                    vifs[name] = rec
+                else:
+                    vifs[name] = VifRecord(ifname=name, tvd=tvd)
+                    log("warning", "adopted", ifname=name, tvd=tvd,
+                        detail="attached to a TVD vSwitch but not in the state file; kept")
+            for name, rec in saved.items():
+                if name not in vifs:
+                    log("info", "forgot", ifname=name, tvd=rec.tvd,
+                        detail="no longer attached to its vSwitch")
+            # Re-admit every kept vif under the (possibly new) policy; denied ones are left out
+            # of the desired state, so apply() detaches them (fail closed).
+            for name, rec in sorted(vifs.items()):
+                try:
+                    self._admit(name, rec.tvd, rec.uuid, vifs, exclude=name)
+                except Denied as e:
+                    log("warning", "revoked", ifname=name, tvd=rec.tvd, error=str(e))
+                    del vifs[name]
+            self.vifs = vifs
+            try:
+                self.converge(self.desired(vifs.values()), force=True)
+            except Refused as e:
+                log("error", "reconcile-failed", error=str(e))
+            self.save()
+            log("info", "reconciled", host=self.host, vifs=len(vifs), registrations=len(self.regs),
+                segments=",".join(s.tvd for s in (self.applied.segments if self.applied else ())))
+
+    # ---- admission ---------------------------------------------------------------------------
+
+    def _admit(self, what: str, tvd: str, uuid: str | None, vifs, exclude: str | None = None):
+        reg = self.regs.get(uuid) if uuid else None
+        admission.check_tvd(self.policy, tvd)
+        admission.check_not_left(reg, tvd, what)
+        admission.check_host(self.policy, self.host, tvd)
+        if uuid is not None:   # adopted vifs with no record: the VM was admitted before
+            tvds = admission.vm_tvds(uuid, reg, vifs, extra=tvd, exclude_ifname=exclude)
+            tvds = {t for t in tvds if t in self.policy.tvds} | {tvd}
+            admission.check_vm(self.policy, uuid, reg, tvds, what)
+
+    # ---- operations --------------------------------------------------------------------------
+
+    def op_ping(self, req):
+        return {"version": VERSION, "host": self.host}, None
+
+    def op_status(self, req):
+        with self.lock:
+            segs = []
+            for s in (self.applied.segments if self.applied else ()):
+                up = s.uplink
+                segs.append({"tvd": s.tvd, "bridge": s.bridge, "mtu": s.mtu,
+                             "uplink": None if up is None else type(up).__name__})
+            return {"host": self.host,
+                    "vifs": [vars(self.vifs[k]) for k in sorted(self.vifs)],
+                    "registrations": [self.regs[k].to_json() for k in sorted(self.regs)],
+                    "segments": segs}, None
+
+    def op_register(self, req):
+        uuid = _str(req, "uuid", UUID_RE)
+        name = req.get("name") or ""
+        if not isinstance(name, str):
+            raise ProtocolError("'name' must be a string")
+        nics = req.get("nics") or []
+        props = req.get("properties") or {}
+        if not isinstance(nics, list) or not isinstance(props, dict):
+            raise ProtocolError("'nics' must be a list and 'properties' an object")
+        reg = Registration(uuid=uuid, name=name.removesuffix("--incoming"))
+        for n in nics:
+            if not isinstance(n, dict):
+                raise ProtocolError("each nic must be an object {devid, tvd}")
+            tvd = _str(n, "tvd", TVD_RE)
+            devid = _int(n, "devid", required=False)
+            if devid is None:
+                reg.any_tvd = tvd
+            else:
+                reg.nics[devid] = tvd
+        for p, a in props.items():
+            if not isinstance(p, str) or not (a is None or isinstance(a, str)):
+                raise ProtocolError("'properties' maps property names to an assurance kind or null")
+            reg.properties[p] = a
+        with self.lock:
+            what = f"VM {reg.name or uuid}"
+            for tvd in sorted(reg.tvds()):
+                admission.check_tvd(self.policy, tvd)
+                admission.check_host(self.policy, self.host, tvd)
+            if reg.tvds():
+                vm = admission.vm_tvds(uuid, reg, self.vifs)
+                admission.check_vm(self.policy, uuid, reg, vm, what)
+            self.regs[uuid] = reg
+            self.save()
+        log("info", "register", uuid=uuid, name=reg.name, tvds=",".join(sorted(reg.tvds())))
+        return {}, None
+
+    def op_unregister(self, req):
+        uuid = _str(req, "uuid", UUID_RE)
+        with self.lock:
+            found = self.regs.pop(uuid, None) is not None
+            if found:
+                self.save()
+        log("info", "unregister", uuid=uuid, found=found)
+        return {}, None
+
+    def op_join(self, req):
+        uuid = _str(req, "uuid", UUID_RE)
+        tvd = _str(req, "tvd", TVD_RE)
+        devid = _int(req, "devid", required=False)
+        with self.lock:
+            reg = self.regs.get(uuid) or Registration(uuid=uuid)
+            what = f"VM {reg.name or uuid} joining {tvd}"
+            admission.check_tvd(self.policy, tvd)
+            admission.check_host(self.policy, self.host, tvd)
+            trial = Registration.from_json(reg.to_json())
+            trial.left = [t for t in trial.left if t != tvd]
+            trial.joined[tvd] = devid
+            admission.check_vm(self.policy, uuid, trial,
+                               admission.vm_tvds(uuid, trial, self.vifs), what)
+            self.regs[uuid] = trial
+            self.save()
+        log("info", "join", uuid=uuid, tvd=tvd, devid=devid)
+        return {}, None
+
+    def op_leave(self, req):
+        uuid = _str(req, "uuid", UUID_RE)
+        tvd = _str(req, "tvd", TVD_RE)
+        with self.lock:
+            reg = self.regs.get(uuid) or Registration(uuid=uuid)
+            reg.joined.pop(tvd, None)
+            if tvd not in reg.left:
+                reg.left.append(tvd)
+            self.regs[uuid] = reg
+            gone = sorted(v.ifname for v in self.vifs.values() if v.uuid == uuid and v.tvd == tvd)
+            errors = []
+            for name in gone:
+                try:
+                    unplug_vif(name)
+                except DataplaneError as e:
+                    errors.append(str(e))
+                del self.vifs[name]
+            try:
+                self.converge(self.desired(self.vifs.values()))
+            except Refused as e:
+                errors.append(str(e))
+            self.save()
+        log("info", "leave", uuid=uuid, tvd=tvd, detached=",".join(gone))
+        if errors:
+            raise Refused("; ".join(errors))
+        return {"detached": gone}, None
+
+    def op_vif_online(self, req):
+        ifname = _str(req, "ifname", IFNAME_RE)
+        uuid = _str(req, "uuid", UUID_RE)
+        _int(req, "domid")
+        devid = _int(req, "devid")
+        bridge = req.get("bridge")
+        if bridge is not None and not isinstance(bridge, str):
+            raise ProtocolError("'bridge' must be a string")
+        vtype = req.get("type") or "vif"
+        if vtype not in ("vif", "tap"):
+            raise ProtocolError(f"'type' must be vif or tap, got {vtype!r}")
+        mac = req.get("mac")
+        with self.lock:
+            try:
+                reg = self.regs.get(uuid)
+                tvd = admission.resolve_tvd(ifname, devid, bridge, reg)
+                self._admit(ifname, tvd, uuid, self.vifs, exclude=ifname)
+                others = [v for v in self.vifs.values() if v.ifname != ifname]
+                state = self.desired(others, extra_local={tvd})
+                self.converge(state)
+                seg = state.segment(tvd)
+                try:
+                    plug_vif(VifPort(ifname, tvd), seg)
+                except DataplaneError as e:
+                    self.applied = None   # re-check the kernel on the next event
+                    raise Refused(str(e)) from None
+            except (Denied, Refused) as e:
+                self._fail_closed(ifname)
+                raise Refused(str(e)) from None
+            self.vifs[ifname] = VifRecord(ifname=ifname, tvd=tvd, uuid=uuid, domid=req["domid"],
+                                          devid=devid, type=vtype,
+                                          mac=mac if isinstance(mac, str) else None)
+            self.save()
+        name = reg.name if reg else ""
+        log("info", "vif-online", ifname=ifname, tvd=tvd, uuid=uuid, vm=name, bridge=seg.bridge,
+            mtu=seg.mtu)
+
+        def rollback():
+            with self.lock:
+                if self.vifs.get(ifname) is not None and self.vifs[ifname].uuid == uuid:
+                    self._fail_closed(ifname)
+                    self.vifs.pop(ifname, None)
+                    self.save()
+            log("warning", "vif-online-rolled-back", ifname=ifname,
+                detail="the hotplug script went away before the answer; vif detached")
+        return {"tvd": tvd, "bridge": seg.bridge, "mtu": seg.mtu}, rollback
+
+    def _fail_closed(self, ifname: str) -> None:
+        self.vifs.pop(ifname, None)
+        try:
+            unplug_vif(ifname)
+        except DataplaneError as e:
+            log("error", "detach-failed", ifname=ifname, error=str(e))
+
+    def op_vif_offline(self, req):
+        ifname = _str(req, "ifname", IFNAME_RE)
+        with self.lock:
+            rec = self.vifs.pop(ifname, None)
+            err = None
+            try:
+                unplug_vif(ifname)
+            except DataplaneError as e:
+                err = str(e)
+            if rec is not None:
+                try:
+                    self.converge(self.desired(self.vifs.values()))
+                except Refused as e:
+                    log("error", "reconcile-failed", error=str(e))
+                self.save()
+        log("info", "vif-offline", ifname=ifname, tvd=rec.tvd if rec else None, known=rec is not None)
+        if err:
+            raise Refused(err)
+        return {}, None
+
+    HANDLERS = {"ping": op_ping, "status": op_status, "register": op_register,
+                "unregister": op_unregister, "join": op_join, "leave": op_leave,
+                "vif-online": op_vif_online, "vif-offline": op_vif_offline}
+
+    def handle(self, data: bytes):
+        """(response dict, rollback or None). Never raises."""
+        op = "?"
+        t0 = time.monotonic()
+        try:
+            req = decode_request(data)
+            op = req["op"]
+            body, rollback = self.HANDLERS[op](self, req)
+            return {"v": VERSION, "ok": True, **body}, rollback
+        except (ProtocolError, Denied, Refused) as e:
+            msg = str(e).replace("\n", " ")
+            log("warning", "refused", op=op, error=msg, ms=(time.monotonic() - t0) * 1000)
+            return {"v": VERSION, "ok": False, "error": msg}, None
+        except Exception as e:  # a bug must not kill the daemon or leave the client hanging
+            log("error", "internal-error", op=op, error=f"{type(e).__name__}: {e}")
+            return {"v": VERSION, "ok": False, "error": f"tvd-proxy internal error in {op}: "
+                                                       f"{type(e).__name__}: {e}"}, None
+
+
+# ---- the socket server ---------------------------------------------------------------------------
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        proxy: Proxy = self.server.proxy
+        sock.settimeout(self.server.client_timeout)
+        try:
+            uid = peer_uid(sock)
+            if uid not in self.server.allowed_uids:
+                log("warning", "refused-peer", uid=uid)
+                sock.sendall(encode({"v": VERSION, "ok": False,
+                                     "error": f"permission denied: tvd-proxy accepts root only (peer uid {uid})"}))
+                return
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > MAX_REQUEST:
+                    break
+            if not data:
+                return
+            resp, rollback = proxy.handle(data)
+            try:
+                sock.sendall(encode(resp))
+            except OSError:
+                if rollback is not None:
+                    rollback()
+        except OSError:
+            pass
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: str, proxy: Proxy, allowed_uids=(0,), client_timeout: float = 30.0):
+        self.proxy = proxy
+        self.allowed_uids = set(allowed_uids)
+        self.client_timeout = client_timeout
+        self.sock_path = path
+        _prepare_socket_path(path)
+        old = os.umask(0o177)
+        try:
+            super().__init__(path, _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    def server_close(self) -> None:
+        super().server_close()
+        try:
+            os.unlink(self.sock_path)
+        except OSError:
+            pass
+
+
+def _prepare_socket_path(path: str) -> None:
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, mode=0o755, exist_ok=True)
+    if os.path.exists(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            os.unlink(path)   # stale socket of a dead proxy
+        else:
+            raise RuntimeError(f"another tvd-proxy is already listening on {path}")
+        finally:
+            s.close()

@@ -1,0 +1,118 @@
+"""`tvd-proxy run --policy FILE --host NAME [--socket PATH] [--state-dir DIR] [--netns NS]`.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad usage or unusable policy/host/state/socket.
+SIGHUP re-reads the policy file and reconciles (vifs the new policy no longer admits are
+detached; running, still-admitted VMs are not touched).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+from xen_tvd.policy import PolicyInvalid, load_policy
+
+from .log import log
+from .protocol import DEFAULT_SOCKET
+
+DEFAULT_STATE_DIR = "/var/lib/xen-tvd"
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """setns() this process into /run/netns/NAME before any thread exists (threads inherit it).
+    The UNIX socket lives on the filesystem, so clients outside the namespace still reach us."""
+    path = name if "/" in name else f"/run/netns/{name}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RuntimeError(f"network namespace {name!r}: {e.strerror} ({path})") from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise RuntimeError(f"cannot enter network namespace {name!r}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tvd-proxy", description="the Dom0 TVD proxy")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+    r = sub.add_parser("run", help="serve hotplug scripts and tvdctl on a UNIX socket")
+    r.add_argument("--policy", required=True, metavar="FILE")
+    r.add_argument("--host", required=True, metavar="NAME", help="this Dom0 in the policy's hosts:")
+    r.add_argument("--socket", default=os.environ.get("TVD_PROXY_SOCKET") or DEFAULT_SOCKET,
+                   metavar="PATH", help=f"default {DEFAULT_SOCKET}")
+    r.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"registrations and vif records (default {DEFAULT_STATE_DIR})")
+    r.add_argument("--netns", metavar="NS", help="manage this network namespace (lab: one proxy per host)")
+    return p
+
+
+def _load(path: str):
+    try:
+        return load_policy(path)
+    except PolicyInvalid as e:
+        for d in e.diagnostics:
+            if d.is_error:
+                print(d, file=sys.stderr)
+        raise RuntimeError(f"policy {path} has errors; run 'tvdctl check {path}'") from None
+
+
+def run(args) -> int:
+    from .daemon import Proxy, Server   # after argparse: `--help` stays fast
+    policy = _load(args.policy)
+    if args.netns:
+        enter_netns(args.netns)
+    proxy = Proxy(policy, args.host, args.state_dir)
+    proxy.startup()
+    server = Server(args.socket, proxy)
+    stop = threading.Event()
+
+    def on_term(signum, frame):
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    def on_hup(signum, frame):
+        def reload():
+            try:
+                new = _load(args.policy)
+            except RuntimeError as e:
+                log("error", "reload-failed", error=str(e))
+                return
+            proxy.policy = new
+            proxy.startup()
+            log("info", "reloaded", policy=args.policy)
+        threading.Thread(target=reload, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    log("info", "listening", socket=args.socket, host=args.host, policy=args.policy,
+        netns=args.netns or "", pid=os.getpid())
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        log("info", "stopped", detail="vifs and vSwitches left as they are")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RuntimeError as e:
+        print(f"tvd-proxy: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

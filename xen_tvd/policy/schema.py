@@ -396,13 +396,15 @@ class PolicyReader(Reader):
         by_group: dict[str, str] = {}
         for t in tvds.values():
             pos = t.pos
-            if not t.vlan or not t.vni:
-                continue
-            if t.vlan in by_vlan:
+            # a bad id (0: already reported) must not hide a duplicate of the other one
+            if t.vlan and t.vlan in by_vlan:
                 self.diags.error(pos, f"TVD '{t.name}' reuses VLAN {t.vlan} of TVD "
                                       f"'{by_vlan[t.vlan]}' (a VLAN belongs to at most one TVD)",
                                  "duplicate-vlan")
-            by_vlan.setdefault(t.vlan, t.name)
+            if t.vlan:
+                by_vlan.setdefault(t.vlan, t.name)
+            if not t.vni:
+                continue
             if t.vni in by_vni:
                 self.diags.error(pos, f"TVD '{t.name}' reuses VNI {t.vni} of TVD "
                                       f"'{by_vni[t.vni]}'", "duplicate-vni")

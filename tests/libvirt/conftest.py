@@ -24,15 +24,30 @@ def run_hook(tmp_path):
 
 
 @pytest.fixture
-def libvirtd(tmp_path):
-    """A private, real libvirtd (see lv_libvirtd); skipped, naming the missing piece, where it
+def make_libvirtd(tmp_path):
+    """make_libvirtd(hooks=False) -> a private, real libvirtd (see lv_libvirtd), started; with
+    hooks=True our domain hook is installed (tvdctl libvirt install-hook) before it starts,
+    as libvirtd only looks for hooks at start. Skipped, naming the missing piece, where it
     cannot run (it runs in CI on Debian 12 as root)."""
     import lv_libvirtd
     why = lv_libvirtd.missing()
     if why:
         pytest.skip(f"real libvirtd: {why}")
-    d = lv_libvirtd.Libvirtd(str(tmp_path / "libvirtd"))
-    try:
-        yield d.start()
-    finally:
+    made = []
+
+    def make(hooks: bool = False):
+        d = lv_libvirtd.Libvirtd(str(tmp_path / f"libvirtd{len(made)}"))
+        made.append(d)
+        if hooks:
+            from xen_tvd.cli.tvdctl import main
+            assert main(["libvirt", "install-hook", "--hooks-dir",
+                         os.path.join(d.etc, "hooks")]) == 0
+        return d.start()
+    yield make
+    for d in made:
         d.stop()
+
+
+@pytest.fixture
+def libvirtd(make_libvirtd):
+    return make_libvirtd()

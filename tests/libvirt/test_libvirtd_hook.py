@@ -1,0 +1,117 @@
+"""The hook as libvirtd itself runs it: a real libvirtd (lv_libvirtd) with our hook installed
+in qemu.d/, starting a real qemu guest (TCG, no KVM needed) whose NICs are in TVDs beta and
+gamma, with lv_fakeproxy.FakeProxy standing in for tvd-proxy at /run/xen-tvd/proxy.sock.
+
+libvirt's libxl driver (the Xen one) needs a running Xen and cannot start here; it calls the
+same hook with the same arguments (/etc/libvirt/hooks/libxl.d/), which the nested-Xen tier
+exercises. The qemu driver proves the contract: argv, XML on stdin, a failing hook fails the
+start with our stderr in the error, stopped/release on destroy."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+from lxml import etree
+
+from lv_fakeproxy import FakeProxy
+from lv_helpers import EXAMPLE, POLICY
+
+UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+QEMU = shutil.which("qemu-system-x86_64")
+pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64 (apt-get install "
+                                "--no-install-recommends qemu-system-x86) for libvirt's qemu driver")
+
+
+def qemu_domain(drop_property: str | None = None) -> str:
+    """The example domain's name, UUID, metadata and NICs, as a tiny TCG guest (no disk)."""
+    ex = etree.parse(EXAMPLE).getroot()
+    meta = ex.find("metadata")
+    if drop_property:
+        for p in meta.iter("{*}property"):
+            if p.get("name") == drop_property:
+                p.getparent().remove(p)
+    macs = [m.get("address") for m in ex.iter("mac")]
+    return f"""<domain type='qemu'>
+  <name>{ex.findtext('name')}</name><uuid>{ex.findtext('uuid')}</uuid>
+  {etree.tostring(meta, encoding='unicode')}
+  <memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <emulator>{QEMU}</emulator>
+    <interface type='bridge'><mac address='{macs[0]}'/><source bridge='tvd-beta'/></interface>
+    <interface type='network'><mac address='{macs[1]}'/><source network='tvd-gamma'/></interface>
+    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
+  </devices>
+</domain>"""
+
+
+@pytest.fixture
+def host(make_libvirtd, capsys):
+    from xen_tvd.cli.tvdctl import main
+    d = make_libvirtd(hooks=True)
+    for br in ("tvd-beta", "tvd-gamma"):       # tvd-proxy's vSwitches, in libvirtd's netns
+        d.nsexec("ip", "link", "add", "name", br, "type", "bridge")
+        d.nsexec("ip", "link", "set", br, "up")
+    assert main(["libvirt", "networks", POLICY, "--define", "--start", "--uri", d.uri]) == 0
+    capsys.readouterr()
+    proxy = FakeProxy(os.path.join(d.proxy_dir, "proxy.sock"),
+                      {"alpha": {"tpm-measured-boot"}, "beta": {"signed-kernel"},
+                       "gamma": {"signed-kernel", "disk-encryption"}})
+    conn = d.connect()
+    yield d, conn, proxy
+    for dom in conn.listAllDomains():
+        if dom.isActive():
+            dom.destroy()
+    conn.close()
+    proxy.close()
+
+
+def _wait(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_admitted_guest_starts_and_is_unregistered_on_destroy(host):
+    d, conn, proxy = host
+    dom = conn.defineXML(qemu_domain())
+    dom.create()
+    assert dom.isActive()
+    regs = [r for r in proxy.requests if r["op"] == "register"]
+    assert regs and all(r["uuid"] == UUID for r in regs)
+    assert regs[0]["nics"] == [{"devid": 0, "tvd": "beta"}, {"devid": 1, "tvd": "gamma"}]
+    assert regs[0]["properties"] == {"disk-encryption": None, "signed-kernel": "immutable-log"}
+    # the guest's taps landed on the TVD vSwitches
+    links = d.nsexec("ip", "-o", "link", "show").stdout
+    assert "master tvd-beta" in links and "master tvd-gamma" in links
+    dom.destroy()
+    assert _wait(lambda: any(r["op"] == "unregister" for r in proxy.requests))
+    assert UUID not in proxy.registrations
+
+
+def test_denied_guest_does_not_start(host):
+    import libvirt
+    d, conn, proxy = host
+    dom = conn.defineXML(qemu_domain(drop_property="disk-encryption"))
+    with pytest.raises(libvirt.libvirtError) as e:
+        dom.create()
+    msg = str(e.value)
+    assert "refusing to prepare domain web-frontend: admission denied" in msg, msg
+    assert not dom.isActive()
+    assert "tap" not in d.nsexec("ip", "-o", "link", "show").stdout
+
+
+def test_guest_does_not_start_without_the_proxy(host):
+    import libvirt
+    d, conn, proxy = host
+    proxy.close()
+    dom = conn.defineXML(qemu_domain())
+    with pytest.raises(libvirt.libvirtError) as e:
+        dom.create()
+    assert "tvd-proxy is not running" in str(e.value)
+    assert not dom.isActive()

@@ -292,26 +292,51 @@ def _prune_host_vifs(topo: Topology) -> None:
                 nsutil.delete_link(host.ns, name)
 
 
-def _listener_alive(pid: int, ns: str) -> bool:
-    if not nsutil.pid_in_ns(pid, ns):
-        return False
+def _listen_args(lab: str, vm: str) -> list[str]:
+    return ["listen", "--port", str(TCP_PORT), "--daemon", "--lab", lab, "--vm", vm]
+
+
+def _cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"xen_tvd.lab.agent\0listen" in f.read()
+            return f.read()
     except OSError:
+        return b""
+
+
+def _is_listener(pid: int, lab: str, vm: str | None = None) -> bool:
+    cl = _cmdline(pid)
+    if b"xen_tvd.lab.agent\0listen\0" not in cl or b"\0--lab\0" + lab.encode() + b"\0" not in cl:
         return False
+    return vm is None or b"\0--vm\0" + vm.encode() + b"\0" in cl
+
+
+def stray_listeners(lab: str) -> list[int]:
+    """Listeners of lab `lab` wherever they are (also in namespaces deleted behind our back)."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_listener(int(p), lab)]
+
+
+def _listener_alive(pid: int, ns: str, lab: str, vm: str) -> bool:
+    return nsutil.pid_in_ns(pid, ns) and _is_listener(pid, lab, vm)
 
 
 def _listeners(topo: Topology, old: dict, errors: list[str]) -> dict:
     out = {}
     procs = {}
+    good = set()
     for vm in topo.vms.values():
         pid = old.get(vm.name)
-        if pid and _listener_alive(pid, vm.ns):
+        if pid and _listener_alive(pid, vm.ns, topo.name, vm.name):
             out[vm.name] = pid
+            good.add(pid)
+    # listeners of this lab that are not the live one of their VM (namespace recreated, VM
+    # removed from the spec): kill them, so nothing runs that the state does not list
+    nsutil.kill_pids([p for p in stray_listeners(topo.name) if p not in good])
+    for vm in topo.vms.values():
+        if vm.name in out:
             continue
         procs[vm.name] = subprocess.Popen(
-            agent_cmd(vm.ns, "listen", "--port", str(TCP_PORT), "--daemon"),
+            agent_cmd(vm.ns, *_listen_args(topo.name, vm.name)),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=agent_env())
     for name, p in procs.items():
@@ -336,7 +361,7 @@ def down(name: str, log: Log = lambda s: None) -> list[str]:
         except LabError:
             state = None
         nss = lab_namespaces(name, state)
-        pids = nsutil.pids_in_ns(nss)
+        pids = set(nsutil.pids_in_ns(nss)) | set(stray_listeners(name))
         nsutil.kill_pids(pids)
         for ns in nss:
             nsutil.remove_ns(ns)   # its devices (veths, bridges, VXLAN) go with it
@@ -412,7 +437,7 @@ def status(name: str) -> dict:
         ve: dict = {"namespace": vm.ns, "host": vm.host, "domid": vm.domid,
                     "listener_pid": state.get("listeners", {}).get(vm.name), "nics": []}
         ve["listener_alive"] = bool(ve["listener_pid"] and
-                                    _listener_alive(ve["listener_pid"], vm.ns))
+                                    _listener_alive(ve["listener_pid"], vm.ns, name, vm.name))
         links = nsutil.links(vm.ns) if nsutil.ns_exists(vm.ns) else []
         for nic in vm.nics:
             l = next((x for x in links if x.get_attr("IFLA_IFNAME") == nic.eth), None)

@@ -7,6 +7,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HOOK = os.path.join(REPO, "hotplug", "libvirt-hook")
 EXAMPLE = os.path.join(REPO, "xl-configs", "libvirt-domain.xml")
 POLICY = os.path.join(REPO, "xl-configs", "paper-figure1.yaml")
+HOSTS_POLICY = os.path.join(REPO, "xl-configs", "tvd-hosts-policy.yaml")  # the example domain's
+# what lv_fakeproxy asks of a VM per TVD: a toy echo of HOSTS_POLICY's M(t), no dominance
+FAKE_TVDS = {"alpha": set(), "beta": set(), "gamma": {"tpm-measured-boot"}}
 NS = "https://xen-tvd.org/xmlns/libvirt/1"
 
 

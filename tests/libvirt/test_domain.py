@@ -14,15 +14,15 @@ def test_example_domain_two_nics_two_tvds():
     with open(EXAMPLE, "rb") as f:
         m = parse_domain(f.read())
     assert m.name == "web-frontend"
-    assert m.tvds == ["beta", "gamma"]
-    assert [(n.devid, n.tvd, n.why) for n in m.nics] == [(0, "beta", "metadata"),
+    assert m.tvds == ["alpha", "gamma"]
+    assert [(n.devid, n.tvd, n.why) for n in m.nics] == [(0, "alpha", "metadata"),
                                                           (1, "gamma", "network")]
-    assert m.properties == {"signed-kernel": "immutable-log", "disk-encryption": None}
+    assert m.properties == {"tpm-measured-boot": "immutable-log"}
     req = m.register_request()
     assert req == {"v": 1, "op": "register", "uuid": "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
                    "name": "web-frontend",
-                   "nics": [{"devid": 0, "tvd": "beta"}, {"devid": 1, "tvd": "gamma"}],
-                   "properties": {"disk-encryption": None, "signed-kernel": "immutable-log"}}
+                   "nics": [{"devid": 0, "tvd": "alpha"}, {"devid": 1, "tvd": "gamma"}],
+                   "properties": {"tpm-measured-boot": "immutable-log"}}
 
 
 def test_membership_from_network_bridge_and_xl_form():

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from lv_fakeproxy import FakeProxy
-from lv_helpers import EXAMPLE, HOOK, REPO, domain_xml, membership, nic
+from lv_helpers import EXAMPLE, FAKE_TVDS, HOOK, REPO, domain_xml, membership, nic
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
@@ -24,8 +24,7 @@ def example():
 @pytest.fixture
 def proxy(tmp_path):
     p = FakeProxy(str(tmp_path / "proxy.sock"),
-                  {"alpha": {"tpm-measured-boot"}, "beta": {"signed-kernel"},
-                   "gamma": {"signed-kernel", "disk-encryption"}})
+                  FAKE_TVDS)
     yield p
     p.close()
 
@@ -36,20 +35,19 @@ def test_admitted_start_registers_the_vm(run_hook, proxy, example, event):
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"" and r.stderr == b""
     assert proxy.requests == [{"v": 1, "op": "register", "uuid": UUID, "name": "web-frontend",
-                               "nics": [{"devid": 0, "tvd": "beta"}, {"devid": 1, "tvd": "gamma"}],
-                               "properties": {"disk-encryption": None,
-                                              "signed-kernel": "immutable-log"}}]
+                               "nics": [{"devid": 0, "tvd": "alpha"}, {"devid": 1, "tvd": "gamma"}],
+                               "properties": {"tpm-measured-boot": "immutable-log"}}]
     assert UUID in proxy.registrations
 
 
 def test_denied_start_fails_with_the_proxys_reason(run_hook, proxy, example):
-    xml = example.replace(b"<tvd:property name='disk-encryption'/>", b"")
+    xml = example.replace(b"<tvd:property name='tpm-measured-boot' assurance='immutable-log'/>", b"")
     r = run_hook(["web-frontend", "prepare", "begin", "-"], xml, proxy.path)
     assert r.returncode == 1
     err = r.stderr.decode()
     assert err.count("\n") == 1
     assert "refusing to prepare domain web-frontend: admission denied" in err
-    assert "disk-encryption" in err
+    assert "tpm-measured-boot" in err
     assert UUID not in proxy.registrations
 
 

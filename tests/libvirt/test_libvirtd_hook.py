@@ -1,5 +1,5 @@
 """The hook as libvirtd itself runs it: a real libvirtd (lv_libvirtd) with our hook installed
-in qemu.d/, starting a real qemu guest (TCG, no KVM needed) whose NICs are in TVDs beta and
+in qemu.d/, starting a real qemu guest (TCG, no KVM needed) whose NICs are in TVDs alpha and
 gamma, with lv_fakeproxy.FakeProxy standing in for tvd-proxy at /run/xen-tvd/proxy.sock.
 
 libvirt's libxl driver (the Xen one) needs a running Xen and cannot start here; it calls the
@@ -16,7 +16,7 @@ import pytest
 from lxml import etree
 
 from lv_fakeproxy import FakeProxy
-from lv_helpers import EXAMPLE, POLICY
+from lv_helpers import EXAMPLE, FAKE_TVDS, HOSTS_POLICY
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 QEMU = shutil.which("qemu-system-x86_64")
@@ -40,7 +40,7 @@ def qemu_domain(drop_property: str | None = None) -> str:
   <os><type arch='x86_64'>hvm</type></os>
   <devices>
     <emulator>{QEMU}</emulator>
-    <interface type='bridge'><mac address='{macs[0]}'/><source bridge='tvd-beta'/></interface>
+    <interface type='bridge'><mac address='{macs[0]}'/><source bridge='tvd-alpha'/></interface>
     <interface type='network'><mac address='{macs[1]}'/><source network='tvd-gamma'/></interface>
     <graphics type='vnc' port='-1' listen='127.0.0.1'/>
   </devices>
@@ -51,14 +51,13 @@ def qemu_domain(drop_property: str | None = None) -> str:
 def host(make_libvirtd, capsys):
     from xen_tvd.cli.tvdctl import main
     d = make_libvirtd(hooks=True)
-    for br in ("tvd-beta", "tvd-gamma"):       # tvd-proxy's vSwitches, in libvirtd's netns
+    for br in ("tvd-alpha", "tvd-gamma"):       # tvd-proxy's vSwitches, in libvirtd's netns
         d.nsexec("ip", "link", "add", "name", br, "type", "bridge")
         d.nsexec("ip", "link", "set", br, "up")
-    assert main(["libvirt", "networks", POLICY, "--define", "--start", "--uri", d.uri]) == 0
+    assert main(["libvirt", "networks", HOSTS_POLICY, "--define", "--start", "--uri", d.uri]) == 0
     capsys.readouterr()
     proxy = FakeProxy(os.path.join(d.proxy_dir, "proxy.sock"),
-                      {"alpha": {"tpm-measured-boot"}, "beta": {"signed-kernel"},
-                       "gamma": {"signed-kernel", "disk-encryption"}})
+                      FAKE_TVDS)
     conn = d.connect()
     yield d, conn, proxy
     for dom in conn.listAllDomains():
@@ -84,11 +83,11 @@ def test_admitted_guest_starts_and_is_unregistered_on_destroy(host):
     assert dom.isActive()
     regs = [r for r in proxy.requests if r["op"] == "register"]
     assert regs and all(r["uuid"] == UUID for r in regs)
-    assert regs[0]["nics"] == [{"devid": 0, "tvd": "beta"}, {"devid": 1, "tvd": "gamma"}]
-    assert regs[0]["properties"] == {"disk-encryption": None, "signed-kernel": "immutable-log"}
+    assert regs[0]["nics"] == [{"devid": 0, "tvd": "alpha"}, {"devid": 1, "tvd": "gamma"}]
+    assert regs[0]["properties"] == {"tpm-measured-boot": "immutable-log"}
     # the guest's taps landed on the TVD vSwitches
     links = d.nsexec("ip", "-o", "link", "show").stdout
-    assert "master tvd-beta" in links and "master tvd-gamma" in links
+    assert "master tvd-alpha" in links and "master tvd-gamma" in links
     dom.destroy()
     assert _wait(lambda: any(r["op"] == "unregister" for r in proxy.requests))
     assert UUID not in proxy.registrations
@@ -97,7 +96,7 @@ def test_admitted_guest_starts_and_is_unregistered_on_destroy(host):
 def test_denied_guest_does_not_start(host):
     import libvirt
     d, conn, proxy = host
-    dom = conn.defineXML(qemu_domain(drop_property="disk-encryption"))
+    dom = conn.defineXML(qemu_domain(drop_property="tpm-measured-boot"))
     with pytest.raises(libvirt.libvirtError) as e:
         dom.create()
     msg = str(e.value)

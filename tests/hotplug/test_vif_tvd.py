@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 from tvd_harness import link_info
 
@@ -173,16 +174,21 @@ def test_malformed_vm_path_without_uuid(lab):
     assert_error(lab, vm, 0, lab.hotplug(vm), "does not end in a UUID")
 
 
-def test_offline_detaches_and_removes_empty_segment(lab):
-    p = lab.proxy()
+def test_offline_detaches_and_removes_empty_segment_after_grace(lab):
+    p = lab.proxy(args=["--segment-grace", "1"])
     vm = lab.vm("web", 12, nics={0: ("tvd:beta", "10.99.0.12")})
     assert lab.hotplug(vm).returncode == 0
     r = lab.hotplug(vm, "offline")
     assert r.returncode == 0, r.stderr
     info = link_info(lab.host_ns["dom0-a"], vm.vif())
     assert info["master"] is None and not info["up"]
-    # last vif of beta gone: its vSwitch and VXLAN uplink are removed
+    # last vif of beta gone: its vSwitch and VXLAN uplink are removed after the grace period
+    assert link_info(lab.host_ns["dom0-a"], "tvd-beta") is not None
+    deadline = time.monotonic() + 10
+    while link_info(lab.host_ns["dom0-a"], "tvd-beta") is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert link_info(lab.host_ns["dom0-a"], "tvd-beta") is None
+    assert link_info(lab.host_ns["dom0-a"], "tvx-beta") is None
     assert p.request({"op": "status"})["vifs"] == []
 
 

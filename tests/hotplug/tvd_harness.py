@@ -108,8 +108,8 @@ class Vm:
 
 
 class Proxy:
-    def __init__(self, lab: "Lab", host: str, policy: str) -> None:
-        self.lab, self.host, self.policy = lab, host, policy
+    def __init__(self, lab: "Lab", host: str, policy: str, args=()) -> None:
+        self.lab, self.host, self.policy, self.args = lab, host, policy, list(args)
         self.socket = os.path.join(lab.tmp, f"{host}.sock")
         self.state_dir = os.path.join(lab.tmp, f"{host}-state")
         self.log_path = os.path.join(lab.tmp, f"{host}-proxy.log")
@@ -121,7 +121,7 @@ class Proxy:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xen_tvd.proxy.main", "run", "--policy", self.policy,
              "--host", self.host, "--socket", self.socket, "--state-dir", self.state_dir,
-             "--netns", self.lab.host_ns[self.host]],
+             "--netns", self.lab.host_ns[self.host], *self.args],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=env)
         if wait:
             deadline = time.monotonic() + 20
@@ -207,8 +207,8 @@ class Lab:
            ns=name)
         return name
 
-    def proxy(self, host: str = "dom0-a", policy: str = POLICY, start: bool = True) -> Proxy:
-        p = Proxy(self, host, policy)
+    def proxy(self, host: str = "dom0-a", policy: str = POLICY, start: bool = True, args=()) -> Proxy:
+        p = Proxy(self, host, policy, args)
         self.proxies[host] = p
         if start:
             p.start()

@@ -8,7 +8,9 @@ standalone mode:
                                               every other policy host: the local TVDs it may carry})
 
 so each local TVD's VXLAN/VLAN uplink points at the other hosts of the capability model. A TVD
-with no local vif has no segment here: the last `vif-offline` of a TVD removes its vSwitch.
+with no local vif has no segment here: `segment_grace` seconds after the last `vif-offline` of
+a TVD its vSwitch and uplink are removed (the grace keeps a rebooting VM from paying for a
+vSwitch teardown and rebuild).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def _str(req: dict, key: str, pattern=None, required: bool = True) -> str | None
 
 
 class Proxy:
-    def __init__(self, policy: Policy, host: str, state_dir: str) -> None:
+    def __init__(self, policy: Policy, host: str, state_dir: str, segment_grace: float = 30.0) -> None:
         if host not in policy.hosts:
             raise RuntimeError(f"host '{host}' is not in the policy's capability model "
                                f"(hosts: {', '.join(sorted(policy.hosts)) or 'none'})")
@@ -68,6 +70,9 @@ class Proxy:
         self.regs: dict[str, Registration] = {}
         self.vifs: dict[str, VifRecord] = {}
         self.applied: HostState | None = None   # what the kernel was last made to match
+        self.segment_grace = segment_grace
+        self.lingering: set[str] = set()         # TVDs with no local vif, kept until the GC
+        self._gc_timer: threading.Timer | None = None
 
     # ---- desired state -----------------------------------------------------------------------
 
@@ -75,8 +80,10 @@ class Proxy:
         return admit(self.policy, [tvd], dict(self.policy.hosts[host].properties)).admitted
 
     def desired(self, vifs, extra_local: set[str] = frozenset()) -> HostState:
+        vifs = list(vifs)
         ports = [VifPort(v.ifname, v.tvd) for v in vifs]
-        local = {v.tvd for v in vifs} | set(extra_local)
+        local = {v.tvd for v in vifs} | set(extra_local) | {t for t in self.lingering
+                                                           if t in self.policy.tvds}
         extra = {self.host: local}
         for h in self.policy.hosts:
             if h != self.host:
@@ -104,6 +111,36 @@ class Proxy:
         if report.changes:
             log("info", "apply", changes=len(report.changes), detail="; ".join(report.changes),
                 ms=(time.monotonic() - t0) * 1000)
+
+    def release_segments(self) -> None:
+        """Called under the lock after vifs went away: drop unused segments after the grace."""
+        in_use = {v.tvd for v in self.vifs.values()}
+        if self.applied is not None:
+            self.lingering |= {s.tvd for s in self.applied.segments} - in_use
+        self.lingering -= in_use
+        if not self.lingering:
+            return
+        if self.segment_grace <= 0:
+            self._collect()
+        elif self._gc_timer is None:
+            self._gc_timer = threading.Timer(self.segment_grace, self._gc)
+            self._gc_timer.daemon = True
+            self._gc_timer.start()
+
+    def _gc(self) -> None:
+        with self.lock:
+            self._gc_timer = None
+            self._collect()
+
+    def _collect(self) -> None:
+        gone = sorted(self.lingering - {v.tvd for v in self.vifs.values()})
+        self.lingering = set()
+        try:
+            self.converge(self.desired(self.vifs.values()))
+        except Refused as e:
+            log("error", "reconcile-failed", error=str(e))
+        if gone:
+            log("info", "segments-released", tvds=",".join(gone))
 
     def save(self) -> None:
         try:
@@ -157,6 +194,7 @@ class Proxy:
                     log("warning", "revoked", ifname=name, tvd=rec.tvd, error=str(e))
                     del vifs[name]
             self.vifs = vifs
+            self.lingering = set()
             try:
                 self.converge(self.desired(vifs.values()), force=True)
             except Refused as e:
@@ -275,10 +313,7 @@ class Proxy:
                 except DataplaneError as e:
                     errors.append(str(e))
                 del self.vifs[name]
-            try:
-                self.converge(self.desired(self.vifs.values()))
-            except Refused as e:
-                errors.append(str(e))
+            self.release_segments()
             self.save()
         log("info", "leave", uuid=uuid, tvd=tvd, detached=",".join(gone))
         if errors:
@@ -349,10 +384,7 @@ class Proxy:
             except DataplaneError as e:
                 err = str(e)
             if rec is not None:
-                try:
-                    self.converge(self.desired(self.vifs.values()))
-                except Refused as e:
-                    log("error", "reconcile-failed", error=str(e))
+                self.release_segments()
                 self.save()
         log("info", "vif-offline", ifname=ifname, tvd=rec.tvd if rec else None, known=rec is not None)
         if err:
@@ -425,6 +457,7 @@ class _Handler(socketserver.BaseRequestHandler):
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 256   # a host boot plugs dozens of vifs at once
 
     def __init__(self, path: str, proxy: Proxy, allowed_uids=(0,), client_timeout: float = 30.0):
         self.proxy = proxy

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="PATH", help=f"default {DEFAULT_SOCKET}")
     r.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"registrations and vif records (default {DEFAULT_STATE_DIR})")
+    r.add_argument("--segment-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="remove a TVD's vSwitch this long after its last local vif went (default 30)")
     r.add_argument("--netns", metavar="NS", help="manage this network namespace (lab: one proxy per host)")
     return p
 
@@ -69,7 +71,7 @@ def run(args) -> int:
     policy = _load(args.policy)
     if args.netns:
         enter_netns(args.netns)
-    proxy = Proxy(policy, args.host, args.state_dir)
+    proxy = Proxy(policy, args.host, args.state_dir, segment_grace=args.segment_grace)
     proxy.startup()
     server = Server(args.socket, proxy)
     stop = threading.Event()

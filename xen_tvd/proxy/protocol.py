@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import time
 
 VERSION = 1
 DEFAULT_SOCKET = "/run/xen-tvd/proxy.sock"
@@ -77,15 +78,22 @@ def request(obj: dict, path: str | None = None, timeout: float = DEFAULT_TIMEOUT
     msg.setdefault("v", VERSION)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        try:
-            s.connect(path)
-        except FileNotFoundError:
-            raise ProxyUnreachable(f"tvd-proxy is not running (no socket {path})") from None
-        except ConnectionRefusedError:
-            raise ProxyUnreachable(f"tvd-proxy is not running (socket {path} refuses connections)") from None
-        except PermissionError:
-            raise ProxyUnreachable(f"permission denied on {path} (tvd-proxy talks to root only)") from None
+        while True:
+            try:
+                s.connect(path)
+                break
+            except BlockingIOError:   # listen backlog full: the proxy is alive, retry
+                if time.monotonic() > deadline:
+                    raise socket.timeout() from None
+                time.sleep(0.01)
+            except FileNotFoundError:
+                raise ProxyUnreachable(f"tvd-proxy is not running (no socket {path})") from None
+            except ConnectionRefusedError:
+                raise ProxyUnreachable(f"tvd-proxy is not running (socket {path} refuses connections)") from None
+            except PermissionError:
+                raise ProxyUnreachable(f"permission denied on {path} (tvd-proxy talks to root only)") from None
         s.sendall(encode(msg))
         buf = b""
         while not buf.endswith(b"\n"):

@@ -15,6 +15,7 @@ from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import ASSURANCE_KINDS
 from xen_tvd.policy import render
 from xen_tvd.cli import libvirt as cli_libvirt
+from xen_tvd.cli import xl as cli_xl
 
 
 class UsageError(Exception):
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_admit)
 
     cli_libvirt.add_parsers(sub)
+    cli_xl.add_parsers(sub)
     return p
 
 

@@ -118,6 +118,7 @@ class _Lexer:
             if c != "\\":
                 out.append(c)
                 continue
+            eline, ecol = self.line, self.col - 1
             e = self.advance()
             simple = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
                       "\\": "\\", '"': '"', "'": "'"}
@@ -138,7 +139,7 @@ class _Lexer:
             elif e == "":
                 self.err("unterminated string", line, col)
             else:
-                self.err(f"unknown escape \\{e} in string")
+                self.err(f"unknown escape \\{e} in string", eline, ecol)
 
 
 def loads(text: str, path: str = "<string>") -> XlConfig:
@@ -161,6 +162,8 @@ def loads(text: str, path: str = "<string>") -> XlConfig:
                 if lx.peek() == "]":
                     lx.advance()
                     return items
+                if lx.peek() == "":
+                    lx.err("unterminated list: expected ']'", line, col)
                 items.append(value(depth + 1))
                 lx.skip(newlines=True)
                 c = lx.peek()

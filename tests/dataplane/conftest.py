@@ -14,6 +14,9 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 NS_PREFIX = "tvdt-"
+# Several pytest runs may share this machine (other engineers, CI): each session only ever
+# checks and cleans the namespaces carrying its own id.
+SESSION_PREFIX = f"{NS_PREFIX}{uuid.uuid4().hex[:4]}"
 SKIP_8021Q = "needs 8021q (host kernel lacks it); runs in the stock-kernel VM tier"
 
 
@@ -22,7 +25,7 @@ def _no_leftover_namespaces():
     if os.geteuid() != 0:
         pytest.skip("dataplane tests need root (network namespaces)")
     yield
-    left = [n for n in netns.listnetns() if n.startswith(NS_PREFIX)]
+    left = [n for n in netns.listnetns() if n.startswith(SESSION_PREFIX)]
     for n in left:
         netns.remove(n)
     assert not left, f"tests leaked namespaces: {left}"
@@ -31,11 +34,11 @@ def _no_leftover_namespaces():
 @pytest.fixture
 def mkns():
     """Factory: mkns("hostA") -> name of a fresh namespace with lo up."""
-    run = uuid.uuid4().hex[:6]
+    run = uuid.uuid4().hex[:4]
     made: list[str] = []
 
     def make(tag: str = "ns") -> str:
-        name = f"{NS_PREFIX}{run}-{tag}"[:40]
+        name = f"{SESSION_PREFIX}{run}-{tag}"[:40]
         netns.create(name)
         made.append(name)
         with IPRoute(netns=name, flags=0) as ipr:
@@ -66,7 +69,7 @@ _vlan_support: list[bool] = []
 def kernel_has_8021q() -> bool:
     """Probe by creating a VLAN device in a throwaway namespace (no guessing from /proc)."""
     if not _vlan_support:
-        name = f"{NS_PREFIX}probe-{uuid.uuid4().hex[:6]}"
+        name = f"{SESSION_PREFIX}-probe"
         netns.create(name)
         try:
             with IPRoute(netns=name, flags=0) as ipr:

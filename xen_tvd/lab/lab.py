@@ -146,7 +146,7 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
     timings: dict[str, float] = {}
     errors: list[str] = []
     topo = build(spec, policy)
-    with locked(spec.name):
+    with locked(spec.name), nsutil.handles():
         old = load_state(spec.name)
         # Record intent first: a crash from here on still leaves down() a complete list.
         state = {"name": spec.name, "spec": spec.path, "policy": spec.policy_path,
@@ -391,6 +391,11 @@ def require_state(name: str) -> dict:
 
 def status(name: str) -> dict:
     """Everything about a running lab, read back from the kernel."""
+    with nsutil.handles():
+        return _status(name)
+
+
+def _status(name: str) -> dict:
     from xen_tvd.dataplane.model import OWNER_ALIAS_PREFIX
     state = require_state(name)
     topo = topology_from_json(state["topology"])

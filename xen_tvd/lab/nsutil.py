@@ -26,11 +26,52 @@ class LabKernelError(Exception):
     """A kernel operation the lab needs failed; str() is a one-line explanation."""
 
 
-def _ns(name: str) -> NetNS:
-    """Open an existing namespace; never create one by accident (pyroute2's default flags do)."""
+_handles: dict[str, NetNS] | None = None   # open netlink handles while in handles()
+
+
+def _open(name: str) -> NetNS:
     if not ns_exists(name):
         raise LabKernelError(f"network namespace {name} does not exist")
-    return NetNS(name, flags=0)
+    return NetNS(name, flags=0)   # flags=0: never create a namespace by accident
+
+
+@contextlib.contextmanager
+def _ns(name: str):
+    """A netlink handle inside namespace `name` (reused within a handles() block)."""
+    if _handles is None:
+        h = _open(name)
+        try:
+            yield h
+        finally:
+            h.close()
+        return
+    h = _handles.get(name)
+    if h is None:
+        h = _handles[name] = _open(name)
+    yield h
+
+
+@contextlib.contextmanager
+def handles():
+    """Keep one netlink handle per namespace open for the block (opening one forks)."""
+    global _handles
+    if _handles is not None:
+        yield
+        return
+    _handles = {}
+    try:
+        yield
+    finally:
+        for h in _handles.values():
+            with contextlib.suppress(Exception):
+                h.close()
+        _handles = None
+
+
+def _forget(name: str) -> None:
+    if _handles is not None and name in _handles:
+        with contextlib.suppress(Exception):
+            _handles.pop(name).close()
 
 
 def ns_path(name: str) -> str:
@@ -124,6 +165,7 @@ def kill_pids(pids) -> None:
 
 
 def remove_ns(name: str) -> None:
+    _forget(name)
     if not ns_exists(name):
         return
     try:

@@ -322,3 +322,20 @@ def test_apply_in_current_namespace(ns):
     n1, n2 = map(int, out.stdout.split())
     assert n1 > 0 and n2 == 0
     assert link(ns, "tvx-alpha")["master"] == "tvd-alpha"
+
+
+def test_port_that_cannot_be_configured_is_left_detached_others_still_attached(ns):
+    """One broken port must not keep the other VMs offline. A VXLAN device (max MTU 1450 on a
+    1500 underlay) plays a vif that rejects the segment MTU; veth plays a healthy netback vif."""
+    underlay(ns)
+    add_link(ns, ifname="vifbad.0", kind="vxlan", vxlan_id=7, vxlan_link=link(ns, "ul0")["index"], vxlan_port=4791)
+    set_link(ns, "vifbad.0", state="up")
+    veth(ns, "vif1.0", "g1")
+    st = state(Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500),
+               ports=(("vifbad.0", "alpha"), ("vif1.0", "alpha")))
+    rep = apply(st, netns=ns)
+    assert len(rep.warnings) == 1 and "setting MTU 1500 on vifbad.0" in rep.warnings[0]
+    assert "left detached" in rep.warnings[0]
+    bad = link(ns, "vifbad.0")
+    assert bad["master"] is None and not bad["up"]
+    assert link(ns, "vif1.0")["master"] == "tvd-alpha" and link(ns, "vif1.0")["up"]

@@ -113,3 +113,11 @@ def test_unplug_detaches_idempotent_and_tolerates_gone(host):
     assert v is not None and v["master"] is None and not v["up"]  # detached, not deleted
     unplug_vif("vif1.0", netns=ns)
     unplug_vif("vif99.0", netns=ns)  # already destroyed by Xen: fine
+
+
+def test_plug_and_unplug_in_unknown_namespace_are_clear_errors():
+    seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    with pytest.raises(DataplaneError, match="namespace 'tvdt-nope' does not exist"):
+        plug_vif(VifPort("vif1.0", "alpha"), seg, netns="tvdt-nope")
+    with pytest.raises(DataplaneError, match="namespace 'tvdt-nope' does not exist"):
+        unplug_vif("vif1.0", netns="tvdt-nope")

@@ -28,6 +28,7 @@ STUBS = os.path.join(REPO, "tests", "hotplug", "xenstore-stubs")
 POLICY = os.path.join(REPO, "xl-configs", "tvd-hosts-policy.yaml")
 NS_PREFIX = "tvdh-"
 HOSTS = {"dom0-a": "10.77.1.11", "dom0-b": "10.77.1.12"}   # as in tvd-hosts-policy.yaml
+CREATED: set[str] = set()   # every namespace this process made (concurrent runs are not ours)
 
 
 def sh(*argv, check=True, ns=None, **kw):
@@ -202,6 +203,7 @@ class Lab:
         name = f"{NS_PREFIX}{self.run}-{tag}"
         ip("netns", "add", name)
         self.namespaces.append(name)
+        CREATED.add(name)
         ip("link", "set", "lo", "up", ns=name)
         sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
            ns=name)
@@ -286,5 +288,6 @@ class Lab:
 
 
 def leftover_namespaces() -> list[str]:
+    """Namespaces this process created and did not remove."""
     out = ip("netns", "list").stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(NS_PREFIX)]
+    return sorted(n for n in (line.split()[0] for line in out.splitlines()) if n in CREATED)

@@ -1,0 +1,1 @@
+"""Test harnesses that users can run on their own CI (see docs/test-tiers.md)."""

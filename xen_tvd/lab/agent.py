@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import random
 import select
+import selectors
 import socket
 import struct
 import sys
-import threading
 import time
 
 ETH_P_ALL = 0x0003
@@ -81,6 +82,63 @@ def cmd_listen(a) -> int:
         c.close()
 
 
+def _setns(path: str) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:   # CLONE_NEWNET
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns {path}: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+
+
+def cmd_listen_many(a) -> int:
+    """One daemonized listener per --vm VM=NETNS, forked from this one process (starting a
+    Python per VM is what made bring-up slow). Prints {"VM": pid, ...}; errors per VM."""
+    out: dict[str, object] = {}
+    for spec in a.vm:
+        vm, _, ns = spec.partition("=")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # child: enter the VM, listen, detach, report the serving pid
+            os.close(r)
+            try:
+                _setns(f"/run/netns/{ns}")
+                srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                srv.bind(("0.0.0.0", a.port))
+                srv.listen(256)
+                os.setsid()
+                if os.fork():
+                    os._exit(0)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.write(w, str(os.getpid()).encode())
+                os.close(w)
+            except Exception as e:
+                os.write(w, f"error {e}".encode())
+                os._exit(1)
+            while True:
+                with contextlib.suppress(InterruptedError, ConnectionAbortedError):
+                    srv.accept()[0].close()
+        os.close(w)
+        msg = b""
+        while True:
+            chunk = os.read(r, 256)
+            if not chunk:
+                break
+            msg += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        text = msg.decode(errors="replace")
+        out[vm] = int(text) if text.isdigit() else (text or "listener exited without a word")
+    json.dump(out, sys.stdout)
+    return 0
+
+
 # ---- probes -----------------------------------------------------------------------------------
 
 def _icmp_checksum(data: bytes) -> int:
@@ -89,111 +147,171 @@ def _icmp_checksum(data: bytes) -> int:
     return _ip_checksum(data)
 
 
-def probe_icmp(p) -> dict:
-    """ICMP echo from dev (bound to it, like `ping -I dev`), resent every 0.25 s until answered."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, p["dev"].encode())
-        s.bind((p["src"], 0))
-        ident = random.randrange(1, 0xFFFF)
-        dst = p["dst"]
-        deadline = time.monotonic() + p["timeout"]
-        next_send, seq = 0.0, 0
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return {"ok": False, "detail": f"no echo reply in {p['timeout']} s"}
-            if now >= next_send:
-                seq += 1
-                body = struct.pack("!HH", ident, seq) + b"xen-tvd-lab".ljust(48, b".")
-                hdr = struct.pack("!BBH", 8, 0, 0)
-                csum = _icmp_checksum(hdr + body)
-                with contextlib.suppress(OSError):   # e.g. EHOSTUNREACH after ARP failed
-                    s.sendto(struct.pack("!BBH", 8, 0, csum) + body, (dst, 0))
-                next_send = now + 0.25
-            r, _, _ = select.select([s], [], [], max(0.0, min(deadline, next_send) - now))
-            if not r:
-                continue
-            data, addr = s.recvfrom(2048)
-            ihl = (data[0] & 0x0F) * 4
-            if addr[0] != dst or len(data) < ihl + 8:
-                continue
-            typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if typ == 0 and rid == ident:
-                return {"ok": True, "detail": f"echo reply seq {rseq}"}
-    except OSError as e:
-        return {"ok": False, "detail": str(e)}
-    finally:
-        s.close()
+class _Prober:
+    """All probes of one batch in one event loop: per (dev, src) one raw ICMP socket and one
+    AF_PACKET ARP socket shared by every destination, one non-blocking socket per TCP probe.
+    Cheap enough that thousands of probes run at once; unanswered requests are resent every
+    RESEND seconds until the common deadline."""
 
+    RESEND = 0.25
 
-def probe_tcp(p) -> dict:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, p["dev"].encode())
-        s.bind((p["src"], 0))
-        s.settimeout(p["timeout"])
-        s.connect((p["dst"], p["port"]))
-        return {"ok": True, "detail": "connected"}
-    except OSError as e:
-        return {"ok": False, "detail": str(e) or type(e).__name__}
-    finally:
-        s.close()
+    def __init__(self, probes: list[dict]) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.results: dict[str, dict] = {}
+        self.pending_icmp: dict[tuple, dict[str, str]] = {}   # (dev, src) -> dst -> probe id
+        self.pending_arp: dict[tuple, dict[bytes, str]] = {}  # (dev, src) -> dst bytes -> id
+        self.tcp: dict[socket.socket, str] = {}
+        self.icmp_ident: dict[tuple, int] = {}
+        self.sockets: list[socket.socket] = []
+        self.probes = probes
 
+    def _res(self, pid: str, ok: bool, detail: str) -> None:
+        self.results.setdefault(pid, {"ok": ok, "detail": detail})
 
-def probe_arp(p) -> dict:
-    """Broadcast an ARP request from dev for dst; ok when dst's owner answers."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    try:
-        s.bind((p["dev"], ETH_P_ARP))
-        mac = _dev_mac(p["dev"])
-        src, dst = socket.inet_aton(p["src"]), socket.inet_aton(p["dst"])
-        arp = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1) + mac + src + b"\0" * 6 + dst
-        frame = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp
-        frame += b"\0" * (60 - len(frame))
-        deadline = time.monotonic() + p["timeout"]
+    def run(self) -> dict:
+        timeout = max((p["timeout"] for p in self.probes), default=0)
+        deadline = time.monotonic() + timeout
+        icmp_socks, arp_socks = {}, {}
+        for p in self.probes:
+            key = (p["dev"], p["src"])
+            try:
+                if p["kind"] == "icmp":
+                    if key not in icmp_socks:
+                        icmp_socks[key] = self._icmp_socket(*key)
+                    self.pending_icmp.setdefault(key, {})[p["dst"]] = p["id"]
+                elif p["kind"] == "arp":
+                    if key not in arp_socks:
+                        arp_socks[key] = self._arp_socket(*key)
+                    self.pending_arp.setdefault(key, {})[socket.inet_aton(p["dst"])] = p["id"]
+                elif p["kind"] == "tcp":
+                    self._tcp_start(p)
+                else:
+                    self._res(p["id"], False, f"unknown probe kind {p['kind']}")
+            except OSError as e:
+                self._res(p["id"], False, f"{p['kind']} probe setup failed: {e}")
         next_send = 0.0
         while True:
             now = time.monotonic()
-            if now >= deadline:
-                return {"ok": False, "detail": "no ARP reply"}
+            busy = (any(self.pending_icmp.values()) or any(self.pending_arp.values())
+                    or self.tcp)
+            if not busy or now >= deadline:
+                break
             if now >= next_send:
-                s.send(frame)
-                next_send = now + 0.5
-            r, _, _ = select.select([s], [], [], max(0.0, min(deadline, next_send) - now))
-            if not r:
-                continue
-            data, addr = s.recvfrom(2048)
-            if addr[2] == PACKET_OUTGOING or len(data) < 42:
-                continue
-            op = struct.unpack("!H", data[20:22])[0]
-            if op == 2 and data[28:32] == dst and data[38:42] == src:
-                return {"ok": True, "detail": "reply from " + ":".join(f"{b:02x}" for b in data[22:28])}
-    except OSError as e:
-        return {"ok": False, "detail": str(e)}
-    finally:
-        s.close()
+                self._send_all(icmp_socks, arp_socks)
+                next_send = now + self.RESEND
+            for k, _ in self.sel.select(max(0.0, min(deadline, next_send) - now)):
+                k.data(k.fileobj)
+        for key, m in self.pending_icmp.items():
+            for dst, pid in m.items():
+                self._res(pid, False, f"no echo reply in {timeout} s")
+        for key, m in self.pending_arp.items():
+            for dst, pid in m.items():
+                self._res(pid, False, f"no ARP reply in {timeout} s")
+        for sk, pid in self.tcp.items():
+            self._res(pid, False, f"no TCP handshake in {timeout} s")
+        for sk in self.sockets:
+            sk.close()
+        return self.results
 
+    # -- ICMP
+    def _icmp_socket(self, dev: str, src: str) -> socket.socket:
+        sk = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sk.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode())   # like ping -I dev
+        sk.bind((src, 0))
+        sk.setblocking(False)
+        ident = random.randrange(1, 0xFFFF)
+        key = (dev, src)
 
-PROBES = {"icmp": probe_icmp, "tcp": probe_tcp, "arp": probe_arp}
+        def on_read(s, ident=ident, key=key):
+            while True:
+                try:
+                    data, addr = s.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    return
+                ihl = (data[0] & 0x0F) * 4
+                if len(data) < ihl + 8:
+                    continue
+                typ, _, _, rid = struct.unpack("!BBHH", data[ihl:ihl + 6])
+                pid = self.pending_icmp.get(key, {}).pop(addr[0], None) \
+                    if typ == 0 and rid == ident else None
+                if pid:
+                    self._res(pid, True, "echo reply")
+
+        self.icmp_ident[key] = ident
+        self.sel.register(sk, selectors.EVENT_READ, on_read)
+        self.sockets.append(sk)
+        return sk
+
+    # -- ARP
+    def _arp_socket(self, dev: str, src: str) -> socket.socket:
+        sk = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        sk.bind((dev, ETH_P_ARP))
+        sk.setblocking(False)
+        srcb = socket.inet_aton(src)
+        key = (dev, src)
+
+        def on_read(s, key=key, srcb=srcb):
+            while True:
+                try:
+                    data, addr = s.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if addr[2] == PACKET_OUTGOING or len(data) < 42:
+                    continue
+                if struct.unpack("!H", data[20:22])[0] == 2 and data[38:42] == srcb:
+                    pid = self.pending_arp.get(key, {}).pop(data[28:32], None)
+                    if pid:
+                        mac = ":".join(f"{b:02x}" for b in data[22:28])
+                        self._res(pid, True, f"ARP reply from {mac}")
+
+        self.sel.register(sk, selectors.EVENT_READ, on_read)
+        self.sockets.append(sk)
+        return sk
+
+    def _send_all(self, icmp_socks, arp_socks) -> None:
+        for key, m in self.pending_icmp.items():
+            sk = icmp_socks[key]
+            for dst in list(m):
+                body = struct.pack("!HH", self.icmp_ident[key], 1) + b"xen-tvd-lab".ljust(48, b".")
+                csum = _icmp_checksum(struct.pack("!BBH", 8, 0, 0) + body)
+                with contextlib.suppress(OSError):   # e.g. EHOSTUNREACH once ARP failed
+                    sk.sendto(struct.pack("!BBH", 8, 0, csum) + body, (dst, 0))
+        for key, m in self.pending_arp.items():
+            sk = arp_socks[key]
+            dev, src = key
+            mac = _dev_mac(dev)
+            for dst in list(m):
+                arp = (struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1) + mac + socket.inet_aton(src)
+                       + b"\0" * 6 + dst)
+                frame = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp
+                with contextlib.suppress(OSError):
+                    sk.send(frame + b"\0" * (60 - len(frame)))
+
+    # -- TCP
+    def _tcp_start(self, p) -> None:
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sockets.append(sk)
+        sk.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, p["dev"].encode())
+        sk.bind((p["src"], 0))
+        sk.setblocking(False)
+        err = sk.connect_ex((p["dst"], p["port"]))
+        if err not in (0, errno.EINPROGRESS):
+            self._res(p["id"], False, os.strerror(err))
+            return
+        self.tcp[sk] = p["id"]
+
+        def on_write(s):
+            pid = self.tcp.pop(s)
+            self.sel.unregister(s)
+            e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self._res(pid, e == 0, "connected" if e == 0 else os.strerror(e))
+
+        self.sel.register(sk, selectors.EVENT_WRITE, on_write)
 
 
 def cmd_probe(a) -> int:
     probes = json.load(sys.stdin)
-    results: dict = {}
-
-    def run(p):
-        try:
-            results[p["id"]] = PROBES[p["kind"]](p)
-        except Exception as e:  # report, never crash the batch
-            results[p["id"]] = {"ok": False, "detail": f"probe error: {e}"}
-
-    threads = [threading.Thread(target=run, args=(p,)) for p in probes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    json.dump(results, sys.stdout)
+    json.dump(_Prober(probes).run(), sys.stdout)
     return 0
 
 
@@ -291,6 +409,10 @@ def cmd_flood(a) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="xen_tvd.lab.agent")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("listen-many")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--lab", required=True)
+    p.add_argument("--vm", action="append", default=[], help="VM=NETNS")
     p = sub.add_parser("listen")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--daemon", action="store_true")
@@ -309,7 +431,7 @@ def main(argv=None) -> int:
     p.add_argument("--arp-target", action="append", default=[], help="foreign IP to ARP for")
     p.add_argument("--vlan", action="append", type=int, default=[], help="802.1Q id to tag with")
     a = ap.parse_args(argv)
-    return {"listen": cmd_listen, "probe": cmd_probe, "sniff": cmd_sniff, "flood": cmd_flood}[a.cmd](a)
+    return {"listen": cmd_listen, "listen-many": cmd_listen_many, "probe": cmd_probe, "sniff": cmd_sniff, "flood": cmd_flood}[a.cmd](a)
 
 
 if __name__ == "__main__":

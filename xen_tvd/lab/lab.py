@@ -292,10 +292,6 @@ def _prune_host_vifs(topo: Topology) -> None:
                 nsutil.delete_link(host.ns, name)
 
 
-def _listen_args(lab: str, vm: str) -> list[str]:
-    return ["listen", "--port", str(TCP_PORT), "--daemon", "--lab", lab, "--vm", vm]
-
-
 def _cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -306,9 +302,9 @@ def _cmdline(pid: int) -> bytes:
 
 def _is_listener(pid: int, lab: str, vm: str | None = None) -> bool:
     cl = _cmdline(pid)
-    if b"xen_tvd.lab.agent\0listen\0" not in cl or b"\0--lab\0" + lab.encode() + b"\0" not in cl:
+    if b"xen_tvd.lab.agent\0listen" not in cl or b"\0--lab\0" + lab.encode() + b"\0" not in cl:
         return False
-    return vm is None or b"\0--vm\0" + vm.encode() + b"\0" in cl
+    return vm is None or b"\0--vm\0" + vm.encode() + b"=" in cl
 
 
 def stray_listeners(lab: str) -> list[int]:
@@ -322,7 +318,6 @@ def _listener_alive(pid: int, ns: str, lab: str, vm: str) -> bool:
 
 def _listeners(topo: Topology, old: dict, errors: list[str]) -> dict:
     out = {}
-    procs = {}
     good = set()
     for vm in topo.vms.values():
         pid = old.get(vm.name)
@@ -332,22 +327,26 @@ def _listeners(topo: Topology, old: dict, errors: list[str]) -> dict:
     # listeners of this lab that are not the live one of their VM (namespace recreated, VM
     # removed from the spec): kill them, so nothing runs that the state does not list
     nsutil.kill_pids([p for p in stray_listeners(topo.name) if p not in good])
-    for vm in topo.vms.values():
-        if vm.name in out:
-            continue
-        procs[vm.name] = subprocess.Popen(
-            agent_cmd(vm.ns, *_listen_args(topo.name, vm.name)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=agent_env())
-    for name, p in procs.items():
-        out_s, err_s = p.communicate()
-        try:
-            word, pid = out_s.split()
-            assert word == "ready"
-            out[name] = int(pid)
-        except (ValueError, AssertionError):
-            errors.append(f"VM {name}: TCP listener did not start: "
-                          f"{(err_s.strip().splitlines() or ['no output'])[-1]}")
+    todo = [vm for vm in topo.vms.values() if vm.name not in out]
+    if not todo:
+        return out
+    cmd = [sys.executable, "-m", "xen_tvd.lab.agent", "listen-many", "--port", str(TCP_PORT),
+           "--lab", topo.name]
+    for vm in todo:
+        cmd += ["--vm", f"{vm.name}={vm.ns}"]
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, env=agent_env())
+    try:
+        got = json.loads(r.stdout)
+    except ValueError:
+        got = {}
+    for vm in todo:
+        pid = got.get(vm.name)
+        if isinstance(pid, int):
+            out[vm.name] = pid
+        else:
+            errors.append(f"VM {vm.name}: TCP listener did not start: "
+                          f"{pid or (r.stderr.strip().splitlines() or ['no output'])[-1]}")
     return out
 
 

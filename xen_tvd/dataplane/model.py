@@ -49,6 +49,13 @@ class VifPort:
     """An admitted VM interface that must be attached to a segment's vSwitch."""
     ifname: str      # vif<domid>.<devid> (or ...-emu for HVM tap)
     tvd: str         # which Segment (by TVD name) it joins
+    # Port security (dataplane/firewall.py). mac: the guest's MAC (Xen backend `mac` key), the
+    # only source MAC its frames may carry; None = not pinned. addresses: the guest's declared
+    # IPv4/IPv6 addresses (backend `ip` key; "a.b.c.d" or CIDR); None = not declared (IP
+    # sources unchecked), () = declared none (fail closed: no IP source but ARP/DHCP/DAD
+    # bootstrapping and the MAC's EUI-64 link-local).
+    mac: str | None = None
+    addresses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class HostState:
     # physical NICs carrying TVD VLANs: rx/tx VLAN offload must be off (paper 6.1)
     vlan_offload_off: tuple[str, ...] = ()
     underlay_mtu: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
+    # Underlay addresses of the hosts sharing a VXLAN segment with this one (planner): VXLAN
+    # from any other source is dropped. None = not computed (no underlay filter installed).
+    underlay_peers: tuple[str, ...] | None = None
+    # Treat ports with addresses=None as addresses=() (fail closed) once all callers declare.
+    require_addresses: bool = False
 
     def segment(self, tvd: str) -> Segment | None:
         for s in self.segments:

@@ -7,12 +7,13 @@ that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer
      whose immutable parameters changed
   3. underlay MTUs, then per segment: bridge, uplink (create/recreate, MTU, enslave, up, FDB)
   4. ports: attach each existing VifPort; absent ones are reported, not errors
+     (port security and the underlay VXLAN filter, firewall.py, are synced right after 1.)
   5. NIC VLAN offloads
 Every write is preceded by a comparison, so a converged host sees zero changes.
 """
 from __future__ import annotations
 
-from . import bridge, common, model, offload, vlan, vxlan
+from . import bridge, common, firewall, model, offload, vlan, vxlan
 from .common import Ctx
 from .netlink import Link, Links, open_ipr
 from .report import ApplyReport, DataplaneError
@@ -69,6 +70,7 @@ def _validate(ctx: Ctx, state: model.HostState) -> dict[str, tuple[str, model.Se
             raise DataplaneError(f"port {port.ifname} listed twice in desired state")
         if port.ifname in desired:
             raise DataplaneError(f"port {port.ifname} collides with a xen-tvd device name")
+        firewall.validate_port(port)
         seen.add(port.ifname)
     return desired
 
@@ -127,6 +129,10 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
         ctx = Ctx(ipr, Links(ipr), report, netns)
         try:
             desired = _validate(ctx, state)
+            # Port security and the underlay filter go in before any vif is attached or any
+            # VXLAN device exists, so no frame ever crosses a bridge unfiltered.
+            firewall.sync_ports(state, netns, ctx.changed)
+            firewall.sync_underlay(state, netns, ctx.changed)
             _prune(ctx, state, desired)
             _underlay_mtus(ctx, state)
             bridges = {}

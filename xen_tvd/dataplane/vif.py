@@ -9,7 +9,7 @@ from typing import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import bridge, common, model, offload
+from . import bridge, common, firewall, model, offload
 from .common import Ctx
 from .netlink import Link, Links, describe, open_ipr, where
 from .report import ApplyReport, DataplaneError
@@ -45,7 +45,10 @@ def _fail_closed(ctx: Ctx, name: str, err: DataplaneError):
 
 
 def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = None,
-             frontend_mtu_cb: Callable[[int], object] | None = None) -> None:
+             frontend_mtu_cb: Callable[[int], object] | None = None,
+             require_addresses: bool = False) -> None:
+    """Attach one vif; its port-security set elements are installed first (one nft
+    transaction, the rules are untouched), so it never forwards a frame unfiltered."""
     if port.tvd != segment.tvd:
         raise DataplaneError(f"plug_vif: port {port.ifname} is for TVD {port.tvd}, segment is {segment.tvd}")
     with open_ipr(netns) as ipr:
@@ -59,6 +62,10 @@ def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = No
             _fail_closed(ctx, port.ifname, DataplaneError(
                 f"cannot plug {port.ifname} into TVD {segment.tvd}: bridge {segment.bridge} {state} "
                 f"in {where(netns)}; run apply() for this host first"))
+        try:
+            firewall.plug_port(port, netns, require_addresses)
+        except DataplaneError as e:
+            _fail_closed(ctx, port.ifname, e)
         attach(ctx, link, segment, br, frontend_mtu_cb)
 
 
@@ -68,3 +75,5 @@ def unplug_vif(ifname: str, netns: str | None = None) -> None:
         link = ctx.links.get(ifname)
         if link is not None:  # already gone (domain destroyed): nothing to do
             common.detach(ctx, link)
+    # after the detach: its elements go only once it can no longer forward
+    firewall.unplug_port(ifname, netns)

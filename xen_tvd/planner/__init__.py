@@ -11,6 +11,8 @@ Decisions, per TVD segment (paper sections 4.2, 4.3, 5.2 step 3):
   capability model trusts for those goals; traffic between two networks crosses an unmodelled
   path and is trusted only if both ends are. xen-tvd has no encrypting transport yet, so
   anything else is refused (fail closed) rather than silently downgraded.
+- Underlay filter: each host's `underlay_peers` lists the underlay addresses of the hosts that
+  share a VXLAN segment with it; the dataplane accepts VXLAN only from those.
 - MTU: a VXLAN segment's VM-facing MTU is the smallest underlay MTU minus 50, unless every
   underlay network can be raised (max-mtu) so that VMs keep 1500.
 """
@@ -98,11 +100,14 @@ def plan(policy: Policy, ports: dict[str, list[VifPort]],
     segments: dict[str, list[Segment]] = {h: [] for h in carried}
     underlay_mtu: dict[str, dict[str, int]] = {h: {} for h in carried}
     vlan_nics: dict[str, set[str]] = {h: set() for h in carried}
+    # underlay addresses VXLAN may come from: the other hosts sharing a VXLAN segment with h
+    peers: dict[str, set[str]] = {h: set() for h in carried}
     for tvd_name, host_names in sorted(hosts_of.items()):
         tvd = policy.tvds[tvd_name]
         hosts = [policy.hosts[h] for h in host_names]
-        for seg_host, seg, mtus, vnic in _plan_segment(policy, tvd, hosts):
+        for seg_host, seg, mtus, vnic, seg_peers in _plan_segment(policy, tvd, hosts):
             segments[seg_host].append(seg)
+            peers[seg_host].update(seg_peers)
             for nic, mtu in mtus.items():
                 underlay_mtu[seg_host][nic] = max(underlay_mtu[seg_host].get(nic, 0), mtu)
             if vnic:
@@ -112,7 +117,8 @@ def plan(policy: Policy, ports: dict[str, list[VifPort]],
                          segments=tuple(sorted(segments[h], key=lambda s: s.tvd)),
                          ports=tuple(sorted(ports.get(h, []), key=lambda p: p.ifname)),
                          vlan_offload_off=tuple(sorted(vlan_nics[h])),
-                         underlay_mtu=underlay_mtu[h])
+                         underlay_mtu=underlay_mtu[h],
+                         underlay_peers=tuple(sorted(peers[h])))
             for h in sorted(carried)}
 
 
@@ -120,7 +126,7 @@ def _plan_segment(policy: Policy, tvd: Tvd, hosts: list[Host]):
     bridge = bridge_name(tvd.name)
     csum = tvd.tx_checksum_offload
     if len(hosts) == 1:
-        yield hosts[0].name, Segment(tvd.name, bridge, None, VM_MTU, csum), {}, None
+        yield hosts[0].name, Segment(tvd.name, bridge, None, VM_MTU, csum), {}, None, ()
         return
     unders = {h.name: _primary(policy, h) for h in hosts}
     for a in unders.values():
@@ -134,7 +140,7 @@ def _plan_segment(policy: Policy, tvd: Tvd, hosts: list[Host]):
         for h in hosts:
             nic = h.nic_on(vnet)
             yield (h.name, Segment(tvd.name, bridge, VlanUplink(tvd.vlan, nic.nic), net.mtu, csum),
-                   {}, nic.nic)
+                   {}, nic.nic, ())
         return
 
     nets = {policy.networks[u.nic.network] for u in unders.values()}
@@ -154,4 +160,6 @@ def _plan_segment(policy: Policy, tvd: Tvd, hosts: list[Host]):
         uplink = VxlanUplink(vni=tvd.vni, local_ip=me.nic.address, underlay_dev=me.nic.nic,
                              group=tvd.multicast_group if same_mcast else None, remotes=remotes)
         mtus = {me.nic.nic: raise_to} if raise_to else {}
-        yield h.name, Segment(tvd.name, bridge, uplink, vm_mtu, csum), mtus, None
+        # every other carrying host, multicast or not: their VXLAN source is their local_ip
+        seg_peers = tuple(u.nic.address for u in unders.values() if u.host.name != h.name)
+        yield h.name, Segment(tvd.name, bridge, uplink, vm_mtu, csum), mtus, None, seg_peers

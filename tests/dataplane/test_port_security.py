@@ -1,0 +1,275 @@
+"""Port security (bridge xen_tvd) against dishonest VMs, tier 1: real nftables in namespaces.
+
+Topology (dishonest.Lab): hosts h1/h2 + a rogue on a bridged veth underlay; TVDs alpha and beta
+on VXLAN as planned from a policy; VMs are namespaces whose eth0 is the peer of a host-side veth
+named like Xen's netback vif (veth stands in for netback). The dishonest VM a1 (alpha, h1)
+writes raw frames with AF_PACKET; every VM of every TVD sniffs with AF_PACKET and recognises the
+injected frames by a marker in their bytes. Zero may arrive; honest traffic must still pass.
+Run with -s to see the tried/arrived table.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from dishonest import (BCAST, ETH_ARP, ETH_IP, ETH_IP6, Injector, Lab, MarkSniffer, VMS, arp,
+                       dhcp_offer, eth, link_local, marker, nd_na, nd_ra, print_table, udp4, udp6)
+from dp_helpers import ping, sh, state, underlay, veth, vx_segment
+from xen_tvd.dataplane import DataplaneError, apply, firewall, nftables, plug_vif, unplug_vif
+from xen_tvd.dataplane.model import HostState, Segment, VifPort
+
+ALL6 = "33:33:00:00:00:01"
+_, _, _, IP1, IP6_1, M1 = VMS["a1"]
+_, _, _, IP2, IP6_2, M2 = VMS["a2"]
+_, _, _, IP3, IP6_3, M3 = VMS["a3"]
+M4 = VMS["b1"][5]
+LL1 = link_local(M1)
+
+
+def u4(src_mac, src_ip, m, **kw):
+    return eth(BCAST, src_mac, ETH_IP, udp4(src_ip, "192.168.10.255", 9, 9, m), **kw)
+
+
+# kind -> frame(marker). Each is something a1 must never get onto the TVD network.
+ATTACKS = {
+    "spoofed src MAC (unknown)": lambda m: u4("02:ba:d0:00:00:01", IP1, m),
+    "spoofed src MAC (same-TVD VM's)": lambda m: u4(M2, IP1, m),
+    "spoofed src MAC (other TVD VM's)": lambda m: u4(M4, IP1, m),
+    "spoofed src IPv4 (same-TVD VM's)": lambda m: u4(M1, IP3, m),
+    "spoofed src IPv4 (other TVD VM's)": lambda m: u4(M1, VMS["b2"][3], m),
+    "spoofed src IPv6 (global)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(IP6_3, "ff02::1", 9, 9, m)),
+    "spoofed src IPv6 (another's link-local)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(link_local(M3), "ff02::1", 9, 9, m)),
+    "gratuitous ARP request for another's IP": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, IP3, "00:00:00:00:00:00", IP3), trailer=m),
+    "gratuitous ARP reply for another's IP": lambda m: eth(BCAST, M1, ETH_ARP, arp(2, M1, IP3, BCAST, IP3), trailer=m),
+    "ARP with forged sender MAC": lambda m: eth(BCAST, M1, ETH_ARP, arp(2, M2, IP1, BCAST, IP2), trailer=m),
+    "ND advert for another's address": lambda m: eth(ALL6, M1, ETH_IP6, nd_na(LL1, "ff02::1", IP6_3, M1, m)),
+    "802.1Q tagged, own TVD's VLAN 100": lambda m: u4(M1, IP1, m, tags=((0x8100, 100),)),
+    "802.1Q tagged, other TVD's VLAN 200": lambda m: u4(M1, IP1, m, tags=((0x8100, 200),)),
+    "802.1Q priority-tagged (VLAN 0)": lambda m: u4(M1, IP1, m, tags=((0x8100, 0),)),
+    "double-tagged 802.1ad 100 + 802.1Q 200": lambda m: u4(M1, IP1, m, tags=((0x88A8, 100), (0x8100, 200))),
+    "double-tagged 802.1Q 100 + 802.1Q 200": lambda m: u4(M1, IP1, m, tags=((0x8100, 100), (0x8100, 200))),
+    "DHCP server reply (OFFER, sport 67)": lambda m: eth(BCAST, M1, ETH_IP, dhcp_offer(IP1, M1, IP3, m)),
+    "DHCPv6 server reply (sport 547)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(LL1, "ff02::1", 547, 546, m)),
+    "IPv6 router advertisement": lambda m: eth(ALL6, M1, ETH_IP6, nd_ra(LL1, M1, m)),
+    "other ethertype (0x88b5)": lambda m: eth(BCAST, M1, 0x88B5, m),
+}
+# The same crafting, honest: must reach a1's TVD peers (proves the attacks could have arrived).
+CONTROLS = {
+    "ctl: IPv4 from own MAC/IP": lambda m: u4(M1, IP1, m),
+    "ctl: IPv6 from own global address": lambda m: eth(ALL6, M1, ETH_IP6, udp6(IP6_1, "ff02::1", 9, 9, m)),
+    "ctl: IPv6 from own EUI-64 link-local": lambda m: eth(ALL6, M1, ETH_IP6, udp6(LL1, "ff02::1", 9, 9, m)),
+    "ctl: gratuitous ARP for own IP": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, IP1, "00:00:00:00:00:00", IP1), trailer=m),
+    "ctl: ARP probe (sender 0.0.0.0)": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, "0.0.0.0", "00:00:00:00:00:00", IP1), trailer=m),
+    "ctl: ND advert for own address": lambda m: eth(ALL6, M1, ETH_IP6, nd_na(LL1, "ff02::1", IP6_1, M1, m)),
+    "ctl: DHCP client DISCOVER from 0.0.0.0": lambda m: eth(BCAST, M1, ETH_IP, udp4("0.0.0.0", "255.255.255.255", 68, 67, m)),
+}
+PER_KIND = 25
+STORM = 3000
+
+
+@pytest.fixture
+def lab(mkns, tmp_path):
+    lab = Lab(mkns, tmp_path)
+    yield lab
+    lab.close()
+
+
+def _neigh(ns, ip):
+    out = json.loads(sh(ns, "ip", "-j", "neigh", "show", "to", ip, "dev", "eth0").stdout or "[]")
+    return out[0].get("lladdr") if out else None
+
+
+def test_dishonest_vm_gets_no_forbidden_frame_onto_any_tvd(lab):
+    # warm up honest neighbour caches, so poisoning would be visible afterwards
+    assert ping(lab.ns("a2"), IP3) and ping(lab.ns("a2"), IP6_3)
+    inj = Injector(lab.ns("a1"))
+    rows, failures = [], []
+    try:
+        for seq, (kind, make) in enumerate(list(ATTACKS.items()) + list(CONTROLS.items())):
+            for i in range(PER_KIND):
+                inj.send(make(marker(kind, i)))
+        for i in range(STORM):
+            inj.send(u4(M1, IP1, marker("broadcast storm", i)))
+        lab.barrier(1)
+    finally:
+        inj.close()
+
+    others = [n for n in VMS if n != "a1"]
+    for kind in ATTACKS:
+        got = lab.arrivals(kind)
+        bad = sum(got[n] for n in others)
+        rows.append((kind, PER_KIND, bad, "-", "VM a1"))
+        if bad:
+            failures.append(f"{kind}: {got}")
+    got = lab.arrivals("broadcast storm")
+    bad = sum(got[n] for n in others if lab.tvd_of(n) != "alpha")
+    rows.append(("broadcast storm (own MAC/IP)", STORM, bad,
+                 f"{got['a2']}+{got['a3']}", "VM a1 (other TVD forbidden)"))
+    if bad:
+        failures.append(f"storm reached beta: {got}")
+    for kind in CONTROLS:
+        got = lab.arrivals(kind)
+        bad = got["b1"] + got["b2"]
+        rows.append((kind, PER_KIND, bad, f"{got['a2']}+{got['a3']}", "VM a1 (honest)"))
+        if bad or got["a2"] != PER_KIND or got["a3"] != PER_KIND:
+            failures.append(f"control {kind}: {got} (must reach a2 and a3 {PER_KIND}x each, beta never)")
+    print_table("port security: dishonest VM a1 (TVD alpha, host h1); receivers a2 (alpha, h1), "
+                "a3 (alpha, h2), b1 (beta, h1), b2 (beta, h2)", rows)
+    assert not failures, failures
+
+    # nothing was poisoned or configured by what was dropped
+    assert _neigh(lab.ns("a2"), IP3) == M3 and _neigh(lab.ns("a2"), IP6_3) == M3
+    for n in others:
+        addrs = sh(lab.ns(n), "ip", "-6", "addr", "show", "dev", "eth0").stdout
+        assert "2001:db8:bad" not in addrs, f"{n} configured an address from the rogue RA"
+    assert ping(lab.ns("a2"), IP3), "honest traffic broken after the attacks"
+
+
+def test_honest_traffic_passes_ping_arp_nd(lab):
+    for n in VMS:
+        sh(lab.ns(n), "ip", "neigh", "flush", "dev", "eth0")
+    assert ping(lab.ns("a2"), IP3), "IPv4 across hosts"
+    assert ping(lab.ns("a1"), IP2), "the dishonest VM's own honest traffic"
+    assert ping(lab.ns("b1"), VMS["b2"][3]), "beta across hosts"
+    assert _neigh(lab.ns("a2"), IP3) == M3, "ARP resolution"
+    assert ping(lab.ns("a2"), IP6_3), "IPv6 across hosts (ND for a global address)"
+    assert _neigh(lab.ns("a2"), IP6_3) == M3, "ND resolution"
+    assert ping(lab.ns("a3"), f"{link_local(M2)}%eth0"), "IPv6 link-local (EUI-64 of the declared MAC)"
+    assert not ping(lab.ns("a2"), VMS["b1"][3], count=2), "alpha reached beta"
+
+
+def test_vif_that_declared_no_addresses_fails_closed(mkns):
+    """addresses=(): no IP source passes, but ARP probes and DHCP DISCOVER from 0.0.0.0 do."""
+    h = mkns("h")
+    g1, g2 = mkns("g1"), mkns("g2")
+    veth(h, "vif1.0", "eth0", peer_ns=g1, up=False)
+    veth(h, "vif2.0", "eth0", peer_ns=g2, up=False)
+    for g, mac, ip in ((g1, "02:00:00:00:00:01", "10.9.0.1"), (g2, "02:00:00:00:00:02", "10.9.0.2")):
+        sh(g, "ip", "link", "set", "eth0", "address", mac, "up")
+        sh(g, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+    seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    ports = (VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=()),
+             VifPort("vif2.0", "alpha", mac="02:00:00:00:00:02", addresses=("10.9.0.2",)))
+    apply(HostState("h", segments=(seg,), ports=ports), netns=h)
+    assert not ping(g1, "10.9.0.2", count=2)
+    sn = MarkSniffer(g2)
+    inj = Injector(g1)
+    try:
+        inj.send(eth(BCAST, "02:00:00:00:00:01", ETH_IP, udp4("0.0.0.0", "255.255.255.255", 68, 67, marker("dhcp"))))
+        inj.send(eth(BCAST, "02:00:00:00:00:01", ETH_ARP, arp(1, "02:00:00:00:00:01", "0.0.0.0", "00:00:00:00:00:00", "10.9.0.1"), trailer=marker("probe")))
+        inj.send(u4("02:00:00:00:00:01", "10.9.0.1", marker("ip")))
+        time.sleep(0.3)
+        assert (sn.count("dhcp"), sn.count("probe"), sn.count("ip")) == (1, 1, 0)
+    finally:
+        sn.close()
+        inj.close()
+    # require_addresses: an undeclared port (None) is treated like () - fail closed
+    st = HostState("h", segments=(seg,), ports=(VifPort("vif1.0", "alpha"), ports[1]), require_addresses=True)
+    apply(st, netns=h)
+    assert not ping(g1, "10.9.0.2", count=2)
+    apply(HostState("h", segments=(seg,), ports=(VifPort("vif1.0", "alpha"), ports[1])), netns=h)
+    assert ping(g1, "10.9.0.2"), "addresses=None without require_addresses: IP not pinned"
+
+
+# ---- the table itself: ownership, idempotency, atomicity, scaling ------------------------
+
+def _table(ns):
+    return nftables.list_json(ns, "table", "bridge", "xen_tvd")
+
+
+def _rules(objs):
+    return [o["rule"] for o in objs if "rule" in o]
+
+
+def _handle(ns):
+    return next(o["table"]["handle"] for o in _table(ns) if "table" in o)
+
+
+def test_rules_do_not_grow_with_vifs_and_apply_is_idempotent(ns):
+    seg = vx_segment("alpha", 100, "10.0.0.1")
+    underlay(ns)
+    few = state(seg, ports=(("vif1.0", "alpha"),))
+    many = HostState("h", segments=(seg,), ports=tuple(
+        VifPort(f"vif{i}.0", "alpha", mac=f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",
+                addresses=(f"10.{i >> 8}.{i & 255}.1", f"fd00::{i:x}")) for i in range(1, 301)))
+    apply(few, netns=ns)
+    n_few = len(_rules(_table(ns)))
+    assert apply(few, netns=ns).changes == []
+    rep = apply(many, netns=ns)
+    assert any("port security" in c for c in rep.changes), rep.changes
+    objs = _table(ns)
+    assert len(_rules(objs)) == n_few, "rule count grew with the number of vifs"
+    elems = {o["set"]["name"]: len(o["set"].get("elem", [])) for o in objs if "set" in o}
+    assert elems["ports"] == 300 and elems["port_ip4"] == 300 and elems["port_ip6"] == 600
+    assert apply(many, netns=ns).changes == []
+
+
+def test_plug_and_unplug_change_only_that_vifs_elements(ns):
+    seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    apply(state(seg), netns=ns)
+    handle = _handle(ns)
+    veth(ns, "vif1.0", "g")
+    p = VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.1",))
+    plug_vif(p, seg, netns=ns)
+    cur = firewall.read(ns)
+    assert cur.elements["port_mac"] == {("vif1.0", "02:00:00:00:00:01")}
+    assert cur.elements["port_ip4"] == {("vif1.0", "10.1.0.1")}
+    plug_vif(VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.2",)), seg, netns=ns)
+    assert firewall.read(ns).elements["port_ip4"] == {("vif1.0", "10.1.0.2")}
+    assert _handle(ns) == handle, "plug_vif reloaded the table instead of editing elements"
+    unplug_vif("vif1.0", netns=ns)
+    assert all(not v for v in firewall.read(ns).elements.values())
+    assert _handle(ns) == handle
+
+
+def test_table_is_ours_only_and_goes_with_the_last_segment(ns):
+    sh(ns, "nft", "add table bridge someone_else; add chain bridge someone_else c")
+    seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    apply(state(seg), netns=ns)
+    assert _table(ns) is not None
+    rep = apply(HostState("h"), netns=ns)
+    assert "deleted nftables table bridge xen_tvd (no segments)" in rep.changes
+    assert _table(ns) is None
+    assert nftables.list_json(ns, "table", "bridge", "someone_else") is not None
+    assert apply(HostState("h"), netns=ns).changes == []
+
+
+def test_failed_update_leaves_the_previous_ruleset_whole(ns):
+    """nft -f input is one kernel transaction: an element the kernel refuses (EEXIST, found
+    only at commit, after `delete table` was already in the batch) undoes the whole batch."""
+    seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    st = HostState("h", segments=(seg,), ports=(VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.1",)),))
+    apply(st, netns=ns)
+    before, handle = firewall.read(ns), _handle(ns)
+    broken = firewall.render(firewall.desired_elements(st)) + 'create element bridge xen_tvd ports { "vif1.0" }\n'
+    with pytest.raises(DataplaneError, match="File exists.*nothing of it was applied"):
+        nftables.run(ns, broken, "test")
+    assert firewall.read(ns) == before and _handle(ns) == handle
+    with pytest.raises(DataplaneError):  # and validation catches what could be injected
+        apply(HostState("h", segments=(seg,), ports=(VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01; flush ruleset"),)), netns=ns)
+    assert firewall.read(ns) == before
+
+
+def test_no_frame_leaks_while_the_table_is_replaced(lab):
+    """Full replacements (table {}; delete table; table {...} in one input) in a loop while
+    a1 sends spoofed frames: not one may pass during any replacement."""
+    h1 = lab.hosts["h1"]
+    script = firewall.render(firewall.desired_elements(lab.states["h1"]))
+    inj = Injector(lab.ns("a1"))
+    sent = 0
+    try:
+        t_end = time.monotonic() + 3
+        reloads = 0
+        while time.monotonic() < t_end:
+            nftables.run(h1, script, "reload")
+            reloads += 1
+            sent += inj.send(u4(M1, IP3, marker("during reload", sent)), 50)
+        lab.barrier(2)
+    finally:
+        inj.close()
+    got = lab.arrivals("during reload")
+    print_table(f"spoofed IPv4 source during {reloads} full table replacements",
+                [("spoofed src IPv4 during reload", sent, sum(v for k, v in got.items() if k != "a1"), "-", "VM a1")])
+    assert reloads > 10 and all(v == 0 for k, v in got.items() if k != "a1"), got

@@ -75,7 +75,7 @@ CHAINS = """\
     type filter hook prerouting priority filter; policy accept;
     iifname != @ports accept comment "@DIGEST@"
     iifname @has_mac iifname . ether saddr != @port_mac drop
-    ether type vmap { ip : jump vif_ip4, arp : jump vif_arp, ip6 : jump vif_ip6 }
+    ether type vmap { ip : goto vif_ip4, arp : goto vif_arp, ip6 : goto vif_ip6 }
     drop
   }
   chain vif_ip4 {

@@ -282,6 +282,6 @@ class Lab:
 def print_table(title: str, rows: list[tuple]) -> None:
     """rows: (kind, tried, forbidden arrivals, allowed arrivals or '-', where it was sent from)."""
     print(f"\n{title}")
-    print(f"{'attack kind':34} {'tried':>6} {'arrived where forbidden':>24} {'allowed arrivals':>17}  from")
+    print(f"{'attack kind':52} {'tried':>6} {'arrived where forbidden':>24} {'allowed arrivals':>17}  from")
     for kind, tried, bad, ok, frm in rows:
-        print(f"{kind:34} {tried:>6} {bad:>24} {str(ok):>17}  {frm}")
+        print(f"{kind:52} {tried:>6} {bad:>24} {str(ok):>17}  {frm}")

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 from . import model, nftables
@@ -159,9 +160,9 @@ def port_elements(port: model.VifPort, require_addresses: bool = False) -> Eleme
         ips.append(eui64_link_local(port.mac.lower()))
     for ip in ips:
         if ip.version == 4:
-            out["port_ip4"].add((n, str(ip)))
+            out["port_ip4"].add((n, _ip(4, str(ip))))
         else:
-            out["port_ip6"].add((n, str(ip)))
+            out["port_ip6"].add((n, _ip(6, str(ip))))
             out["na_ok"].add((n, int(ip)))
     return out
 
@@ -208,6 +209,12 @@ class Current:
     elements: Elements
 
 
+def _ip(version: int, text: str) -> str:
+    """One canonical text form for both sides of a diff (C inet_pton/ntop: fast at 10^4)."""
+    af = socket.AF_INET if version == 4 else socket.AF_INET6
+    return socket.inet_ntop(af, socket.inet_pton(af, text))
+
+
 def _norm(set_name: str, raw) -> tuple:
     if isinstance(raw, dict) and "elem" in raw:
         raw = raw["elem"]["val"]
@@ -216,14 +223,23 @@ def _norm(set_name: str, raw) -> tuple:
     for v in vals[1:]:
         if set_name == "na_ok":
             out.append(int(v, 0) if isinstance(v, str) else int(v))
-        elif set_name in ("port_ip4", "port_ip6"):
-            out.append(str(ipaddress.ip_address(v)))
+        elif set_name == "port_ip4":
+            out.append(_ip(4, v))
+        elif set_name == "port_ip6":
+            out.append(_ip(6, v))
         else:
             out.append(str(v).lower())
     return tuple(out)
 
 
-def read(netns: str | None) -> Current | None:
+def _key(raw) -> str:
+    if isinstance(raw, dict) and "elem" in raw:
+        raw = raw["elem"]["val"]
+    return raw["concat"][0] if isinstance(raw, dict) and "concat" in raw else raw
+
+
+def read(netns: str | None, only: str | None = None) -> Current | None:
+    """The table's digest and elements (only those of vif `only`, if given), or None."""
     objs = nftables.list_json(netns, "table", FAMILY, TABLE)
     if objs is None:
         return None
@@ -232,7 +248,8 @@ def read(netns: str | None) -> Current | None:
     for o in objs:
         if "set" in o and o["set"]["name"] in SETS:
             s = o["set"]
-            els[s["name"]] = {_norm(s["name"], e) for e in s.get("elem", [])}
+            els[s["name"]] = {_norm(s["name"], e) for e in s.get("elem", [])
+                              if only is None or _key(e) == only}
         elif "rule" in o and o["rule"].get("chain") == "prerouting":
             c = o["rule"].get("comment") or ""
             if c.startswith(DIGEST_PREFIX):
@@ -277,7 +294,7 @@ def sync_ports(state: model.HostState, netns: str | None, changed) -> None:
 
 
 def _require_table(netns: str | None, ifname: str) -> Current:
-    cur = read(netns)
+    cur = read(netns, only=ifname)
     if cur is None or cur.digest != DIGEST:
         state = "is missing" if cur is None else "has other rules (older xen-tvd?)"
         raise DataplaneError(f"cannot secure {ifname}: nftables table {FAMILY} {TABLE} {state}; "
@@ -289,18 +306,16 @@ def plug_port(port: model.VifPort, netns: str | None, require_addresses: bool = 
     """Replace this vif's elements (only its own) in one transaction; rules untouched."""
     validate_port(port)
     cur = _require_table(netns, port.ifname)
-    mine = {k: {e for e in v if e[0] == port.ifname} for k, v in cur.elements.items()}
-    script, n_del, n_add = _diff_script(mine, port_elements(port, require_addresses))
+    script, n_del, n_add = _diff_script(cur.elements, port_elements(port, require_addresses))
     if n_del or n_add:
         nftables.run(netns, script, f"setting port security for {port.ifname}")
 
 
 def unplug_port(ifname: str, netns: str | None) -> None:
-    cur = read(netns)
+    cur = read(netns, only=ifname)
     if cur is None:
         return
-    mine = {k: {e for e in v if e[0] == ifname} for k, v in cur.elements.items()}
-    script, n_del, _ = _diff_script(mine, {k: set() for k in SETS})
+    script, n_del, _ = _diff_script(cur.elements, {k: set() for k in SETS})
     if n_del:
         nftables.run(netns, script, f"removing port security for {ifname}")
 

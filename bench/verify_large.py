@@ -82,7 +82,7 @@ def rule(kind: str) -> str:
 def realistic(rng: random.Random) -> str:
     """100 departments of 10 TVDs. In each, 7 TVDs form a fully meshed core (42 open entries,
     so no closed pair inside it); the other 3 (lab, quarantine, backup) are on their own. TVD
-    t0009 is a central log collector: 80 departments send to it from every core TVD, 19 only
+    t0009 is a central log collector: 81 departments send to it from every core TVD, 19 only
     from a gateway (the other core TVDs reach the collector through it: warnings). Two sloppy
     open links between departments (errors), and stated closed pairs fill up to 5,000."""
     flows: dict[tuple[int, int], str] = {}

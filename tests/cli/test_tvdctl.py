@@ -51,7 +51,7 @@ def test_check_warnings_only_exits_0(files):
     assert p.returncode == 0
     lines = diag_lines(p, "fig1.yaml")
     assert lines and all(": warning: " in ln for ln in lines)
-    assert "fig1.yaml:34:5: warning: closed pair alpha -> beta is reachable through controlled " \
+    assert "fig1.yaml:34:5: warning: closed pair alpha -> beta is reachable through guarded " \
            "path alpha -> gamma -> beta" in p.stdout
 
 

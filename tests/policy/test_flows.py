@@ -148,12 +148,13 @@ def test_closed_entry_carries_nothing():
     assert _found(mk_policy(["a", "b"], [flow("a", "b", "closed"), flow("b", "a", "closed")])) == {}
 
 
-def test_shared_membership_is_an_open_edge_both_ways():
+def test_shared_membership_is_a_guarded_edge_both_ways():
+    # a VM in both TVDs is a channel, guarded by admission like a controlled flow: warnings
     assert _found(mk_policy(["a", "b"], shared=[("a", "b")])) == {
-        ("a", "b"): ("a -> b", True), ("b", "a"): ("b -> a", True)}
+        ("a", "b"): ("a -> b", False), ("b", "a"): ("b -> a", False)}
     pol = mk_policy(["a", "b", "c"], [flow("a", "b", "open", replies=False)], shared=[("b", "c")])
-    assert _found(pol) == {("a", "c"): ("a -> b -> c", True), ("b", "c"): ("b -> c", True),
-                           ("c", "b"): ("c -> b", True)}
+    assert _found(pol) == {("a", "c"): ("a -> b -> c", False), ("b", "c"): ("b -> c", False),
+                           ("c", "b"): ("c -> b", False)}
 
 
 def test_open_dummy_bypasses_every_closed_pair():
@@ -207,9 +208,10 @@ def test_chain_through_controlled_edge_is_a_warning_with_path(tmp_path):
     assert errors(diags) == []
     [w] = warnings(diags)
     assert w.code == "indirect-flow" and where(w) == (7, 5)
-    assert w.message == ("closed pair alpha -> beta is reachable through controlled path "
+    assert w.message == ("closed pair alpha -> beta is reachable through guarded path "
                          "alpha -> gamma -> beta (alpha -> gamma is controlled; gamma -> beta is "
-                         "open); make sure the controlled rules cannot relay it")
+                         "open); make sure the controlled rules and shared-membership VMs cannot "
+                         "relay it")
 
 
 def test_open_chain_preferred_over_shorter_controlled_one():
@@ -270,7 +272,42 @@ def test_figure1_example_checks_with_warnings_only():
     pol, diags = check_file("xl-configs/paper-figure1.yaml")
     assert pol is not None and errors(diags) == []
     texts = [d.message for d in diags if d.code == "indirect-flow"]
-    assert any("closed pair alpha -> beta is reachable through controlled path "
+    assert any("closed pair alpha -> beta is reachable through guarded path "
                "alpha -> gamma -> beta" in t for t in texts)
-    assert any("closed pair beta -> alpha is reachable through controlled path "
+    assert any("closed pair beta -> alpha is reachable through guarded path "
                "beta -> gamma -> alpha" in t for t in texts)
+
+
+REPLY_ONLY = """
+    version: 1
+    tvds:
+      alpha: {vlan: 100}
+      beta: {vlan: 200}
+    flows:
+      - {from: alpha, to: beta, policy: open}
+%s"""
+
+
+def test_replies_onto_an_unlisted_pair_are_a_warning_that_says_how_to_state_it(tmp_path):
+    _, diags = check_text(tmp_path, REPLY_ONLY % "")
+    assert errors(diags) == []
+    [w] = warnings(diags)
+    assert w.code == "reply-flow" and where(w) == (6, 5)
+    assert w.message == ("unlisted pair beta -> alpha is closed, but replies of the open flow "
+                         "alpha -> beta carry data beta -> alpha; state the pair "
+                         "(open/controlled), or set 'replies: false' on alpha -> beta for a "
+                         "one-way flow")
+
+
+def test_replies_onto_an_explicitly_closed_pair_are_an_error(tmp_path):
+    _, diags = check_text(tmp_path, REPLY_ONLY % "      - {from: beta, to: alpha, policy: closed}\n")
+    [e] = errors(diags)
+    assert e.code == "indirect-flow"
+    assert e.message.startswith("closed pair beta -> alpha is bypassed by open path beta -> alpha "
+                                "(beta -> alpha rides on replies of alpha -> beta)")
+
+
+def test_one_way_flow_without_replies_reports_nothing(tmp_path):
+    text = (REPLY_ONLY % "").replace("policy: open}", "policy: open, replies: false}")
+    _, diags = check_text(tmp_path, text)
+    assert diags == []

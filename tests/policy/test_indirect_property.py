@@ -5,10 +5,12 @@ the semantics stated in docs/policy.md rather than from the library's code:
 - a pair (a, b) whose FlowMatrix kind is open/controlled carries information a -> b, and
   b -> a too (replies) unless its entry says `replies: false`; a pair without an entry that
   involves the dummy TVD takes the dummy policy and has replies;
-- a shared-membership set is an open edge both ways between each two of its TVDs;
-- for every closed ordered pair (x, y): an all-open chain exists => one error-level finding
-  with a minimal all-open chain; else any chain exists => one warning-level finding with a
-  minimal chain; else nothing.
+- a shared-membership set is a guarded (non-open) edge both ways between each two of its
+  TVDs: its VMs passed both TVDs' admission and are trusted not to relay;
+- for every closed ordered pair (x, y): an all-open chain exists => one finding with a minimal
+  all-open chain (error-level, except a one-hop chain on an unlisted pair, which can only be
+  the replies of the open reverse flow: warning "reply-flow"); else any chain exists => one
+  warning-level finding with a minimal chain; else nothing.
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def reference(policy: Policy):
         for a in group:
             for b in group:
                 if a != b:
-                    edges.setdefault((a, b), set()).add("open")
+                    edges.setdefault((a, b), set()).add("guarded")
     succ = {a: [b for b in nodes if (a, b) in edges] for a in nodes}
 
     def simple_paths(x):
@@ -161,7 +163,29 @@ def to_yaml(policy: Policy) -> str:
 
 
 MSG = re.compile(r"^closed pair (\S+) -> (\S+) is (?:bypassed by open|reachable through "
-                 r"controlled) path (.+?) \(")
+                 r"guarded) path (.+?) \(")
+REPLY_MSG = re.compile(r"^unlisted pair (\S+) -> (\S+) is closed, but replies of the open flow "
+                       r"(\S+) -> (\S+) carry")
+
+
+def parse_finding(policy, dg):
+    """(src, dst, path, all_open) of an indirect-flow or reply-flow diagnostic, checking its
+    severity: errors exactly for all-open chains, except the replies of an open reverse flow
+    onto an unlisted pair (warning)."""
+    listed = {(f.src, f.dst) for f in policy.flows}
+    if dg.code == "reply-flow":
+        m = REPLY_MSG.match(dg.message)
+        assert m and (m[3], m[4]) == (m[2], m[1]), dg.message
+        assert not dg.is_error and (m[1], m[2]) not in listed
+        return m[1], m[2], (m[1], m[2]), True
+    m = MSG.match(dg.message)
+    assert m, dg.message
+    path = tuple(m[3].split(" -> "))
+    all_open = "bypassed by open path" in dg.message
+    assert dg.is_error is all_open
+    assert not (all_open and len(path) == 2 and (m[1], m[2]) not in listed), \
+        "a one-hop open chain on an unlisted pair must be reported as reply-flow"
+    return m[1], m[2], path, all_open
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,13 +198,10 @@ def test_check_file_reports_the_same_indirect_flows(policy):
         _, diags = check_file(str(path))
     found = []
     for dg in diags:
-        if dg.code != "indirect-flow":
+        if dg.code not in ("indirect-flow", "reply-flow"):
             continue
         assert dg.pos is not None and dg.pos.file == str(path) and dg.pos.line >= 1
-        m = MSG.match(dg.message)
-        assert m, dg.message
-        found.append((m[1], m[2], tuple(m[3].split(" -> ")), dg.is_error))
-        assert ("bypassed by open path" in dg.message) is dg.is_error
+        found.append(parse_finding(policy, dg))
     assert_matches(expected, edges, found)
 
 
@@ -199,7 +220,7 @@ def test_yaml_examples_explicitly(tmp_path):
         path.write_text(to_yaml(pol))
         _, diags = check_file(str(path))
         expected, edges = reference(pol)
-        found = [(m[1], m[2], tuple(m[3].split(" -> ")), d.is_error)
-                 for d in diags if d.code == "indirect-flow" for m in [MSG.match(d.message)]]
+        found = [parse_finding(pol, d) for d in diags
+                 if d.code in ("indirect-flow", "reply-flow")]
         assert found and len(found) == len(expected)
         assert_matches(expected, edges, found)

@@ -4,8 +4,9 @@ Semantics (documented in docs/policy.md):
 - Inside a TVD traffic is always open. An ordered pair (x, y) with no entry is closed.
 - A permitted connection x -> y (open or controlled) carries information both ways: its replies
   flow y -> x, unless the entry says `replies: false` (a one-way, data-diode style flow).
-- A shared-membership set {x, y}: a VM in both TVDs can copy anything across, so for the
-  verifier it is an open channel both ways.
+- A shared-membership set {x, y}: a VM in both TVDs can copy anything across. It is a channel
+  both ways, but one guarded like a controlled flow: only VMs that satisfied both TVDs'
+  membership requirements are in it, and they are trusted not to relay.
 - The dummy TVD (VLANs outside every TVD) with policy open is an open channel to and from
   every TVD, as the paper defines it, except for pairs that have an entry of their own
   (explicit entries override the default, as in FlowMatrix.kind); entries naming the dummy
@@ -13,7 +14,9 @@ Semantics (documented in docs/policy.md):
 
 The verifier is conservative: for every closed ordered pair (x, y) it looks for any chain of
 information-carrying edges from x to y and reports one shortest chain per pair: an error when
-a chain of open edges exists, a warning when every chain passes a controlled edge.
+a chain of open edges exists, a warning when every chain passes a controlled edge or a
+shared-membership VM. (verify.py softens one case to a warning: the replies of an open flow
+y -> x onto an unlisted pair x -> y, which the admin has not stated as closed.)
 """
 from __future__ import annotations
 
@@ -126,7 +129,8 @@ def information_edges(policy: Policy) -> list[Edge]:
         for a in group:
             for b in group:
                 if a != b:
-                    edges.append(Edge(a, b, FlowKind.OPEN, "shared"))
+                    # guarded by admission, like a controlled edge (see module docstring)
+                    edges.append(Edge(a, b, FlowKind.CONTROLLED, "shared"))
     if policy.dummy_policy is FlowKind.OPEN:
         # the default covers only pairs without an entry of their own (as in FlowMatrix.kind);
         # a default pair is an open flow with replies: an edge each way

@@ -80,13 +80,22 @@ def check_flows(policy: Policy, diags: Collector) -> None:
         pos = next((a.pos for a in anchors if a is not None and a.pos is not None),
                    Pos(policy.source, 1, 1))
         hops = "; ".join(e.describe() for e in ind.edges)
-        if ind.all_open:
+        if ind.all_open and len(ind.edges) == 1 and ind.edges[0].why == "reply" \
+                and matrix.entry(ind.src, ind.dst) is None:
+            # closed only by default: stateful replies of the reverse open flow cross it
+            diags.warning(pos, f"unlisted pair {ind.src} -> {ind.dst} is closed, but replies of "
+                               f"the open flow {ind.dst} -> {ind.src} carry data {ind.src} -> "
+                               f"{ind.dst}; state the pair (open/controlled), or set 'replies: "
+                               f"false' on {ind.dst} -> {ind.src} for a one-way flow",
+                          "reply-flow")
+        elif ind.all_open:
             diags.error(pos, f"closed pair {ind.src} -> {ind.dst} is bypassed by open path "
                              f"{ind.path_text()} ({hops})", "indirect-flow")
         else:
             diags.warning(pos, f"closed pair {ind.src} -> {ind.dst} is reachable through "
-                               f"controlled path {ind.path_text()} ({hops}); make sure the "
-                               "controlled rules cannot relay it", "indirect-flow")
+                               f"guarded path {ind.path_text()} ({hops}); make sure the "
+                               "controlled rules and shared-membership VMs cannot relay it",
+                          "indirect-flow")
 
 
 def check_capabilities(policy: Policy, diags: Collector) -> None:

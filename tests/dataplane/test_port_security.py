@@ -53,7 +53,8 @@ ATTACKS = {
     "DHCP server reply (OFFER, sport 67)": lambda m: eth(BCAST, M1, ETH_IP, dhcp_offer(IP1, M1, IP3, m)),
     "DHCPv6 server reply (sport 547)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(LL1, "ff02::1", 547, 546, m)),
     "IPv6 router advertisement": lambda m: eth(ALL6, M1, ETH_IP6, nd_ra(LL1, M1, m)),
-    "other ethertype (0x88b5)": lambda m: eth(BCAST, M1, 0x88B5, m),
+    "double-tagged 0x9100 100 + 802.1Q 200": lambda m: u4(M1, IP1, m, tags=((0x9100, 100), (0x8100, 200))),
+    "other ethertype (0x88b5) from a spoofed MAC": lambda m: eth(BCAST, M2, 0x88B5, m),
 }
 # The same crafting, honest: must reach a1's TVD peers (proves the attacks could have arrived).
 CONTROLS = {
@@ -64,6 +65,7 @@ CONTROLS = {
     "ctl: ARP probe (sender 0.0.0.0)": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, "0.0.0.0", "00:00:00:00:00:00", IP1), trailer=m),
     "ctl: ND advert for own address": lambda m: eth(ALL6, M1, ETH_IP6, nd_na(LL1, "ff02::1", IP6_1, M1, m)),
     "ctl: DHCP client DISCOVER from 0.0.0.0": lambda m: eth(BCAST, M1, ETH_IP, udp4("0.0.0.0", "255.255.255.255", 68, 67, m)),
+    "ctl: other ethertype (0x88b5) from own MAC": lambda m: eth(BCAST, M1, 0x88B5, m),
 }
 PER_KIND = 25
 STORM = 3000

@@ -6,8 +6,9 @@ Two tables, owned by xen-tvd and never anything else touched:
 priority filter = -200, so it also runs on kernels with br_netfilter loaded). Rules are fixed;
 every vif is a handful of set elements keyed on its ifname, so the rule count does not grow
 with VMs:
-  - only IPv4, ARP and IPv6 frames pass: 802.1Q / 802.1ad (QinQ) tagged frames, and therefore
-    frames tagged with another TVD's VLAN id, are dropped, as is every other ethertype;
+  - 802.1Q / 802.1ad / 0x9100 (QinQ) tagged frames, and therefore frames tagged with another
+    TVD's VLAN id, are dropped (nft rebuilds an offloaded tag for `ether type`, tested); other
+    untagged ethertypes pass (the lab's flood check uses 0x88b5), MAC-pinned like the rest;
   - source MAC = the vif's declared MAC (when one is declared);
   - IPv4: DHCP server replies (udp sport 67) dropped; DHCP client traffic from 0.0.0.0
     (udp 68 -> 67) allowed; otherwise the source must be a declared address;
@@ -76,8 +77,8 @@ CHAINS = """\
     type filter hook prerouting priority filter; policy accept;
     iifname != @ports accept comment "@DIGEST@"
     iifname @has_mac iifname . ether saddr != @port_mac drop
+    ether type { 8021q, 8021ad, 0x9100 } drop
     ether type vmap { ip : goto vif_ip4, arp : goto vif_arp, ip6 : goto vif_ip6 }
-    drop
   }
   chain vif_ip4 {
     udp sport 67 drop

@@ -185,7 +185,9 @@ def test_offline_detaches_and_removes_empty_segment_after_grace(lab):
     # last vif of beta gone: its vSwitch and VXLAN uplink are removed after the grace period
     assert link_info(lab.host_ns["dom0-a"], "tvd-beta") is not None
     deadline = time.monotonic() + 10
-    while link_info(lab.host_ns["dom0-a"], "tvd-beta") is not None and time.monotonic() < deadline:
+    # one reconcile removes both, bridge first: wait for the whole segment to go
+    while time.monotonic() < deadline and any(
+            link_info(lab.host_ns["dom0-a"], d) is not None for d in ("tvd-beta", "tvx-beta")):
         time.sleep(0.1)
     assert link_info(lab.host_ns["dom0-a"], "tvd-beta") is None
     assert link_info(lab.host_ns["dom0-a"], "tvx-beta") is None
@@ -285,3 +287,35 @@ def test_bad_usage_exits_non_zero(lab):
     vm = lab.vm("x", 20)
     r = lab.hotplug(vm, "frobnicate")
     assert r.returncode == 1 and "usage" in r.stderr
+
+
+def test_backend_mac_and_ip_pin_the_vm_port_security(lab):
+    """libxl writes the guest's MAC and xl.cfg ip= into the backend; vif-tvd hands both to the
+    proxy, whose port security then drops frames from any other source address."""
+    lab.proxy()
+    a = lab.vm("web1", 1, nics={0: ("tvd:alpha", "10.99.0.1")})
+    b = lab.vm("web2", 2, nics={0: ("tvd:alpha", "10.99.0.2")})
+    lab.xs.set(f"{a.backend()}/ip", "10.99.0.1")
+    for vm in (a, b):
+        register(lab, vm, {"signed-kernel": "trust"})
+        assert lab.hotplug(vm).returncode == 0
+    assert lab.ping(a, "10.99.0.2", count=2)
+    # the VM takes an address it was not given: its frames no longer get through
+    from tvd_harness import ip
+    ip("addr", "flush", "dev", "eth0", ns=a.ns)
+    ip("addr", "add", "10.99.0.77/24", "dev", "eth0", ns=a.ns)
+    assert not lab.ping(a, "10.99.0.2", count=2)
+    # and a MAC it was not given
+    ip("addr", "flush", "dev", "eth0", ns=a.ns)
+    ip("addr", "add", "10.99.0.1/24", "dev", "eth0", ns=a.ns)
+    assert lab.ping(a, "10.99.0.2", count=1)
+    ip("link", "set", "eth0", "address", "00:16:3e:66:66:66", ns=a.ns)
+    assert not lab.ping(a, "10.99.0.2", count=2)
+
+
+def test_malformed_backend_ip_key(lab):
+    lab.proxy()
+    vm = lab.vm("web", 12, nics={0: ("tvd:alpha", "10.99.0.12")})
+    lab.xs.set(f"{vm.backend()}/ip", "10.99.0.12 not-an-address")
+    register(lab, vm, {"signed-kernel": "trust"})
+    assert_error(lab, vm, 0, lab.hotplug(vm), "'not-an-address' is not an IP address", "ip=")

@@ -230,11 +230,13 @@ class Lab:
             ip("link", "add", dev, "type", "veth", "peer", "name", tmpname, ns=hns)
             ip("link", "set", tmpname, "netns", vm.ns, ns=hns)
             ip("link", "set", tmpname, "name", guest, ns=vm.ns)
+            # netfront takes its MAC from the backend `mac` key; port security pins it
+            mac = f"00:16:3e:{domid >> 8 & 255:02x}:{domid & 255:02x}:{devid:02x}"
+            ip("link", "set", guest, "address", mac, ns=vm.ns)
             ip("addr", "add", f"{addr}/24", "dev", guest, ns=vm.ns)
             ip("link", "set", guest, "up", ns=vm.ns)
             vm.nics[devid] = addr
             be, fe = vm.backend(devid), vm.frontend(devid)
-            mac = f"00:16:3e:{domid >> 8 & 255:02x}:{domid & 255:02x}:{devid:02x}"
             entries.update({f"{be}/frontend": fe, f"{be}/frontend-id": str(domid),
                             f"{be}/mac": mac, f"{be}/handle": str(devid), f"{be}/type": "vif",
                             f"{be}/script": "/etc/xen/scripts/vif-tvd", f"{be}/online": "1",

@@ -139,7 +139,7 @@ class UpReport:
 def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
     """Build (or repair) the lab; idempotent. Errors of single VMs are collected, not fatal."""
     from xen_tvd.dataplane import DataplaneError, apply, plug_vif
-    from xen_tvd.dataplane.model import HostState, VifPort
+    from xen_tvd.dataplane.model import HostState
     from xen_tvd.planner import PlanError, plan
 
     t0 = time.monotonic()
@@ -172,7 +172,7 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
         t = time.monotonic()
         ports = {h: [] for h in topo.hosts}
         for vm in topo.vms.values():
-            ports.setdefault(vm.host, []).extend(VifPort(n.vif, n.tvd) for n in vm.nics)
+            ports.setdefault(vm.host, []).extend(_vif_port(n) for n in vm.nics)
         try:
             states = plan(policy, ports)
         except PlanError as e:  # the planner refuses: the lab cannot be built as asked
@@ -205,7 +205,7 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
                     continue
                 cb = _mtu_cb(vm.ns, nic.eth)
                 try:
-                    plug_vif(VifPort(nic.vif, nic.tvd), seg, netns=host.ns, frontend_mtu_cb=cb)
+                    plug_vif(_vif_port(nic), seg, netns=host.ns, frontend_mtu_cb=cb)
                 except DataplaneError as e:
                     errors.append(f"VM {vm.name} {nic.eth}: plug_vif failed: {e}")
             _prune_vm_nics(vm)
@@ -264,6 +264,13 @@ def _vm_nic(vm: LabVm, nic: LabNic, host: LabHost) -> None:
         net = ipaddress.ip_interface(nic.address).network
         nsutil.ensure_route(vm.ns, str(net), dev=nic.eth, table=table, prefsrc=nic.ip)
         nsutil.ensure_rule(vm.ns, nic.ip, table, VM_RULE_PRIO_BASE + nic.devid)
+
+
+def _vif_port(nic) -> "VifPort":
+    """The vif as Xen would describe it: its MAC and declared address (backend `mac`/`ip`),
+    so port security pins the lab's VMs exactly as it pins real ones."""
+    from xen_tvd.dataplane.model import VifPort
+    return VifPort(nic.vif, nic.tvd, mac=nic.mac, addresses=(nic.ip,))
 
 
 def _mtu_cb(vm_ns: str, eth: str):

@@ -14,7 +14,9 @@ vSwitch teardown and rebuild).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import socketserver
 import struct
@@ -22,7 +24,7 @@ import threading
 import time
 
 from xen_tvd.dataplane import DataplaneError, apply, plug_vif, unplug_vif
-from xen_tvd.dataplane.model import HostState, VifPort
+from xen_tvd.dataplane.model import HostState
 from xen_tvd.dataplane.netlink import BRIDGE_PREFIX, Links, open_ipr
 from xen_tvd.planner import PlanError, bridge_name, plan
 from xen_tvd.policy.lattice import admit
@@ -47,6 +49,34 @@ def _int(req: dict, key: str, required: bool = True) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ProtocolError(f"'{key}' must be a non-negative integer, got {v!r}")
     return v
+
+
+MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+
+
+def _mac(value) -> str | None:
+    """The backend `mac` key, lower-cased; None when libxl wrote none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not MAC_RE.match(value):
+        raise ProtocolError(f"'mac' must be a MAC address like 00:16:3e:00:00:01, got {value!r}")
+    return value.lower()
+
+
+def _addresses(value) -> list[str] | None:
+    """The backend `ip` key (xl.cfg ip=): space-separated addresses; None when not declared."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"'ip' must be a string of space-separated addresses, got {value!r}")
+    out = []
+    for item in value.split():
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ProtocolError(f"backend ip key {value!r}: {item!r} is not an IP address; fix "
+                                "ip= in the VM's vif config") from None
+    return out or None
 
 
 def _str(req: dict, key: str, pattern=None, required: bool = True) -> str | None:
@@ -81,7 +111,7 @@ class Proxy:
 
     def desired(self, vifs, extra_local: set[str] = frozenset()) -> HostState:
         vifs = list(vifs)
-        ports = [VifPort(v.ifname, v.tvd) for v in vifs]
+        ports = [v.port() for v in vifs]
         local = {v.tvd for v in vifs} | set(extra_local) | {t for t in self.lingering
                                                            if t in self.policy.tvds}
         extra = {self.host: local}
@@ -331,7 +361,10 @@ class Proxy:
         vtype = req.get("type") or "vif"
         if vtype not in ("vif", "tap"):
             raise ProtocolError(f"'type' must be vif or tap, got {vtype!r}")
-        mac = req.get("mac")
+        mac = _mac(req.get("mac"))
+        addresses = _addresses(req.get("ip"))
+        record = VifRecord(ifname=ifname, tvd="", uuid=uuid, domid=req["domid"], devid=devid,
+                           type=vtype, mac=mac, addresses=addresses)
         with self.lock:
             try:
                 reg = self.regs.get(uuid)
@@ -342,16 +375,15 @@ class Proxy:
                 self.converge(state)
                 seg = state.segment(tvd)
                 try:
-                    plug_vif(VifPort(ifname, tvd), seg)
+                    record.tvd = tvd
+                    plug_vif(record.port(), seg)
                 except DataplaneError as e:
                     self.applied = None   # re-check the kernel on the next event
                     raise Refused(str(e)) from None
             except (Denied, Refused) as e:
                 self._fail_closed(ifname)
                 raise Refused(str(e)) from None
-            self.vifs[ifname] = VifRecord(ifname=ifname, tvd=tvd, uuid=uuid, domid=req["domid"],
-                                          devid=devid, type=vtype,
-                                          mac=mac if isinstance(mac, str) else None)
+            self.vifs[ifname] = record
             self.save()
         name = reg.name if reg else ""
         log("info", "vif-online", ifname=ifname, tvd=tvd, uuid=uuid, vm=name, bridge=seg.bridge,

@@ -11,6 +11,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from xen_tvd.dataplane.model import VifPort
+
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 
@@ -67,6 +69,12 @@ class VifRecord:
     devid: int | None = None
     type: str = "vif"
     mac: str | None = None
+    addresses: list[str] | None = None   # backend `ip` key; None: not declared
+
+    def port(self) -> VifPort:
+        """The vif as the dataplane's port security sees it."""
+        return VifPort(self.ifname, self.tvd, mac=self.mac,
+                       addresses=None if self.addresses is None else tuple(self.addresses))
 
 
 def boot_id() -> str:

@@ -461,11 +461,8 @@ class _Handler(socketserver.BaseRequestHandler):
         sock.settimeout(self.server.client_timeout)
         try:
             uid = peer_uid(sock)
-            if uid not in self.server.allowed_uids:
-                log("warning", "refused-peer", uid=uid)
-                sock.sendall(encode({"v": VERSION, "ok": False,
-                                     "error": f"permission denied: tvd-proxy accepts root only (peer uid {uid})"}))
-                return
+            # read the request before answering even a refused peer: closing an AF_UNIX socket
+            # with unread data makes the peer's recv fail with ECONNRESET instead of our answer
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)
@@ -474,6 +471,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 data += chunk
                 if len(data) > MAX_REQUEST:
                     break
+            if uid not in self.server.allowed_uids:
+                log("warning", "refused-peer", uid=uid)
+                sock.sendall(encode({"v": VERSION, "ok": False,
+                                     "error": f"permission denied: tvd-proxy accepts root only (peer uid {uid})"}))
+                return
             if not data:
                 return
             resp, rollback = proxy.handle(data)

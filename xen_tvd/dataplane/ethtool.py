@@ -26,6 +26,7 @@ class Feature:
     available: bool   # changeable by the user (in hw_features)
     active: bool
     fixed: bool       # never_changed: driver pins it
+    requested: bool = False   # wanted by the user; may become active later (see offload.py)
 
 
 def _ioctl(fd: int, ifname: str, buf) -> int:
@@ -58,9 +59,9 @@ def get_features(fd: int, ifname: str) -> dict[str, Feature]:
         if not name:
             continue
         b, bit = divmod(i, 32)
-        avail, _req, active, never = buf[2 + 4 * b: 6 + 4 * b]
+        avail, req, active, never = buf[2 + 4 * b: 6 + 4 * b]
         m = 1 << bit
-        out[name] = Feature(bool(avail & m), bool(active & m), bool(never & m))
+        out[name] = Feature(bool(avail & m), bool(active & m), bool(never & m), bool(req & m))
     return out
 
 

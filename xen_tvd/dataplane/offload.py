@@ -27,7 +27,11 @@ def _features(ctx: Ctx, link: Link) -> dict[str, ethtool.Feature]:
 def _tx_csum_ok(feats: dict[str, ethtool.Feature], on: bool) -> bool:
     if on:
         return any(feats[n].active for n in TX_CSUM_IP if n in feats)
-    return not any(f.active for n, f in feats.items() if n.startswith(TX_CSUM_PREFIX))
+    # "off" also means not *requested*: xen-netback masks tx-checksum-ipv6 while the frontend
+    # is not connected (vif-tvd runs then) and turns it on when the frontend connects, if it
+    # is still requested (seen under real Xen 4.17, tier 3).
+    return not any(f.active or (f.requested and f.available)
+                   for n, f in feats.items() if n.startswith(TX_CSUM_PREFIX))
 
 
 def ensure_tx_csum(ctx: Ctx, link: Link, on: bool) -> None:
@@ -35,7 +39,8 @@ def ensure_tx_csum(ctx: Ctx, link: Link, on: bool) -> None:
     feats = _features(ctx, link)
     if _tx_csum_ok(feats, on):
         return
-    names = [n for n, f in feats.items() if n.startswith(TX_CSUM_PREFIX) and f.available and f.active != on]
+    names = [n for n, f in feats.items() if n.startswith(TX_CSUM_PREFIX) and f.available
+             and (f.active != on or (not on and f.requested))]
     if names:
         with doing(f"turning tx checksum offload {'on' if on else 'off'} on {link.name}"):
             ethtool.set_features(ctx.ipr.fileno(), link.name, {n: on for n in names})

@@ -54,7 +54,8 @@ CI_SCENARIOS = SCENARIOS
 EXPECTED_CHECKS = {
     "positive": ("create-alpha1", "create-alpha2", "create-beta", "hotplug-connected",
                  "attached-to-tvd-bridge", "guests-up", "alpha-reach-each-other",
-                 "beta-reaches-neither", "alpha-never-reach-beta", "beta-transmitted"),
+                 "beta-reaches-neither", "alpha-never-reach-beta", "tx-csum-off-after-frontend-connect",
+                 "beta-transmitted"),
     "attach": ("network-attach", "attach-connected", "attach-on-alpha-bridge", "network-detach",
                "detach-gone", "attach-denied-fails", "attach-denied-error-text",
                "attach-denied-not-attached"),
@@ -666,13 +667,15 @@ class Dom0:
         be = f"/local/domain/0/backend/vif/{domid}/{devid}"
         ifname = f"vif{domid}.{devid}"
         link = self.links().get(ifname, {})
-        _, offl = sh(["ethtool", "-k", ifname], timeout=30)
-        return {"backend": self.xs_ls(be), "frontend_mtu": self.xs_read(f"/local/domain/{domid}/device/vif/{devid}/mtu"),
+        return {"offloads": self.offloads(ifname), "backend": self.xs_ls(be), "frontend_mtu": self.xs_read(f"/local/domain/{domid}/device/vif/{devid}/mtu"),
                 "hotplug_status": self.xs_read(f"{be}/hotplug-status"), "ifname": ifname,
                 "master": link.get("master"), "mtu": link.get("mtu"),
-                "operstate": link.get("operstate"),
-                "offloads": {l.split(":")[0].strip(): l.split(":", 1)[1].strip()
-                             for l in offl.splitlines()[1:] if ":" in l and not l.startswith("\t\t")}}
+                "operstate": link.get("operstate")}
+
+    def offloads(self, ifname: str) -> dict[str, str]:
+        _, offl = sh(["ethtool", "-k", ifname], timeout=30)
+        return {l.split(":")[0].strip(): l.split(":", 1)[1].strip()
+                for l in offl.splitlines()[1:] if ":" in l}
 
     # scenarios ----------------------------------------------------------------------------
     def positive(self, sc: Scenario) -> None:
@@ -737,6 +740,16 @@ class Dom0:
                  f"beta rounds with a reply: {beta_hits} of {len(all_rounds['beta'])}")
         alpha_to_beta = [(n, r) for n in ("alpha1", "alpha2") for r in all_rounds[n] if r.get(ip["beta"]) == 1]
         sc.check("alpha-never-reach-beta", bool(all_rounds["alpha1"]) and not alpha_to_beta, alpha_to_beta)
+        # tx checksum offload off on admitted vifs (the product's default) must survive the
+        # frontend connecting: netback re-evaluates features then (see dataplane/offload.py)
+        csum = {}
+        for n, dom in self.domids.items():
+            offl = self.offloads(f"vif{dom}.0")
+            csum[f"vif{dom}.0"] = {k: v for k, v in offl.items() if k.startswith("tx-checksum")
+                                   and not v.endswith("[fixed]")}
+        sc.facts["tx_csum_after_guest_up"] = csum
+        sc.check("tx-csum-off-after-frontend-connect",
+                 all(not v.startswith("on") for d in csum.values() for v in d.values()), csum)
         # control: beta's frames did reach its backend (so its silence is isolation, not a dead NIC)
         rx = _read_int(f"/sys/class/net/vif{self.domids['beta']}.0/statistics/rx_packets")
         sc.check("beta-transmitted", rx > 0, f"vif{self.domids['beta']}.0 rx_packets={rx}")

@@ -91,11 +91,23 @@ def compose(data: bytes, file: str, diags: Collector) -> yaml.Node | None:
     return None
 
 
-def _prescan(text: str, file: str, diags: Collector) -> bool:
+def _prescan(text: str, file: str, diags: Collector, loader=_Loader) -> bool:
     """Walk parser events (iterative, no recursion) to bound depth and refuse aliases."""
+    try:
+        return _walk_events(yaml.parse(text, Loader=loader), file, diags)
+    except yaml.MarkedYAMLError as e:
+        # libyaml >= 0.2.5 (bundled in PyYAML's wheels) scans ahead and stops at its own
+        # 1000-level limit before yielding the events that would reach ours; the pure-Python
+        # parser streams, so it finds the real position of level MAX_DEPTH + 1
+        if loader is not yaml.SafeLoader and "maximum nesting depth" in (e.problem or ""):
+            return _prescan(text, file, diags, yaml.SafeLoader)
+        raise
+
+
+def _walk_events(events, file: str, diags: Collector) -> bool:
     depth = 0
     docs = 0
-    for ev in yaml.parse(text, Loader=_Loader):
+    for ev in events:
         if isinstance(ev, yaml.DocumentStartEvent):
             docs += 1
             if docs > 1:

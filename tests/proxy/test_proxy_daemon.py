@@ -10,6 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -265,3 +267,49 @@ def test_status_reports_registrations_and_segments(lab):
     assert st["segments"] == [{"tvd": "gamma", "bridge": "tvd-gamma", "mtu": 1450, "uplink": "VxlanUplink"}]
     assert p.request({"op": "unregister", "uuid": vm.uuid})["ok"]
     assert p.request({"op": "status"})["registrations"] == []
+
+
+def _wait_log(p, needle, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while needle not in p.log():
+        assert time.monotonic() < deadline, f"{needle!r} not in the proxy log:\n{p.log()}"
+        time.sleep(0.05)
+
+
+def _own_policy(tmp_path) -> str:
+    """A copy of the example policy the test may rewrite (never the repository's file)."""
+    from tvd_harness import POLICY
+    dst = tmp_path / "policy.yaml"
+    shutil.copy(POLICY, dst)
+    return str(dst)
+
+
+def test_sighup_reload_revokes_what_the_new_policy_no_longer_admits(lab, tmp_path):
+    p = lab.proxy(policy=_own_policy(tmp_path))
+    vm = lab.vm("a", 1, nics={0: ("tvd:beta", "10.99.0.1")})
+    assert lab.hotplug(vm).returncode == 0
+    policy = open(p.policy).read()
+    strict = policy.replace("beta:  {vlan: 200, vni: 10200}",
+                            "beta:  {vlan: 200, vni: 10200, membership: [signed-kernel]}")
+    assert strict != policy
+    with open(p.policy, "w") as f:
+        f.write(strict)
+    p.proc.send_signal(signal.SIGHUP)
+    _wait_log(p, "event=reloaded")
+    assert "event=revoked ifname=vif1.0" in p.log()
+    info = link_info(lab.host_ns["dom0-a"], vm.vif())
+    assert info["master"] is None and not info["up"]
+    assert p.request({"op": "status"})["vifs"] == []
+
+
+def test_sighup_with_a_broken_policy_keeps_enforcing_the_old_one(lab, tmp_path):
+    p = lab.proxy(policy=_own_policy(tmp_path))
+    vm = lab.vm("a", 1, nics={0: ("tvd:beta", "10.99.0.1")})
+    assert lab.hotplug(vm).returncode == 0
+    with open(p.policy, "a") as f:
+        f.write("bogus-key: 1\n")
+    p.proc.send_signal(signal.SIGHUP)
+    _wait_log(p, "event=reload-failed")
+    assert "bogus-key" in p.log()
+    assert link_info(lab.host_ns["dom0-a"], vm.vif())["master"] == "tvd-beta"
+    assert p.request({"op": "ping"})["ok"]

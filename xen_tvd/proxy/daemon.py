@@ -196,42 +196,52 @@ class Proxy:
                             out[m.name] = tvd
         return out
 
+    def reload(self, policy: Policy) -> None:
+        """SIGHUP: switch policy and reconcile in one critical section, so no hotplug is
+        admitted against one policy and attached against the other."""
+        with self.lock:
+            self.policy = policy
+            self._startup_locked()
+
     def startup(self) -> None:
         with self.lock:
-            self.regs, saved, notes = self.store.load()
-            for n in notes:
-                log("info", "state", detail=n)
-            attached = self.kernel_ports()
-            vifs: dict[str, VifRecord] = {}
-            for name, tvd in sorted(attached.items()):
-                rec = saved.get(name)
-                if rec is not None and rec.tvd == tvd:
-                    vifs[name] = rec
-                else:
-                    vifs[name] = VifRecord(ifname=name, tvd=tvd)
-                    log("warning", "adopted", ifname=name, tvd=tvd,
-                        detail="attached to a TVD vSwitch but not in the state file; kept")
-            for name, rec in saved.items():
-                if name not in vifs:
-                    log("info", "forgot", ifname=name, tvd=rec.tvd,
-                        detail="no longer attached to its vSwitch")
-            # Re-admit every kept vif under the (possibly new) policy; denied ones are left out
-            # of the desired state, so apply() detaches them (fail closed).
-            for name, rec in sorted(vifs.items()):
-                try:
-                    self._admit(name, rec.tvd, rec.uuid, vifs, exclude=name)
-                except Denied as e:
-                    log("warning", "revoked", ifname=name, tvd=rec.tvd, error=str(e))
-                    del vifs[name]
-            self.vifs = vifs
-            self.lingering = set()
+            self._startup_locked()
+
+    def _startup_locked(self) -> None:
+        self.regs, saved, notes = self.store.load()
+        for n in notes:
+            log("info", "state", detail=n)
+        attached = self.kernel_ports()
+        vifs: dict[str, VifRecord] = {}
+        for name, tvd in sorted(attached.items()):
+            rec = saved.get(name)
+            if rec is not None and rec.tvd == tvd:
+                vifs[name] = rec
+            else:
+                vifs[name] = VifRecord(ifname=name, tvd=tvd)
+                log("warning", "adopted", ifname=name, tvd=tvd,
+                    detail="attached to a TVD vSwitch but not in the state file; kept")
+        for name, rec in saved.items():
+            if name not in vifs:
+                log("info", "forgot", ifname=name, tvd=rec.tvd,
+                    detail="no longer attached to its vSwitch")
+        # Re-admit every kept vif under the (possibly new) policy; denied ones are left out
+        # of the desired state, so apply() detaches them (fail closed).
+        for name, rec in sorted(vifs.items()):
             try:
-                self.converge(self.desired(vifs.values()), force=True)
-            except Refused as e:
-                log("error", "reconcile-failed", error=str(e))
-            self.save()
-            log("info", "reconciled", host=self.host, vifs=len(vifs), registrations=len(self.regs),
-                segments=",".join(s.tvd for s in (self.applied.segments if self.applied else ())))
+                self._admit(name, rec.tvd, rec.uuid, vifs, exclude=name)
+            except Denied as e:
+                log("warning", "revoked", ifname=name, tvd=rec.tvd, error=str(e))
+                del vifs[name]
+        self.vifs = vifs
+        self.lingering = set()
+        try:
+            self.converge(self.desired(vifs.values()), force=True)
+        except Refused as e:
+            log("error", "reconcile-failed", error=str(e))
+        self.save()
+        log("info", "reconciled", host=self.host, vifs=len(vifs), registrations=len(self.regs),
+            segments=",".join(s.tvd for s in (self.applied.segments if self.applied else ())))
 
     # ---- admission ---------------------------------------------------------------------------
 

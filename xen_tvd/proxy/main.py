@@ -87,8 +87,7 @@ def run(args) -> int:
             except RuntimeError as e:
                 log("error", "reload-failed", error=str(e))
                 return
-            proxy.policy = new
-            proxy.startup()
+            proxy.reload(new)
             log("info", "reloaded", policy=args.policy)
         threading.Thread(target=reload, daemon=True).start()
 

@@ -196,3 +196,47 @@ def test_verify_detects_a_vif_on_the_wrong_bridge_and_up_repairs(paper_lab):
     assert r.returncode == 0, [c for c in json.loads(r.stdout)["cells"] if not c["ok"]]
     st = paper_lab.status()
     assert all(v["listener_alive"] for v in st["vms"].values())
+
+
+# ---- co-hosted VMs never touch the wire --------------------------------------------------------
+
+WIRE_SNIFFER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))   # ETH_P_ALL
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+pattern, end, seen = bytes.fromhex(sys.argv[1]), time.monotonic() + float(sys.argv[2]), 0
+print("ready", flush=True)
+while time.monotonic() < end:
+    try:
+        frame = s.recv(65535)
+    except socket.timeout:
+        continue
+    seen += pattern in frame
+print(seen, flush=True)
+"""
+
+
+def frames_on_h1_underlay(lab, src, dst, pattern):
+    """Count frames on h1's underlay NIC (eth0 in its Dom0 namespace) that carry the ping
+    payload pattern while `src` pings `dst` five times."""
+    sniffer = subprocess.Popen(["ip", "netns", "exec", f"{lab.name}-h-h1", sys.executable, "-c",
+                                WIRE_SNIFFER, pattern * 4, "4"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert sniffer.stdout.readline().strip() == "ready"
+        r = lab.exec(src, "ping", "-n", "-c", "5", "-i", "0.2", "-w", "3", "-p", pattern,
+                     "-I", "eth0", dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out, _ = sniffer.communicate(timeout=20)
+    finally:
+        if sniffer.poll() is None:
+            sniffer.kill()
+    return int(out.strip().splitlines()[-1])
+
+
+def test_co_hosted_vms_talk_through_the_local_vswitch_only(paper_lab):
+    # control: a1 (h1) -> a2 (h2) crosses the LAN, so the pattern shows in VXLAN on h1's eth0
+    assert frames_on_h1_underlay(paper_lab, "a1", "192.168.50.12", "5ca1ab1e") > 0
+    # a1 -> ab (both alpha, both on h1): nothing of it leaves h1
+    assert frames_on_h1_underlay(paper_lab, "a1", "192.168.50.13", "c0ffee11") == 0

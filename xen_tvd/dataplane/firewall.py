@@ -33,7 +33,12 @@ What a vif declares (VifPort.mac, VifPort.addresses):
 
 `inet xen_tvd_underlay` — VXLAN (udp dport = the segments' VXLAN ports) reaching this host is
 dropped in prerouting (priority raw, before the VXLAN socket decapsulates it) unless its source
-is an enrolled peer (HostState.underlay_peers plus every VXLAN remote). Installed only when the
+is an enrolled peer (HostState.underlay_peers plus every VXLAN remote). Only packets a VXLAN
+socket here could receive are judged: destination a local address (`fib daddr type local`) or
+a segment's multicast group. With br_netfilter (bridge-nf-call-iptables=1, the default once
+it is loaded or built in) frames bridged between a TVD's ports traverse this inet hook too,
+with the VMs' addresses; without that condition a VM's own UDP to port 4789 was dropped.
+A VM's traffic to the underlay's group address and VXLAN port still is. Installed only when the
 host has a VXLAN segment and the planner supplied underlay_peers (None = not computed: no
 filter). Without encryption a host on the underlay that spoofs a peer's source address still
 gets in.
@@ -323,7 +328,7 @@ def unplug_port(ifname: str, netns: str | None) -> None:
 
 # ---- underlay VXLAN source filter ----------------------------------------------------------
 
-def underlay_wanted(state: model.HostState) -> tuple[set[str], set[str], set[int]] | None:
+def underlay_wanted(state: model.HostState) -> tuple[set[str], set[str], set[int], set[str]] | None:
     vx = [s.uplink for s in state.segments if isinstance(s.uplink, model.VxlanUplink)]
     if not vx or state.underlay_peers is None:
         return None
@@ -332,19 +337,22 @@ def underlay_wanted(state: model.HostState) -> tuple[set[str], set[str], set[int
         peers.update(u.remotes)
     v4 = {str(ipaddress.ip_address(p)) for p in peers if ipaddress.ip_address(p).version == 4}
     v6 = {str(ipaddress.ip_address(p)) for p in peers if ipaddress.ip_address(p).version == 6}
-    return v4, v6, {u.port for u in vx}
+    groups = {str(ipaddress.ip_address(u.group)) for u in vx if u.group}
+    return v4, v6, {u.port for u in vx}, groups
 
 
-def render_underlay(v4: set[str], v6: set[str], ports: set[int]) -> tuple[str, str]:
+def render_underlay(v4: set[str], v6: set[str], ports: set[int], groups: set[str] = frozenset()) -> tuple[str, str]:
     def elems(xs):
         return f" elements = {{ {', '.join(str(x) for x in sorted(xs))} }};" if xs else ""
     body = (f"  set peers4 {{ type ipv4_addr;{elems(v4)} }}\n"
             f"  set peers6 {{ type ipv6_addr;{elems(v6)} }}\n"
             f"  set vxlan_ports {{ type inet_service;{elems(ports)} }}\n"
+            f"  set groups4 {{ type ipv4_addr;{elems(groups)} }}\n"
             "  chain prerouting {\n"
             "    type filter hook prerouting priority raw; policy accept;\n"
-            '    udp dport @vxlan_ports ip saddr != @peers4 drop comment "@DIGEST@"\n'
-            "    udp dport @vxlan_ports ip6 saddr != @peers6 drop\n"
+            '    udp dport @vxlan_ports fib daddr type local ip saddr != @peers4 drop comment "@DIGEST@"\n'
+            "    udp dport @vxlan_ports fib daddr type local ip6 saddr != @peers6 drop\n"
+            "    udp dport @vxlan_ports ip daddr @groups4 ip saddr != @peers4 drop\n"
             "  }\n")
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
     body = body.replace("@DIGEST@", DIGEST_PREFIX + digest)

@@ -1,7 +1,10 @@
 """Tier 2 from the normal suite: boot Debian's stock 6.1 kernel under qemu (TCG) and run the
-VLAN transport tests there (this host kernel has no 8021q, so tier 1 skips them).
+VLAN transport tests there (this host kernel has no 8021q, so tier 1 skips them), plus one
+dishonest-VM test per attack kind of port security and the underlay filter (nftables on 6.1,
+br_netfilter loaded) - vmtier.DEFAULT_SELECTION.
 
-The inner run fails a VLAN test that skips (the VM has 8021q; a skip there proves nothing).
+The inner run fails a VLAN / port-security / underlay-filter test that skips (a skip there
+proves nothing).
 A missing kernel/qemu/virtme-ng fails under CI=true and skips with the exact reason elsewhere.
 Takes several minutes (emulated CPU): deselect with `-m "not vmtier"` for a quick local run.
 Results: junit.xml, vm.log and guest.sh in the test's tmp dir (path printed on failure).
@@ -26,7 +29,7 @@ def _prereqs():
         pytest.skip(f"stock-kernel VM tier: {e}")
 
 
-def test_vlan_transport_on_stock_debian_kernel(tmp_path):
+def test_dataplane_on_stock_debian_kernel(tmp_path):
     _prereqs()
     res = vmtier.run(results_dir=tmp_path / "vmtier")
     print(res.summary())

@@ -39,10 +39,25 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 
-# What the tier runs by default (also what tests/vm/test_stock_kernel_tier.py runs).
-DEFAULT_SELECTION = ("tests/dataplane/test_vlan.py", "tests/dataplane/test_vlan_e2e.py")
+# What the tier runs by default (also what tests/vm/test_stock_kernel_tier.py runs): the VLAN
+# transport (no 8021q on the host kernel) and one test per attack kind of port security and the
+# underlay filter, on 6.1 with br_netfilter loaded. Each dishonest-VM lab costs ~60 s under
+# emulation, so the rest of those files (ruleset bookkeeping, honest pings, reload atomicity)
+# stays in tier 1; `tvdctl-vmtest -- tests/dataplane/test_port_security.py
+# tests/dataplane/test_underlay_filter.py` runs them all here (~8 min inner).
+DEFAULT_SELECTION = (
+    "tests/dataplane/test_vlan.py",
+    "tests/dataplane/test_vlan_e2e.py",
+    # 21 forged-frame kinds (MAC/IPv4/IPv6/ARP/ND spoofing, VLAN tags, DHCP/DHCPv6/RA servers,
+    # other ethertypes) + 8 honest controls, from one dishonest VM to every VM of two TVDs
+    "tests/dataplane/test_port_security.py::test_dishonest_vm_gets_no_forbidden_frame_onto_any_tvd",
+    # a vif that declared no addresses: no IP source passes (fail closed)
+    "tests/dataplane/test_port_security.py::test_vif_that_declared_no_addresses_fails_closed",
+    # forged VXLAN from a rogue underlay host, unicast and to the groups, with a no-filter control
+    "tests/dataplane/test_underlay_filter.py::test_forged_vxlan_from_the_underlay_is_dropped_before_decapsulation",
+)
 # Node ids containing these must not skip inside the VM: the kernel there has what they need.
-DEFAULT_FORBID_SKIP = ("vlan",)
+DEFAULT_FORBID_SKIP = ("vlan", "port_security", "underlay_filter")
 # br_netfilter is loaded on purpose: real Dom0s often have it (Docker, libvirt), and it changes
 # how bridge-family nft chains are traversed on 6.1 (see ../shared/notes/test-tiers.md).
 DEFAULT_MODULES = ("8021q", "vxlan", "bridge", "br_netfilter", "veth", "nf_tables",

@@ -93,6 +93,9 @@ GUESTS = {
     "neg-unknown": ("10.9.0.4", "00:16:3e:7a:00:04", "nosuch", "xl"),
     "neg-denied":  ("10.9.0.5", "00:16:3e:7a:00:05", "vault", "xl"),
 }
+# qemu's TCG threading (TVD_XEN_TCG_THREAD overrides). thread=single did not remove the
+# corrupt code pages dom0 sees during concurrent domU creates (docs/test-tiers.md, Tier 3).
+TCG_THREAD = "multi"
 ATTACH_MAC = "00:16:3e:7a:01:01"
 ATTACH_DENIED_MAC = "00:16:3e:7a:01:03"
 
@@ -165,6 +168,7 @@ def check_prerequisites(kernel: str | None = None) -> dict[str, Path]:
                        "apt-get install xen-utils-common"),
         "busybox": ("/bin/busybox" if _static("/bin/busybox") else None, "apt-get install busybox-static"),
         "mke2fs": (shutil.which("mke2fs"), "apt-get install e2fsprogs"),
+        "debugfs": (shutil.which("debugfs"), "apt-get install e2fsprogs"),
         "virtme-mkinitramfs": (find_tool("virtme-mkinitramfs"),
                                f"{sys.executable} -m pip install virtme-ng (or pip install -e '.[test]')"),
         "python3": (shutil.which("python3", path="/usr/bin"), "apt-get install python3 (vif-tvd's interpreter)"),
@@ -273,22 +277,36 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd   # for exec > >(tee ...) below
 mount -t tmpfs -o mode=755 run /run
 say dom0-init
+# Everything dom0 reads from here on comes from virtio-blk: data read over 9p in this Xen PV
+# dom0 under TCG came back corrupt under load (docs/test-tiers.md, Tier 3). vda = read-only
+# snapshot (python, project, venv, the work dir with the domU kernel, a layer for /usr and
+# /etc); vdb = the results disk (ext4, rw), read back by the harness after qemu exits.
+modprobe -a virtio_blk ext4 || die "virtio_blk/ext4"
+mkdir -p /run/xentier/img
+for i in $(seq 100); do [ -b /dev/vda ] && [ -b /dev/vdb ] && break; sleep 0.2; done
+mount -t ext4 -o ro,noload /dev/vda /run/xentier/img || die "snapshot image"
 mkdir -p /run/ovl
 for d in etc var tmp root; do
     mkdir -p /run/ovl/$d/u /run/ovl/$d/w
-    mount -t overlay overlay -o lowerdir=/$d,upperdir=/run/ovl/$d/u,workdir=/run/ovl/$d/w /$d || die "overlay /$d"
+    low=/$d
+    [ -d /run/xentier/img/u{layer}/$d ] && low=/run/xentier/img/u{layer}/$d:/$d
+    mount -t overlay overlay -o lowerdir=$low,upperdir=/run/ovl/$d/u,workdir=/run/ovl/$d/w /$d || die "overlay /$d"
 done
 chmod 1777 /tmp
-modprobe -a virtio_blk ext4 || die "virtio_blk/ext4"
-mkdir -p /run/xentier/img
-for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done
-mount -t ext4 -o ro,noload /dev/vda /run/xentier/img || die "snapshot image"
 {binds}
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,access=any tvdres "$R" || die "results share"
+mount -t ext4 -o rw,noatime /dev/vdb "$R" || die "results disk"
+mkdir -p "$R/work"
+mount --bind /run/xentier/img/u{workunit} "$W" || die "bind work dir"
+[ -e "$W/dom0-init" ] || die "work dir not in the snapshot"
 exec > >(tee -a "$R/dom0-init.log") 2>&1
 say snapshot-mounted
+# the results disk is read back after qemu exits: flush it now and then (a hang gets killed)
+( while sleep 15; do sync; done ) &
+mkdir -p /sys/kernel/debug && mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+cat /proc/cmdline > "$R/dom0-cmdline.txt"; cat /proc/mounts > "$R/dom0-mounts.txt"
 hostname {hostname}
 modprobe -a xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-netback bridge || die "xen modules"
 mount -t xenfs xenfs /proc/xen || die "xenfs"
@@ -329,16 +347,29 @@ DOM0_PROGRAMS = ("bash", "sh", "nft", "ip", "bridge", "ethtool", "modprobe", "py
                  "xenstore-read", "xenstore-write", "xenstore-ls", "xenstore-exists", "xenstore-rm",
                  "xenstore", "mount", "umount", "sleep", "cat", "cut", "tee", "seq", "install",
                  "hostname", "mkdir", "rm", "sync", "logger", "flock", "setsid", "sed", "grep",
-                 "awk", "mawk", "readlink", "dirname", "basename", "chmod", "ls", "env", "tr")
-DOM0_DIRS = ("/usr/lib/xen-4.17", "/usr/lib/python3.11", "/usr/lib/xen-common")
+                 "awk", "mawk", "readlink", "dirname", "basename", "chmod", "ls", "env", "tr",
+                 "python3", "xl", "cp", "mv", "ln", "touch", "stat", "id", "uname", "head", "tail",
+                 "wc", "sort", "date", "kill", "ps", "pgrep", "timeout", "true", "false", "test",
+                 "mktemp", "chown", "xargs", "find", "which", "udevadm", "brctl", "ifconfig", "xenstored")
+DOM0_DIRS = ("/usr/lib/xen-4.17", "/usr/lib/python3.11", "/usr/lib/xen-common", "/usr/share/xen-common")
+# modules dom0 loads while scenarios run (bridge, nf_tables and friends on demand, netback)
+DOM0_MODULE_DIRS = ("kernel/net", "kernel/drivers/net/xen-netback", "kernel/drivers/xen", "kernel/lib",
+                    "kernel/crypto", "kernel/arch")
 
 
-def stage_usr_layer(stage: Path) -> int:
+def stage_usr_layer(stage: Path, release: str | None = None) -> int:
     """A tree stage/usr/... with hardlinks (or copies) of DOM0_PROGRAMS, their shared
-    libraries and DOM0_DIRS; dom0 mounts it as the upper lower layer of an overlay on /usr."""
+    libraries, DOM0_DIRS and the kernel's DOM0_MODULE_DIRS (+ modules.*), and stage/etc/ = a
+    copy of /etc; dom0 mounts them as the upper lower layers of overlays on /usr and /etc."""
     files: set[Path] = set()
-    exes = [Path(p) for p in (shutil.which(n, path="/usr/sbin:/usr/bin:/sbin:/bin") for n in DOM0_PROGRAMS) if p]
-    for d in DOM0_DIRS:
+    exes = [Path(p) for p in (shutil.which(n, path=f"/usr/sbin:/usr/bin:/sbin:/bin:{XEN_LIB}")
+                              for n in DOM0_PROGRAMS) if p]
+    dirs = list(DOM0_DIRS)
+    if release:
+        mdir = Path(f"/usr/lib/modules/{release}")
+        dirs += [str(mdir / d) for d in DOM0_MODULE_DIRS]
+        files.update(f for f in mdir.glob("modules.*") if f.is_file())
+    for d in dirs:
         for f in Path(d).rglob("*"):
             if f.is_file() and not f.is_symlink():
                 files.add(f)
@@ -370,17 +401,25 @@ def stage_usr_layer(stage: Path) -> int:
             except OSError:
                 shutil.copy2(real.resolve(), dst)
         n += 1
+    shutil.copytree("/etc", stage / "etc", symlinks=True, ignore_dangling_symlinks=True,
+                    ignore=lambda d, names: {x for x in names if not (Path(d, x).is_dir() or Path(d, x).is_file()
+                                                                      or Path(d, x).is_symlink())},
+                    copy_function=shutil.copy2)
     return n
 
 
 def write_dom0_init(work: Path, results: Path, python: str, units: list[Path], scenarios, grace: float) -> Path:
+    """`units` are bind-mounted over their own paths from the image (u0, u1, ...), the last one
+    (`work`) after the results disk is mounted; the image's u<len(units)> is the root layer
+    (usr/, etc/), overlaid on /usr and /etc."""
+    assert units[-1] == work
     binds = "\n".join(f"mount --bind /run/xentier/img/u{i} {shlex.quote(str(u))} || die 'bind {u}'"
-                      for i, u in enumerate(units))
-    usr = len(units)
-    binds += (f"\nmount -t overlay overlay -o ro,lowerdir=/run/xentier/img/u{usr}/usr:/usr /usr "
+                      for i, u in enumerate(units[:-1]))
+    layer = len(units)
+    binds += (f"\nmount -t overlay overlay -o ro,lowerdir=/run/xentier/img/u{layer}/usr:/usr /usr "
               f"|| die 'overlay /usr'")
     text = DOM0_INIT.format(results=shlex.quote(str(results)), work=shlex.quote(str(work)), mark=MARK,
-                            binds=binds, hostname=DOM0_HOSTNAME, xenlib=XEN_LIB,
+                            binds=binds, layer=layer, workunit=len(units) - 1, hostname=DOM0_HOSTNAME, xenlib=XEN_LIB,
                             project=shlex.quote(str(PROJECT)), python=shlex.quote(python),
                             scenarios=",".join(scenarios), grace=grace)
     p = work / "dom0-init"
@@ -393,7 +432,7 @@ def write_dom0_init(work: Path, results: Path, python: str, units: list[Path], s
 
 def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: str | None = None,
         python: str | None = None, timeout: float = 1800, memory: int = 3072, cpus: int = 2,
-        segment_grace: float = 5.0, echo=None) -> XenResult:
+        segment_grace: float = 5.0, tcg_thread: str | None = None, echo=None) -> XenResult:
     """Boot Xen once, run `scenarios` in order inside dom0, return the result."""
     from xen_tvd.testing import vmtier
     t0 = time.monotonic()
@@ -407,10 +446,11 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     python = python or sys.executable
     results = Path(results_dir or tempfile.mkdtemp(prefix="xentier-")).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    for stale in ("results.json", "driver.rc", "fatal", "serial.log", "driver.log", "proxy.log",
-                  "dom0-init.log"):
-        (results / stale).unlink(missing_ok=True)
-    shutil.rmtree(results / "console", ignore_errors=True)
+    for stale in RESULT_FILES + ("serial.log", "readback.err"):
+        if (results / stale).is_dir():
+            shutil.rmtree(results / stale, ignore_errors=True)
+        else:
+            (results / stale).unlink(missing_ok=True)
     work = results / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -424,16 +464,25 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     if r.returncode != 0:
         raise RuntimeError(f"virtme-mkinitramfs failed: {r.stderr.strip()}")
     build_domu_initramfs(work / "domu-initramfs.gz", release, pre["busybox"])
+    # xl reads the domU kernel from the work dir, which dom0 gets from the snapshot image
+    # (virtio-blk): read over 9p it once came back corrupt ("unable to XZ decompress kernel")
+    shutil.copy2(pre["kernel"], work / "domu-vmlinuz")
     (work / "policy.yaml").write_text(POLICY)
     for name in GUESTS:
-        (work / f"{name}.cfg").write_text(guest_cfg(name, pre["kernel"], work / "domu-initramfs.gz"))
+        (work / f"{name}.cfg").write_text(guest_cfg(name, work / "domu-vmlinuz", work / "domu-initramfs.gz"))
     imgdir = Path(tempfile.mkdtemp(prefix="xentier-img-"))
     image = imgdir / "snapshot.ext4"
-    units = vmtier.snapshot_units(python, PROJECT)
-    usr_layer = imgdir / "usr-layer"
-    stage_usr_layer(usr_layer)
-    vmtier.build_image(image, units + [usr_layer], exclude=[results, imgdir], python=python)
+    units = vmtier.snapshot_units(python, PROJECT) + [work]
+    root_layer = imgdir / "root-layer"
+    stage_usr_layer(root_layer, release)
     init = write_dom0_init(work, results, python, units, scenarios, segment_grace)
+    vmtier.build_image(image, units + [root_layer], exclude=[results, imgdir],
+                       python=python)
+    # the results disk: dom0 writes results.json, logs and guest consoles there; read back
+    # with debugfs after qemu exits (no rw 9p share)
+    resdisk = imgdir / "results.ext4"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "tvdres",
+                    "-E", "root_owner=0:0", str(resdisk), "512M"], check=True, capture_output=True, text=True)
     timings["prepare"] = time.monotonic() - t0
 
     serial = results / "serial.log"
@@ -443,16 +492,17 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     for s in (dom0_cmdline, str(pre["kernel"]), str(work)):
         if "," in s:
             raise ValueError(f"no commas allowed in multiboot module strings: {s!r}")
-    cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep",
+    tcg_thread = tcg_thread or os.environ.get("TVD_XEN_TCG_THREAD") or TCG_THREAD
+    cpus = int(os.environ.get("TVD_XEN_CPUS") or cpus)   # diagnostics: 1 = no cross-vCPU races
+    cmd = ["qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread}", "-cpu", "max,-smap,-smep",
            "-m", str(memory), "-smp", str(cpus), "-display", "none", "-vga", "none",
            "-monitor", "none", "-serial", f"file:{serial}", "-no-reboot", "-nic", "none",
            "-kernel", str(work / "xen"), "-append", xen_cmdline,
            "-initrd", f"{pre['kernel']} {dom0_cmdline},{work / 'dom0-initramfs'}",
            "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
            "-device", "virtio-9p-pci,fsdev=root,mount_tag=/dev/root",
-           "-fsdev", f"local,id=res,path={results},security_model=none,multidevs=remap",
-           "-device", "virtio-9p-pci,fsdev=res,mount_tag=tvdres",
-           "-drive", f"file={image},if=virtio,format=raw,readonly=on,cache=unsafe"]
+           "-drive", f"file={image},if=virtio,format=raw,readonly=on,cache=unsafe",
+           "-drive", f"file={resdisk},if=virtio,format=raw"]
     (work / "qemu-cmd").write_text(shlex.join(cmd) + "\n")
     t_boot = time.monotonic()
     killed = None
@@ -467,7 +517,7 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
                 time.sleep(1)
                 now = time.monotonic()
                 pos = _scan_serial(serial, pos, t_boot, timings, echo)
-                if done_at is None and ((results / "driver.rc").exists() or (results / "fatal").exists()):
+                if done_at is None and ("boot_to_driver-done" in timings or "fatal" in timings):
                     done_at = now
                 if done_at is not None and now - done_at > 60:
                     killed = "did not power off 60 s after the driver finished"
@@ -479,7 +529,10 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            shutil.rmtree(imgdir, ignore_errors=True)
+            try:
+                _read_back(resdisk, results)
+            finally:
+                shutil.rmtree(imgdir, ignore_errors=True)
         _scan_serial(serial, pos, t_boot, timings, echo)
     timings["qemu_total"] = time.monotonic() - t_boot
     timings["tier_total"] = time.monotonic() - t0
@@ -505,6 +558,29 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     return XenResult(0 if not problems else 1, results, serial, res, timings, problems)
 
 
+# what dom0 writes on the results disk (copied back into the results directory)
+RESULT_FILES = ("results.json", "driver.rc", "fatal", "driver.log", "proxy.log", "dom0-init.log",
+                "console", "xl-info.txt", "dom0-cmdline.txt", "dom0-mounts.txt")
+
+
+def _read_back(disk: Path, results: Path) -> None:
+    """Copy dom0's files from the results disk (ext4, qemu has exited) into `results`."""
+    out = Path(tempfile.mkdtemp(prefix="rdump-", dir=results))
+    try:
+        r = subprocess.run(["debugfs", "-R", f"rdump / {out}", str(disk)], capture_output=True, text=True)
+        for f in out.iterdir():
+            if f.name in ("lost+found", "work"):
+                continue
+            dst = results / f.name
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(f, dst)
+        if r.returncode != 0:
+            (results / "readback.err").write_text(r.stderr)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def _scan_serial(serial: Path, pos: int, t_boot: float, timings: dict, echo) -> int:
     try:
         with open(serial, "rb") as f:
@@ -521,6 +597,8 @@ def _scan_serial(serial: Path, pos: int, t_boot: float, timings: dict, echo) -> 
         m = re.search(re.escape(MARK) + r" ([a-z0-9-]+)", line)
         if m and m.group(1) in ("dom0-init", "xen-ready", "proxy-started", "driver-done"):
             timings.setdefault(f"boot_to_{m.group(1)}", now)
+        elif m and m.group(1) == "fatal":
+            timings.setdefault("fatal", now)
     return pos + cut
 
 
@@ -885,9 +963,63 @@ def _read_int(path: str) -> int:
         return -1
 
 
+def files_read_from_9p() -> dict[str, list[str]]:
+    """Files mapped by dom0's processes that live on the 9p root share (not on the snapshot
+    image or tmpfs): what would still be read over 9p. Evidence for docs/test-tiers.md."""
+    try:
+        root_dev = os.stat("/").st_dev
+    except OSError:
+        return {}
+    out: dict[str, set] = {}
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            comm = Path(maps).with_name("comm").read_text().strip()
+            lines = Path(maps).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split(None, 5)
+            if len(f) == 6 and f[5].startswith("/"):
+                try:
+                    if os.stat(f[5]).st_dev == root_dev:
+                        out.setdefault(f[5], set()).add(comm)
+                except OSError:
+                    pass
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+class SwiotlbSampler:
+    """Samples /sys/kernel/debug/swiotlb/io_tlb_used (slabs of Xen's swiotlb bounce buffer in
+    use) while the scenarios run: > 0 means DMA is being bounced."""
+    PATH = "/sys/kernel/debug/swiotlb/io_tlb_used"
+
+    def __init__(self):
+        import threading
+        self.max = self.samples = self.nonzero = 0
+        self.available = os.path.exists(self.PATH)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if self.available:
+            self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(0.5):
+            v = _read_int(self.PATH)
+            self.samples += 1
+            self.nonzero += v > 0
+            self.max = max(self.max, v)
+
+    def report(self) -> dict:
+        self.stop.set()
+        nslabs = _read_int("/sys/kernel/debug/swiotlb/io_tlb_nslabs")
+        return {"available": self.available, "io_tlb_nslabs": nslabs, "io_tlb_used_max": self.max,
+                "samples": self.samples, "samples_nonzero": self.nonzero}
+
+
 def dom0_main(work: Path, results: Path, scenarios) -> int:
-    out = {"scenarios": {}, "host": socket.gethostname()}
+    out = {"scenarios": {}, "host": socket.gethostname(), "mapped_from_9p": {}}
     path = results / "results.json"
+    swiotlb = SwiotlbSampler()
 
     def save():
         tmp = path.with_suffix(".tmp")
@@ -926,7 +1058,11 @@ def dom0_main(work: Path, results: Path, scenarios) -> int:
             dlog(traceback.format_exc())
         out["scenarios"][s] = sc.to_json()
         dlog(f"=== scenario {s} done in {out['scenarios'][s]['seconds']:.1f}s")
+        out["mapped_from_9p"][s] = files_read_from_9p()
+        out["swiotlb"] = swiotlb.report() if s == scenarios[-1] else None
+        dlog(f"mapped from 9p after {s}: {out['mapped_from_9p'][s]}")
         save()
+    dlog(f"swiotlb: {out.get('swiotlb')}")
     bad = failures(out, scenarios)
     for b in bad:
         dlog("FAILED", b)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
+
+from xen_tvd.proxy import protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VIF_TVD = os.path.join(REPO, "hotplug", "vif-tvd")
@@ -132,7 +133,7 @@ class Proxy:
                 try:
                     if self.request({"op": "ping"}).get("ok"):
                         return
-                except OSError:
+                except protocol.ProxyUnreachable:
                     pass
                 time.sleep(0.05)
             raise AssertionError(f"tvd-proxy did not come up: {self.log()}")
@@ -159,20 +160,8 @@ class Proxy:
             return ""
 
     def request(self, obj: dict, timeout: float = 15) -> dict:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(self.socket)
-            s.sendall(json.dumps(dict({"v": 1}, **obj)).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                c = s.recv(65536)
-                if not c:
-                    break
-                buf += c
-        finally:
-            s.close()
-        return json.loads(buf)
+        """One protocol-v1 request through the product's own client (xen_tvd.proxy.protocol)."""
+        return protocol.request(obj, self.socket, timeout)
 
 
 class Lab:

@@ -3,9 +3,7 @@ network namespace so its reconcile never touches the host's network. Policy: the
 domain's, xl-configs/tvd-hosts-policy.yaml, as Dom0 dom0-a."""
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,26 +11,15 @@ import uuid
 
 import pytest
 
+from xen_tvd.proxy import protocol
+
 from lv_helpers import EXAMPLE, HOSTS_POLICY, REPO, domain_xml, membership, nic
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
 def _request(path, obj):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(15)
-    try:
-        s.connect(path)
-        s.sendall(json.dumps(dict({"v": 1}, **obj)).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            c = s.recv(65536)
-            if not c:
-                break
-            buf += c
-    finally:
-        s.close()
-    return json.loads(buf)
+    return protocol.request(obj, path, 15)
 
 
 @pytest.fixture
@@ -57,7 +44,7 @@ def proxy(tmp_path):
             try:
                 if _request(sock, {"op": "ping"}).get("ok"):
                     break
-            except OSError:
+            except protocol.ProxyUnreachable:
                 time.sleep(0.05)
         yield sock
     finally:

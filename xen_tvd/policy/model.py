@@ -56,6 +56,12 @@ class Tvd:
     tx_checksum_offload: bool = False         # vif tx-csum offload (paper 6.2; off = safe)
     session_seconds: int | None = None        # continual membership re-check bound
     pos: Pos | None = field(default=None, compare=False)
+    # Routed inter-TVD flows (docs/flow-control-design.md): the TVD's IP subnets (CIDR,
+    # disjoint across TVDs; they identify the TVD of a packet) and, one per subnet, the
+    # gateway interface address its VMs route through ("10.1.0.1/24"). Empty: the TVD gets
+    # no router card, so every pair with it stays closed by topology.
+    subnets: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

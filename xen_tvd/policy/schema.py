@@ -27,7 +27,7 @@ TOP_KEYS = {"version": True, "properties": False, "tvds": True, "flows": False, 
 PROPERTY_KEYS = {"dominates": False, "excludes": False, "description": False}
 TVD_KEYS = {"vlan": True, "vni": False, "protection": False, "membership": False,
             "multicast-group": False, "tx-checksum-offload": False, "session-seconds": False,
-            "description": False}
+            "subnets": False, "gateway": False, "description": False}
 FLOW_KEYS = {"from": True, "to": True, "policy": True, "allow": False, "sender": False,
              "receiver": False, "replies": False, "description": False}
 NETWORK_KEYS = {"subnet": True, "vlan-capable": False, "multicast": False, "trusted-for": False,
@@ -136,12 +136,63 @@ class PolicyReader(Reader):
             if "session-seconds" in body:
                 session = self.integer(body["session-seconds"][1],
                                        f"session-seconds of TVD '{name}'", 1, 31_536_000)
+            subnets, gateways = self.routing(body, name)
             if "description" in body:
                 self.string(body["description"][1], "description")
             # keep a TVD with a bad id (already reported) so references to it stay valid
             out[name] = Tvd(name, vlan or 0, vni or 0, protection, membership, group, csum, session,
-                            self.pos(kn))
+                            self.pos(kn), subnets, gateways)
         return out
+
+    def routing(self, body, tvd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """`subnets` and `gateway` of a TVD -> (subnets, one gateway interface per subnet)."""
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item in (self.sequence(body["subnets"][1], f"subnets of TVD '{tvd}'") or []
+                     if "subnets" in body else []):
+            v = self.string(item, f"subnet of TVD '{tvd}'")
+            if v is None:
+                continue
+            try:
+                net = ipaddress.ip_network(v, strict=True)
+            except ValueError as e:
+                hint = ("; write the network address, e.g. "
+                        f"{ipaddress.ip_network(v, strict=False)}") if "host bits" in str(e) else ""
+                self.err(item, f"subnet '{v}' of TVD '{tvd}' is not an IP network like "
+                               f"10.1.0.0/24 or fd00:1::/64 ({e}){hint}")
+                continue
+            if net.num_addresses < 4:
+                self.err(item, f"subnet {net} of TVD '{tvd}' is too small: it needs room for a "
+                               "gateway and VMs (IPv4 /30 or larger, IPv6 /126 or larger)")
+                continue
+            if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified:
+                self.err(item, f"subnet {net} of TVD '{tvd}' is not a unicast range a router "
+                               "can serve (multicast, loopback, link-local or unspecified)")
+                continue
+            nets.append(net)
+            self._subnet_nodes = getattr(self, "_subnet_nodes", []) + [(tvd, net, item)]
+        gws = {net: next(net.hosts()) for net in nets}   # default: first host address
+        if "gateway" in body:
+            gn = body["gateway"][1]
+            g = self.string(gn, f"gateway of TVD '{tvd}'")
+            try:
+                addr = ipaddress.ip_address(g) if g is not None else None
+            except ValueError:
+                self.err(gn, f"gateway '{g}' of TVD '{tvd}' is not an IP address")
+                addr = None
+            if addr is not None:
+                home = [n for n in nets if addr.version == n.version and addr in n]
+                if not home:
+                    have = ", ".join(str(n) for n in nets) or "none; add 'subnets' first"
+                    self.err(gn, f"gateway {addr} of TVD '{tvd}' is inside none of its subnets "
+                                 f"({have})")
+                elif addr in (home[0].network_address, home[0].broadcast_address) \
+                        and home[0].version == 4:
+                    self.err(gn, f"gateway {addr} of TVD '{tvd}' is the network or broadcast "
+                                 f"address of {home[0]}")
+                else:
+                    gws[home[0]] = addr
+        return (tuple(str(n) for n in nets),
+                tuple(f"{gws[n]}/{n.prefixlen}" for n in nets))
 
     def requirements(self, node, tvd: str):
         for item in self.sequence(node, f"membership of TVD '{tvd}'") or []:
@@ -390,6 +441,22 @@ class PolicyReader(Reader):
             if name not in known[kind]:
                 self.err(node, f"unknown {kind} '{name}' in {context}", "unknown-name")
 
+    def check_subnets_disjoint(self) -> None:
+        """A packet's TVD is derived from its address (design item 4): overlap would make that
+        ambiguous, so any overlap, within one TVD or across two, is an error at the later one."""
+        seen: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network, yaml.Node]] = []
+        for tvd, net, node in getattr(self, "_subnet_nodes", []):
+            for other_tvd, other, onode in seen:
+                if net.version == other.version and net.overlaps(other):
+                    owner = "itself" if other_tvd == tvd else f"TVD '{other_tvd}'"
+                    self.err(node, f"subnet {net} of TVD '{tvd}' overlaps {other} of {owner} "
+                                   f"(line {self.pos(onode).line}); TVD subnets must be disjoint "
+                                   "because a packet's TVD is read from its address",
+                             "subnet-overlap")
+                    break
+            else:
+                seen.append((tvd, net, node))
+
     def check_unique(self, tvds, dummy_vlans, hosts, networks) -> None:
         by_vlan: dict[int, str] = {}
         by_vni: dict[int, str] = {}
@@ -415,6 +482,7 @@ class PolicyReader(Reader):
                                         " (isolation holds, but each host receives the other "
                                         "TVD's floods)", "shared-group")
             by_group.setdefault(t.multicast_group, t.name)
+        self.check_subnets_disjoint()
         for v, node in getattr(self, "_dummy_vlan_nodes", []):
             if v in by_vlan:
                 self.err(node, f"dummy VLAN {v} belongs to TVD '{by_vlan[v]}'", "duplicate-vlan")

@@ -72,6 +72,7 @@ def check_flows(policy: Policy, diags: Collector) -> None:
             diags.error(f.pos, "the dummy TVD enforces no policy of its own, so a controlled "
                                "flow with it has no sender/receiver to enforce one side",
                         "dummy-controlled")
+    check_routable(policy, diags)
     for ind in find_indirect_flows(policy):
         # anchor: the first hop's entry, else the source TVD, else the target (the dummy TVD
         # has no node of its own), else the file
@@ -96,6 +97,29 @@ def check_flows(policy: Policy, diags: Collector) -> None:
                                f"guarded path {ind.path_text()} ({hops}); make sure the "
                                "controlled rules and shared-membership VMs cannot relay it",
                           "indirect-flow")
+
+
+def check_routable(policy: Policy, diags: Collector) -> None:
+    """An open or controlled pair is carried by the router, which needs both TVDs' subnets.
+
+    Checked once any TVD declares subnets (the policy uses routed flows, so a TVD left
+    without them is a mistake). A policy with no subnets at all is the pre-routing form the
+    paper's prototype ran and existing deployments use: no TVD gets a router card, so every
+    pair is closed by topology whatever the matrix says (fail closed); docs/policy.md says so.
+    """
+    if not any(t.subnets for t in policy.tvds.values()):
+        return
+    for f in policy.flows:
+        if f.kind is FlowKind.CLOSED:
+            continue
+        missing = [n for n in (f.src, f.dst)
+                   if n in policy.tvds and not policy.tvds[n].subnets]
+        if missing:
+            names = " and ".join(f"'{n}'" for n in missing)
+            diags.error(f.pos, f"{f.kind.value} flow {f.src} -> {f.dst} needs subnets on TVD "
+                               f"{names}: add 'subnets: [CIDR, ...]' (disjoint from the other "
+                               f"TVDs') under tvds.{missing[0]} so the router can give it a "
+                               "gateway", "flow-without-subnets")
 
 
 def check_capabilities(policy: Policy, diags: Collector) -> None:

@@ -1,0 +1,139 @@
+"""Shared helpers for tvd-master tests: a policy, a master on a free loopback port (in a
+thread or as a real `tvd-master serve` process), enrolment and admin clients."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+from xen_tvd.master import ca as camod
+from xen_tvd.master import client as mc
+from xen_tvd.master.store import Store
+
+POLICY = """\
+version: 1
+properties:
+  hv-integrity: {}
+  web-server: {}
+tvds:
+  alpha: {vlan: 100, vni: 10100}
+  beta:
+    vlan: 200
+    vni: 10200
+    membership: [{property: hv-integrity, assurance: [immutable-log]}]
+  gamma: {vlan: 300, vni: 10300, protection: [isolation, confidentiality]}
+networks:
+  lan: {subnet: 10.0.0.0/24, multicast: true}
+hosts:
+  h1:
+    address: 10.0.0.1
+    capabilities: [ethernet, ip]
+    properties: {hv-integrity: immutable-log}
+    nics: [{network: lan, nic: eth0, address: 10.0.0.1}]
+  h2:
+    address: 10.0.0.2
+    capabilities: [ethernet, ip]
+    properties: {hv-integrity: immutable-log}
+    nics: [{network: lan, nic: eth0, address: 10.0.0.2}]
+  h3:
+    address: 10.0.0.3
+    capabilities: [ethernet, ip]
+    nics: [{network: lan, nic: eth0, address: 10.0.0.3}]
+"""
+
+REPORT = {"functional": ["bridge", "vxlan", "nftables"],
+          "nics": [{"network": "lan", "nic": "eth0", "address": "10.0.0.1"}],
+          "security": [{"property": "hv-integrity", "assurance": "immutable-log",
+                        "evidence": "pcr-log-base64"}]}
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_dir(path: str) -> str:
+    url = f"https://127.0.0.1:{free_port()}"
+    camod.init_ca(path, url)
+    Store(os.path.join(path, "master.db"))
+    return url
+
+
+def token(directory: str, host: str, ttl: float = 3600) -> str:
+    import secrets
+    store = Store(os.path.join(directory, "master.db"))
+    tid, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    store.add_token(tid, secret, host, ttl, "test")
+    return f"tvd1.{tid}.{secret}.{camod.ca_pin(camod.Ca.load(directory).cert)}"
+
+
+class Enrolled:
+    def __init__(self, directory: str, url: str, host: str, state: str) -> None:
+        os.makedirs(state, exist_ok=True)
+        self.key = os.path.join(state, "host.key")
+        self.cert = os.path.join(state, "host.pem")
+        res = mc.enroll(url, token(directory, host), host, self.key)
+        with open(self.cert, "w") as f:
+            f.write(res.certificate)
+        self.ca = res.ca
+        self.host = host
+        self.client = mc.MasterClient(url, res.ca, self.cert, self.key)
+
+
+def admin_client(directory: str, url: str, tmp: str, name: str = "alice") -> mc.MasterClient:
+    from xen_tvd.master.cli import main
+    prefix = os.path.join(tmp, name)
+    assert main(["--dir", directory, "admin-cert", name, "--out", prefix]) == 0
+    with open(os.path.join(directory, "ca.pem")) as f:
+        return mc.MasterClient(url, f.read(), prefix + ".pem", prefix + ".key")
+
+
+class MasterProcess:
+    """A real `python -m xen_tvd.master serve` subprocess; stderr collected to a file."""
+
+    def __init__(self, directory: str, url: str, log_path: str) -> None:
+        self.directory, self.url, self.log_path = directory, url, log_path
+        self.start()
+
+    def start(self) -> None:
+        port = self.url.rsplit(":", 1)[1]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xen_tvd.master", "--dir", self.directory, "serve",
+             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=self.log,
+            cwd=ROOT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tvd-master exited: {self.logs()[-2000:]}")
+            if re.search(rf"event=listening addr=127.0.0.1:{port}\b", self.logs()):
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", int(port))) == 0:
+                        return
+            time.sleep(0.05)
+        raise RuntimeError("tvd-master did not start listening")
+
+    def logs(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

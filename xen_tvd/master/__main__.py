@@ -1,0 +1,5 @@
+import sys
+
+from xen_tvd.master.cli import main
+
+sys.exit(main())

@@ -1,0 +1,504 @@
+"""tvd-master's HTTPS API (docs/master-protocol.md; schemas in docs/master-openapi.yaml).
+
+stdlib ThreadingHTTPServer + ssl: TLS 1.3 only, a client certificate is requested on every
+connection (CERT_OPTIONAL, so GET /v1/ca and POST /v1/enroll work without one) and each route
+names the role it needs. The TLS handshake runs in the connection's own thread, so a slow or
+hostile client cannot stall the accept loop. Every answer is JSON; errors are
+{"error": "one line"}; a bug becomes a 500 with a generic line, never a traceback.
+Log lines never contain request bodies (tokens, CSRs) or keys.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+import traceback
+import uuid as uuidlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cryptography import x509
+
+from xen_tvd.master import ca as camod
+from xen_tvd.master.decide import effective_host
+from xen_tvd.master.service import Master, verify_policy_text
+from xen_tvd.master.store import StoreError, TokenRefused
+from xen_tvd.policy.model import ASSURANCE_KINDS
+from xen_tvd.proxy.log import log
+
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+SMALL_BODY = 64 * 1024
+LARGE_BODY = 8 * 1024 * 1024          # policies (the 1,000-TVD bench policy is 339 KiB)
+MAX_WAIT = 60.0
+REVOCATION_CHECK = 0.5                # an open watch re-checks its certificate this often
+HANDSHAKE_TIMEOUT = 10.0
+AUDIT_EVENTS = {"admitted", "denied", "detached", "session-expired", "revoked"}
+FUNCTIONAL = {"bridge", "vxlan", "vlan", "nftables", "wireguard", "ipsec"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+# (method, path template, role, handler name). Role: None = anyone, "host" = the host named
+# in {host}, "admin" = an admin certificate. The OpenAPI test compares this table with
+# docs/master-openapi.yaml.
+ROUTES = [
+    ("GET", "/v1/ca", None, "get_ca"),
+    ("POST", "/v1/enroll", None, "post_enroll"),
+    ("PUT", "/v1/hosts/{host}/capabilities", "host", "put_capabilities"),
+    ("GET", "/v1/hosts/{host}/bundle", "host", "get_bundle"),
+    ("POST", "/v1/audit", "host", "post_audit"),
+    ("GET", "/v1/audit", "admin", "get_audit"),
+    ("GET", "/v1/hosts", "admin", "get_hosts"),
+    ("POST", "/v1/hosts/{host}/revoke", "admin", "post_revoke_host"),
+    ("GET", "/v1/tvds", "admin", "get_tvds"),
+    ("GET", "/v1/admissions", "admin", "get_admissions"),
+    ("GET", "/v1/policy", "admin", "get_policy"),
+    ("PUT", "/v1/policy", "admin", "put_policy"),
+    ("PUT", "/v1/images/{digest}", "admin", "put_image"),
+    ("POST", "/v1/vms/{uuid}/revoke", "admin", "post_revoke_vm"),
+    ("POST", "/v1/vm-certs/{serial}/revoke", "admin", "post_revoke_vm_cert"),
+]
+
+
+def _compile(template: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
+
+
+_COMPILED = [(m, _compile(t), role, name) for m, t, role, name in ROUTES]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "tvd-master/1"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    master: Master   # set on the subclass made by make_server
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def log_message(self, fmt, *args):   # http.server's own lines: replaced by _log_request
+        pass
+
+    def log_error(self, fmt, *args):
+        pass
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        t0 = time.monotonic()
+        self.close_connection = True
+        self.who = "-"
+        parts = urlsplit(self.path)
+        status = 500
+        try:
+            route, params = self._route(method, parts.path)
+            self.query = parse_qs(parts.query)
+            self._authorize(route[2], params)
+            status, body = getattr(self, route[3])(**params)
+        except HttpError as e:
+            status, body = e.status, {"error": e.message, **e.extra}
+        except Exception as e:   # a bug: answer generically, log where (no values)
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            log("error", "internal-error", kind=type(e).__name__,
+                at=f"{tb.filename.rsplit('/', 1)[-1]}:{tb.lineno}", path=parts.path)
+            status, body = 500, {"error": "internal error in tvd-master; see its log"}
+        self._send(status, body)
+        log("info" if status < 400 else "warning", "request", method=method, path=parts.path,
+            status=status, who=self.who, ms=(time.monotonic() - t0) * 1000)
+
+    def _send(self, status: int, body) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Connection", "close")
+            if body is not None:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass   # the client went away; nothing to tell it
+
+    def _route(self, method: str, path: str):
+        allowed = False
+        for m, rx, role, name in _COMPILED:
+            mt = rx.match(path)
+            if mt:
+                if m == method:
+                    return (m, rx, role, name), {k: unquote(v) for k, v in mt.groupdict().items()}
+                allowed = True
+        if allowed:
+            raise HttpError(405, f"method {method} not allowed on {path}")
+        raise HttpError(404, f"no such endpoint {path}")
+
+    def _peer(self):
+        der = self.connection.getpeercert(binary_form=True)
+        if not der:
+            return None
+        return camod.identity(x509.load_der_x509_certificate(der))
+
+    def _authorize(self, role: str | None, params: dict) -> None:
+        if role is None:
+            return
+        peer = self._peer()
+        if peer is None:
+            raise HttpError(401, "a client certificate is required")
+        ou, cn, serial = peer
+        if ou == camod.HOST_OU:
+            self.who = f"host:{cn}"
+            if not self.master.store.host_cert_ok(cn, serial):
+                raise HttpError(403, f"host {cn}: certificate revoked or not on record")
+            if role != "host":
+                raise HttpError(403, "this endpoint needs an admin certificate")
+            if "host" in params and params["host"] != cn:
+                raise HttpError(403, f"host {cn} may not access host {params['host']}")
+        elif ou == camod.ADMIN_OU:
+            self.who = f"admin:{cn}"
+            if not self.master.store.admin_cert_ok(cn, serial):
+                raise HttpError(403, f"admin {cn}: certificate not on record")
+            if role != "admin":
+                raise HttpError(403, "this endpoint needs a host certificate")
+        else:
+            raise HttpError(403, f"certificate role {ou or 'none'} may not use this API")
+        self.serial = serial
+
+    def _body(self, limit: int = SMALL_BODY) -> dict:
+        if self.headers.get("Transfer-Encoding"):
+            raise HttpError(411, "send a Content-Length, not a chunked body")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise HttpError(411, "Content-Length required") from None
+        if length < 0 or length > limit:
+            raise HttpError(413, f"request body over {limit} bytes")
+        raw = self.rfile.read(length)
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "request body is not JSON") from None
+        if not isinstance(obj, dict):
+            raise HttpError(400, "request body must be a JSON object")
+        return obj
+
+    def _q(self, name: str, kind, default, lo, hi):
+        vals = self.query.get(name)
+        if not vals:
+            return default
+        try:
+            v = kind(vals[0])
+        except ValueError:
+            raise HttpError(400, f"query parameter {name} must be a number") from None
+        if not lo <= v <= hi:
+            raise HttpError(400, f"query parameter {name} must be within {lo}..{hi}")
+        return v
+
+    # -- open endpoints ------------------------------------------------------------------------
+    def get_ca(self):
+        return 200, {"ca": self.master.ca_pem}
+
+    def post_enroll(self):
+        b = self._body()
+        token, host, csr = b.get("token"), b.get("host"), b.get("csr")
+        if not all(isinstance(v, str) for v in (token, host, csr)):
+            raise HttpError(400, "enroll needs string fields token, host and csr")
+        if not HOST_NAME.match(host):
+            raise HttpError(400, "host name must be 1-63 of A-Z a-z 0-9 . _ - ")
+        parts = token.split(".")
+        refused = HttpError(401, "enrolment refused: the token is unknown, used, expired or "
+                                 "for another host; ask for a new one")
+        if len(parts) != 4 or parts[0] != "tvd1":
+            self.master.store.audit(f"peer:{self.client_address[0]}", "enrol-refused",
+                                    {"host": host, "reason": "malformed token"})
+            raise refused
+        m = self.master
+        try:
+            cert = m.store.enroll(parts[1], parts[2], host, lambda: m.ca.issue_from_csr(
+                csr, host, camod.HOST_OU))
+        except TokenRefused as e:
+            m.store.audit(f"peer:{self.client_address[0]}", "enrol-refused",
+                          {"host": host, "token_id": parts[1], "reason": str(e)})
+            log("warning", "enrol-refused", host=host, token_id=parts[1], reason=str(e))
+            raise refused from None
+        except camod.CaError as e:
+            raise HttpError(400, str(e)) from None
+        self.who = f"host:{host}"
+        log("info", "enrolled", host=host, serial=cert.serial_number)
+        m.changed()
+        return 200, {"certificate": camod.pem(cert), "ca": m.ca_pem}
+
+    # -- host endpoints ------------------------------------------------------------------------
+    def put_capabilities(self, host: str):
+        b = self._body(LARGE_BODY)
+        report = _check_report(b)
+        policy = self.master.policy()
+        if policy is not None and host not in policy.hosts:
+            self.master.store.audit(f"host:{host}", "capabilities-refused",
+                                    {"host": host, "reason": "not in the policy's hosts"})
+            raise HttpError(403, f"host {host} is not in the policy's hosts:")
+        changed = self.master.store.put_report(host, report)
+        body = {"changed": changed}
+        if policy is not None:
+            eff, warnings = effective_host(policy.hosts[host], report)
+            if changed:
+                for w in warnings:
+                    self.master.store.audit(f"host:{host}", "capability-warning",
+                                            {"host": host, "warning": w})
+            body.update(capabilities=sorted(eff.capabilities), properties=eff.properties,
+                        warnings=warnings)
+        if changed:
+            self.master.changed()
+        return 200, body
+
+    def get_bundle(self, host: str):
+        after = self._q("after", int, 0, 0, 2**62)
+        wait = self._q("wait", float, 0.0, 0.0, MAX_WAIT)
+        m = self.master
+        deadline = time.monotonic() + wait
+        m.settled(min(wait, 5.0))       # a report/push just made should be in the answer
+        next_check = time.monotonic() + REVOCATION_CHECK
+        with m.cond:
+            while True:
+                cur = m.envelopes.get(host)
+                if cur is not None and cur[0] > after:
+                    return 200, cur[1]
+                now = time.monotonic()
+                if now >= deadline:
+                    return 204, None
+                if now >= next_check:
+                    # revocation (also by the CLI in another process) ends the watch at once
+                    if not m.store.host_cert_ok(host, self.serial):
+                        raise HttpError(403, f"host {host}: certificate revoked")
+                    next_check = now + REVOCATION_CHECK
+                m.cond.wait(min(deadline, next_check) - now)
+
+    def post_audit(self):
+        b = self._body(4 * 1024 * 1024)
+        events = b.get("events")
+        if not isinstance(events, list) or len(events) > 10000:
+            raise HttpError(400, "audit needs 'events': a list of at most 10000 events")
+        clean = []
+        for i, e in enumerate(events):
+            if not isinstance(e, dict):
+                raise HttpError(400, f"events[{i}] is not an object")
+            if not isinstance(e.get("id"), str) or not 0 < len(e["id"]) <= 64:
+                raise HttpError(400, f"events[{i}].id must be a string (a uuid4)")
+            if e.get("event") not in AUDIT_EVENTS:
+                raise HttpError(400, f"events[{i}].event must be one of "
+                                     f"{', '.join(sorted(AUDIT_EVENTS))}")
+            if "ts" in e and not isinstance(e["ts"], (int, float)):
+                raise HttpError(400, f"events[{i}].ts must be a number")
+            for k in ("vm", "name", "tvd", "ifname", "reason"):
+                if e.get(k) is not None and (not isinstance(e[k], str) or len(e[k]) > 1024):
+                    raise HttpError(400, f"events[{i}].{k} must be a string of <= 1024 chars")
+            clean.append(e)
+        host = self.who.split(":", 1)[1]
+        new = self.master.store.record_events(host, clean)
+        return 200, {"recorded": new, "duplicates": len(clean) - new}
+
+    # -- admin endpoints -----------------------------------------------------------------------
+    def get_audit(self):
+        after = self._q("after", int, 0, 0, 2**62)
+        limit = self._q("limit", int, 1000, 1, 10000)
+        return 200, {"events": self.master.store.audit_events(after, limit)}
+
+    def get_hosts(self):
+        return 200, {"hosts": self.master.store.hosts()}
+
+    def post_revoke_host(self, host: str):
+        try:
+            changed = self.master.store.revoke_host(host, self.who)
+        except StoreError as e:
+            raise HttpError(404, str(e)) from None
+        log("warning", "host-revoked", host=host, by=self.who)
+        self.master.changed()
+        return 200, {"host": host, "revoked": True, "changed": changed}
+
+    def get_tvds(self):
+        policy = self.master.policy()
+        if policy is None:
+            return 200, {"tvds": [], "policy_version": None}
+        out = []
+        for t in sorted(policy.tvds.values(), key=lambda t: t.name):
+            out.append({"id": f"{self.master.url}#{t.name}", "name": t.name, "vlan": t.vlan,
+                        "vni": t.vni, "protection": sorted(t.protection),
+                        "membership": [str(r) for r in t.membership],
+                        "session_seconds": t.session_seconds,
+                        "hosts": sorted(self.master.carriers.get(t.name, []))})
+        return 200, {"tvds": out, "policy_version": self.master.store.policy()[0]}
+
+    def get_admissions(self):
+        return 200, {"admissions": self.master.store.admissions()}
+
+    def get_policy(self):
+        cur = self.master.store.policy()
+        if cur is None:
+            raise HttpError(404, "no policy has been pushed yet")
+        return 200, {"version": cur[0], "name": cur[2], "yaml": cur[1]}
+
+    def put_policy(self):
+        b = self._body(LARGE_BODY)
+        text, name = b.get("yaml"), b.get("name", "policy.yaml")
+        if not isinstance(text, str) or not isinstance(name, str):
+            raise HttpError(400, "policy push needs 'yaml' (text) and optional 'name'")
+        name = name.rsplit("/", 1)[-1][:200] or "policy.yaml"
+        policy, diags = verify_policy_text(text, name)
+        if policy is None:
+            errors = [d for d in diags if ": error: " in d or ": warning: " not in d]
+            raise HttpError(422, f"policy {name} has {len(errors)} error(s); nothing changed",
+                            diagnostics=diags)
+        version, changed = self.master.store.add_policy(text, name, self.who)
+        if changed:
+            log("info", "policy-pushed", version=version, by=self.who)
+            self.master.changed()
+        return 200, {"version": version, "changed": changed, "diagnostics": diags}
+
+    def put_image(self, digest: str):
+        if not DIGEST.match(digest):
+            raise HttpError(400, "image digest must be sha256:<64 lowercase hex>")
+        props = self._body().get("properties")
+        _check_props(props)
+        self.master.store.allow_image(digest, props, self.who)
+        self.master.changed()
+        return 200, {"digest": digest, "properties": props}
+
+    def post_revoke_vm(self, uuid: str):
+        try:
+            vm = str(uuidlib.UUID(uuid))
+        except ValueError:
+            raise HttpError(400, f"{uuid!r} is not a UUID") from None
+        changed = self.master.store.revoke_vm(vm, self.who)
+        self.master.changed()
+        return 200, {"vm": vm, "revoked": True, "changed": changed}
+
+    def post_revoke_vm_cert(self, serial: str):
+        if not serial.isdigit():
+            raise HttpError(400, "serial must be a decimal number")
+        try:
+            changed = self.master.store.revoke_vm_cert(int(serial), self.who)
+        except StoreError as e:
+            raise HttpError(404, str(e)) from None
+        self.master.changed()
+        return 200, {"serial": serial, "revoked": True, "changed": changed}
+
+
+def _check_props(props) -> None:
+    if not isinstance(props, dict) or not props or not all(
+            isinstance(k, str) and v in ASSURANCE_KINDS for k, v in props.items()):
+        raise HttpError(400, "properties must be {property: assurance kind} with kinds from "
+                             + ", ".join(ASSURANCE_KINDS))
+
+
+def _check_report(b: dict) -> dict:
+    functional = b.get("functional", [])
+    if not isinstance(functional, list) or not all(isinstance(f, str) for f in functional):
+        raise HttpError(400, "functional must be a list of strings")
+    unknown = sorted(set(functional) - FUNCTIONAL)
+    if unknown:
+        raise HttpError(400, f"unknown functional capability {unknown[0]} (one of: "
+                             f"{', '.join(sorted(FUNCTIONAL))})")
+    nics = b.get("nics", [])
+    if not isinstance(nics, list) or not all(
+            isinstance(n, dict) and all(isinstance(n.get(k), str)
+                                        for k in ("network", "nic", "address")) for n in nics):
+        raise HttpError(400, "nics must be a list of {network, nic, address} strings")
+    security = b.get("security", [])
+    if not isinstance(security, list):
+        raise HttpError(400, "security must be a list")
+    for i, s in enumerate(security):
+        if not isinstance(s, dict) or not isinstance(s.get("property"), str):
+            raise HttpError(400, f"security[{i}] needs a string property")
+        if s.get("assurance") not in ASSURANCE_KINDS:
+            raise HttpError(400, f"security[{i}].assurance must be one of "
+                                 + ", ".join(ASSURANCE_KINDS))
+        if not isinstance(s.get("evidence", ""), str):
+            raise HttpError(400, f"security[{i}].evidence must be a string")
+    extra = sorted(set(b) - {"functional", "nics", "security"})
+    if extra:
+        raise HttpError(400, f"unknown field {extra[0]} in capability report")
+    return {"functional": sorted(set(functional)),
+            "nics": [{k: n[k] for k in ("network", "nic", "address")} for n in nics],
+            "security": [{"property": s["property"], "assurance": s["assurance"],
+                          "evidence": s.get("evidence", "")} for s in security]}
+
+
+class MasterServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512          # 200 proxies connecting at once must not be refused
+    allow_reuse_address = True
+
+    def __init__(self, addr, handler, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        super().__init__(addr, handler)
+
+    def finish_request(self, request, client_address):
+        # the TLS handshake happens here, in the connection's thread
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            log("warning", "tls-refused", peer=client_address[0],
+                reason=getattr(e, "reason", None) or type(e).__name__)
+            return
+        try:
+            tls.settimeout(MAX_WAIT + 30)
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            try:
+                tls.close()
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address):
+        log("warning", "connection-error", peer=client_address[0])
+
+
+def server_context(directory: str) -> ssl.SSLContext:
+    import os
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(os.path.join(directory, "server.pem"),
+                        os.path.join(directory, "server.key"))
+    ctx.load_verify_locations(os.path.join(directory, "ca.pem"))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def make_server(master: Master, host: str, port: int) -> MasterServer:
+    handler = type("BoundHandler", (Handler,), {"master": master})
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    cls = type("Server", (MasterServer,), {"address_family": family})
+    return cls((host, port), handler, server_context(master.dir))
+
+
+def start_in_thread(directory: str, host: str = "127.0.0.1", port: int = 0):
+    """(master, server, thread): for tests and embedding; stop with stop(server, master)."""
+    master = Master(directory)
+    master.start()
+    srv = make_server(master, host, port)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    return master, srv, t
+
+
+def stop(srv: MasterServer, master: Master) -> None:
+    srv.shutdown()
+    srv.server_close()
+    master.stop()

@@ -1,0 +1,154 @@
+"""The master's signed bundle on the proxy side: parse a verified payload, store and reload it.
+
+The signature check itself is the master package's `verify_bundle` (one implementation for
+both ends); this module turns the verified payload into what the daemon needs (a Policy, the
+per-TVD segments the master decided, the evidence rules) and keeps the envelope on disk
+verbatim (DIR/master/bundle.json, 0600, atomic) so that a restarted proxy keeps enforcing it.
+A stored bundle is verified again on every load: a file someone edited is no bundle at all
+(fail closed), never a policy.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from xen_tvd.dataplane.model import Segment
+from xen_tvd.dataplane.serial import SerialError, segments_from_json
+from xen_tvd.diagnostics import Collector
+from xen_tvd.policy.model import Policy
+from xen_tvd.policy.schema import PolicyReader
+from xen_tvd.policy.verify import verify
+from xen_tvd.yamlsrc import compose
+
+from .evidence import Evidence, EvidenceError
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = 1
+
+
+class BundleInvalid(Exception):
+    """A bundle the proxy will not enforce; one line saying why."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    generation: int
+    master: str
+    host: str
+    issued: float
+    policy: Policy = field(hash=False)
+    segments: dict[str, Segment] = field(hash=False)    # TVD -> this host's segment
+    underlay_peers: tuple[str, ...] = ()
+    vlan_offload_off: tuple[str, ...] = ()
+    underlay_mtu: dict[str, int] = field(default_factory=dict, hash=False)
+    refused: dict[str, str] = field(default_factory=dict, hash=False)
+    evidence: Evidence = field(default_factory=Evidence, hash=False)
+
+
+def parse_policy(text: str, where: str) -> Policy:
+    """The same checks as `tvdctl check` (schema + semantic verification) on the pushed YAML."""
+    diags = Collector()
+    root = compose(text.encode("utf-8"), where, diags)
+    policy = PolicyReader(where, diags).policy(root) if root is not None else None
+    if policy is not None and not diags.errors:
+        verify(policy, diags)
+    if policy is None or diags.errors:
+        first = diags.errors[0] if diags.errors else "empty policy"
+        raise BundleInvalid(f"{where}: the policy does not verify: {first}")
+    return policy
+
+
+def parse_payload(payload: dict, host: str, master: str) -> Bundle:
+    """A verified payload (dict) -> Bundle; BundleInvalid when it is not for us or malformed."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BundleInvalid(f"bundle format {payload.get('format') if isinstance(payload, dict) else '?'!r} "
+                            f"is not {FORMAT}; upgrade tvd-proxy or the master")
+    if payload.get("host") != host:
+        raise BundleInvalid(f"bundle is for host {payload.get('host')!r}, not {host!r}")
+    if payload.get("master") != master:
+        raise BundleInvalid(f"bundle is from master {payload.get('master')!r}, not {master!r} "
+                            "(the URL this host enrolled with)")
+    gen = payload.get("generation")
+    if isinstance(gen, bool) or not isinstance(gen, int) or gen < 0:
+        raise BundleInvalid("bundle generation is not a non-negative integer")
+    policy = parse_policy(payload.get("policy") or "", f"bundle generation {gen} policy")
+    plan = payload.get("plan")
+    if not isinstance(plan, dict):
+        raise BundleInvalid(f"bundle generation {gen} has no plan")
+    try:
+        segs = segments_from_json(plan.get("segments", []))
+    except SerialError as e:
+        raise BundleInvalid(f"bundle generation {gen} plan: {e}") from None
+    by_tvd = {}
+    for s in segs:
+        if s.tvd not in policy.tvds:
+            raise BundleInvalid(f"bundle generation {gen} plans TVD {s.tvd!r}, which its policy lacks")
+        by_tvd[s.tvd] = s
+    try:
+        evidence = Evidence.from_json(payload.get("evidence") or {})
+    except EvidenceError as e:
+        raise BundleInvalid(f"bundle generation {gen}: {e}") from None
+    peers = plan.get("underlay_peers") or []
+    offl = plan.get("vlan_offload_off") or []
+    mtu = plan.get("underlay_mtu") or {}
+    refused = payload.get("refused") or {}
+    if not (isinstance(peers, list) and all(isinstance(p, str) for p in peers)
+            and isinstance(offl, list) and all(isinstance(n, str) for n in offl)
+            and isinstance(mtu, dict) and all(isinstance(v, int) for v in mtu.values())
+            and isinstance(refused, dict)):
+        raise BundleInvalid(f"bundle generation {gen}: malformed underlay_peers, vlan_offload_off, "
+                            "underlay_mtu or refused")
+    return Bundle(generation=gen, master=master, host=host,
+                  issued=float(payload.get("issued") or 0.0), policy=policy, segments=by_tvd,
+                  underlay_peers=tuple(sorted(peers)), vlan_offload_off=tuple(sorted(offl)),
+                  underlay_mtu={str(k): v for k, v in mtu.items()},
+                  refused={str(k): str(v) for k, v in refused.items()}, evidence=evidence)
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Replace `path` atomically with `data`, mode 0600, durable (fsync file and directory)."""
+    d = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def store(directory: str, envelope: dict) -> None:
+    write_private(os.path.join(directory, BUNDLE_FILE),
+                  json.dumps(envelope, sort_keys=True).encode() + b"\n")
+
+
+def read_envelope(directory: str) -> dict | None:
+    """The stored envelope, None when there is none; BundleInvalid when unreadable."""
+    path = os.path.join(directory, BUNDLE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            env = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise BundleInvalid(f"stored bundle {path} is unreadable ({e})") from None
+    if not isinstance(env, dict):
+        raise BundleInvalid(f"stored bundle {path} is not an envelope object")
+    return env
+
+
+def remove(directory: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, BUNDLE_FILE))
+    except FileNotFoundError:
+        pass

@@ -46,6 +46,14 @@ def check_host(policy: Policy, host: str, tvd: str) -> None:
                      f"(host properties: {_props(h.properties)})")
 
 
+def check_plan(bundle, host: str, tvd: str, url: str) -> None:
+    """Master mode: the master decided which TVDs this host carries (its plan has a segment)."""
+    if tvd not in bundle.segments:
+        why = bundle.refused.get(tvd) or "the master's plan for this host has no segment for it"
+        raise Denied(f"host '{host}' may not carry TVD '{tvd}': {why} (master {url}, bundle "
+                     f"generation {bundle.generation})")
+
+
 def vm_tvds(uuid: str | None, reg: Registration | None, vifs: dict[str, VifRecord],
             extra: str | None = None, exclude_ifname: str | None = None) -> set[str]:
     out = set(reg.tvds()) if reg else set()

@@ -11,6 +11,12 @@ so each local TVD's VXLAN/VLAN uplink points at the other hosts of the capabilit
 with no local vif has no segment here: `segment_grace` seconds after the last `vif-offline` of
 a TVD its vSwitch and uplink are removed (the grace keeps a rebooting VM from paying for a
 vSwitch teardown and rebuild).
+
+Master mode (`link` set, docs/master-protocol.md): policy, segments and underlay peers come
+from the master's signed bundle (the master decided the mechanisms); VM properties come from
+evidence the proxy checks itself (evidence.py); every decision is audited through the link's
+spool; sessions.py re-checks members. No bundle in force = no segments and every admission
+refused (fail closed).
 """
 from __future__ import annotations
 
@@ -31,7 +37,9 @@ from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Policy
 
 from . import admission
+from . import sessions
 from .admission import Denied
+from .evidence import EvidenceError, vm_properties
 from .log import log
 from .protocol import (IFNAME_RE, MAX_REQUEST, TVD_RE, UUID_RE, VERSION, ProtocolError,
                        decode_request, encode)
@@ -89,11 +97,16 @@ def _str(req: dict, key: str, pattern=None, required: bool = True) -> str | None
 
 
 class Proxy:
-    def __init__(self, policy: Policy, host: str, state_dir: str, segment_grace: float = 30.0) -> None:
-        if host not in policy.hosts:
+    def __init__(self, policy: Policy | None, host: str, state_dir: str, segment_grace: float = 30.0,
+                 link=None) -> None:
+        if link is None and host not in policy.hosts:
             raise RuntimeError(f"host '{host}' is not in the policy's capability model "
                                f"(hosts: {', '.join(sorted(policy.hosts)) or 'none'})")
         self.policy = policy
+        self.link = link                 # MasterLink in master mode, None standalone
+        self.bundle = None               # master mode: the verified Bundle in force
+        self.revoked_msg: str | None = None
+        self.checked: dict[str, float] = {}   # ifname -> when its membership was last checked
         self.host = host
         self.store = StateStore(state_dir)
         self.lock = threading.Lock()
@@ -110,6 +123,8 @@ class Proxy:
         return admit(self.policy, [tvd], dict(self.policy.hosts[host].properties)).admitted
 
     def desired(self, vifs, extra_local: set[str] = frozenset()) -> HostState:
+        if self.link is not None:
+            return self._desired_master(list(vifs), extra_local)
         vifs = list(vifs)
         ports = [v.port() for v in vifs]
         local = {v.tvd for v in vifs} | set(extra_local) | {t for t in self.lingering
@@ -124,10 +139,30 @@ class Proxy:
             raise Refused(str(e)) from None
         return states.get(self.host, HostState(host=self.host))
 
+    def _desired_master(self, vifs, extra_local) -> HostState:
+        """The master's segments for the TVDs with a local vif (plus lingering / about to be),
+        the admitted ports, the master's underlay peers; NIC settings only for NICs a local
+        segment uses, as the planner does in standalone mode."""
+        b = self.bundle
+        if b is None:
+            return HostState(host=self.host, underlay_peers=())
+        local = {v.tvd for v in vifs} | set(extra_local) | self.lingering
+        segs = tuple(b.segments[t] for t in sorted(local) if t in b.segments)
+        nics = {getattr(s.uplink, "underlay_dev", None) or getattr(s.uplink, "phys_dev", None)
+                for s in segs if s.uplink is not None}
+        return HostState(host=self.host, segments=segs,
+                         ports=tuple(sorted((v.port() for v in vifs if v.tvd in b.segments),
+                                            key=lambda p: p.ifname)),
+                         vlan_offload_off=tuple(n for n in b.vlan_offload_off if n in nics),
+                         underlay_mtu={n: m for n, m in b.underlay_mtu.items() if n in nics},
+                         underlay_peers=b.underlay_peers)
+
     def converge(self, state: HostState, force: bool = False) -> None:
-        """apply() when the segments differ from what we last applied (or when forced)."""
+        """apply() when the desired state differs from what we last applied (or when forced)."""
         if not force and self.applied is not None and self.applied.segments == state.segments \
-                and self.applied.underlay_mtu == state.underlay_mtu:
+                and self.applied.underlay_mtu == state.underlay_mtu \
+                and self.applied.underlay_peers == state.underlay_peers \
+                and self.applied.vlan_offload_off == state.vlan_offload_off:
             return
         t0 = time.monotonic()
         try:
@@ -182,7 +217,7 @@ class Proxy:
 
     def kernel_ports(self) -> dict[str, str]:
         """ifname -> TVD of every non-owned interface enslaved to one of our TVD bridges."""
-        by_bridge = {bridge_name(t): t for t in self.policy.tvds}
+        by_bridge = {bridge_name(t): t for t in (self.policy.tvds if self.policy else ())}
         out = {}
         with open_ipr(None) as ipr:
             links = Links(ipr)
@@ -208,6 +243,10 @@ class Proxy:
             self._startup_locked()
 
     def _startup_locked(self) -> None:
+        if self.link is not None:
+            # the stored bundle is verified again: a tampered one is none at all (fail closed)
+            self.bundle = None if self.revoked_msg else self.link.load_stored()
+            self.policy = self.bundle.policy if self.bundle else None
         self.regs, saved, notes = self.store.load()
         for n in notes:
             log("info", "state", detail=n)
@@ -232,8 +271,10 @@ class Proxy:
                 self._admit(name, rec.tvd, rec.uuid, vifs, exclude=name)
             except Denied as e:
                 log("warning", "revoked", ifname=name, tvd=rec.tvd, error=str(e))
+                self.audit("detached", rec, str(e))
                 del vifs[name]
         self.vifs = vifs
+        self.checked = {name: time.monotonic() for name in vifs}
         self.lingering = set()
         try:
             self.converge(self.desired(vifs.values()), force=True)
@@ -245,7 +286,10 @@ class Proxy:
 
     # ---- admission ---------------------------------------------------------------------------
 
-    def _admit(self, what: str, tvd: str, uuid: str | None, vifs, exclude: str | None = None):
+    def _admit(self, what: str, tvd: str, uuid: str | None, vifs, exclude: str | None = None,
+               new: bool = False):
+        if self.link is not None:
+            return self._admit_master(what, tvd, uuid, vifs, exclude, new)
         reg = self.regs.get(uuid) if uuid else None
         admission.check_tvd(self.policy, tvd)
         admission.check_not_left(reg, tvd, what)
@@ -254,6 +298,102 @@ class Proxy:
             tvds = admission.vm_tvds(uuid, reg, vifs, extra=tvd, exclude_ifname=exclude)
             tvds = {t for t in tvds if t in self.policy.tvds} | {tvd}
             admission.check_vm(self.policy, uuid, reg, tvds, what)
+
+    # ---- master mode: bundle, evidence, audit -----------------------------------------------
+
+    def _bundle_or_refuse(self):
+        if self.bundle is None:
+            if self.revoked_msg:
+                raise Denied(self.revoked_msg)
+            err = f" (last error: {self.link.last_error})" if self.link.last_error else ""
+            raise Denied(f"no valid policy bundle from master {self.link.url} yet{err}; check the "
+                         "master and 'journalctl -u tvd-proxy' (event=bundle-refused)")
+        return self.bundle
+
+    def vm_evidence(self, uuid: str, reg: Registration | None) -> tuple[dict, list[str]]:
+        """The VM's properties from the evidence it presented (certificate, image digests)."""
+        b = self._bundle_or_refuse()
+        try:
+            return vm_properties(uuid, reg.cert if reg else None, reg.images if reg else [],
+                                 self.link.ca, b.evidence)
+        except EvidenceError as e:
+            raise Denied(f"VM {(reg.name if reg else '') or uuid}: {e}") from None
+
+    def _admit_master(self, what, tvd, uuid, vifs, exclude, new):
+        b = self._bundle_or_refuse()
+        reg = self.regs.get(uuid) if uuid else None
+        admission.check_tvd(b.policy, tvd)
+        admission.check_not_left(reg, tvd, what)
+        admission.check_plan(b, self.host, tvd, self.link.url)
+        t = b.policy.tvds[tvd]
+        if uuid is None:
+            if t.membership:   # adopted, no record: nothing to check its evidence against
+                raise Denied(f"{what}: no record of the VM behind it, so its evidence for "
+                             f"TVD '{tvd}' cannot be checked")
+        else:
+            props, notes = self.vm_evidence(uuid, reg)
+            trial = Registration.from_json(reg.to_json()) if reg else Registration(uuid=uuid)
+            trial.properties = dict(props)
+            tvds = admission.vm_tvds(uuid, reg, vifs, extra=tvd, exclude_ifname=exclude)
+            tvds = {x for x in tvds if x in b.policy.tvds} | {tvd}
+            try:
+                admission.check_vm(b.policy, uuid, trial if reg else None, tvds, what)
+            except Denied as e:
+                raise Denied(f"{e}{'; ' + '; '.join(notes) if notes else ''}") from None
+        if new:
+            self._check_master_contact(tvd, t)
+
+    def _check_master_contact(self, tvd: str, t) -> None:
+        """The offline rule: new admissions only while the master was heard from within the
+        TVD's session bound (or --offline-admission-grace); else ask it now, briefly."""
+        bound = t.session_seconds or self.link.offline_grace
+        age = self.link.contact_age()
+        if age is not None and age <= bound:
+            return
+        if self.link.probe():
+            return
+        raise Denied(self.link.offline_message(tvd, bound, bool(t.session_seconds)))
+
+    def audit(self, event: str, rec: VifRecord | None, reason: str = "", **extra) -> None:
+        if self.link is None:
+            return
+        reg = self.regs.get(rec.uuid) if rec is not None and rec.uuid else None
+        fields = {"vm": rec.uuid if rec else None, "tvd": rec.tvd if rec else None,
+                  "ifname": rec.ifname if rec else None, "name": reg.name if reg else None,
+                  "reason": reason or None}
+        fields.update(extra)
+        self.link.audit(event, **fields)
+
+    def on_bundle(self, bundle) -> None:
+        """A new verified bundle (already stored): re-check every vif against it, detach what
+        fails, reconcile. apply() compares before writing, so segments and vifs of TVDs the
+        bundle did not change are not touched."""
+        with self.lock:
+            old = self.bundle.generation if self.bundle else None
+            self.bundle, self.policy, self.revoked_msg = bundle, bundle.policy, None
+            sessions.recheck(self, sorted(self.vifs), "policy-change")
+            self.lingering &= set(bundle.segments)
+            try:
+                self.converge(self.desired(self.vifs.values()))
+            except Refused as e:
+                log("error", "reconcile-failed", error=str(e))
+            self.save()
+        log("info", "bundle-applied", generation=bundle.generation, previous=old,
+            tvds=",".join(sorted(bundle.segments)), vifs=len(self.vifs))
+
+    def on_revoked(self, msg: str) -> None:
+        """Host revoked: no bundle, no vif, no segment; everything refused until re-enrolled."""
+        with self.lock:
+            self.bundle, self.policy, self.revoked_msg = None, None, msg
+            for name, rec in sorted(self.vifs.items()):
+                self._fail_closed(name)
+                self.audit("revoked", rec, "host revoked by the master")
+            self.vifs, self.lingering, self.checked = {}, set(), {}
+            try:
+                self.converge(self.desired(()), force=True)
+            except Refused as e:
+                log("error", "reconcile-failed", error=str(e))
+            self.save()
 
     # ---- operations --------------------------------------------------------------------------
 
@@ -267,10 +407,25 @@ class Proxy:
                 up = s.uplink
                 segs.append({"tvd": s.tvd, "bridge": s.bridge, "mtu": s.mtu,
                              "uplink": None if up is None else type(up).__name__})
-            return {"host": self.host,
-                    "vifs": [vars(self.vifs[k]) for k in sorted(self.vifs)],
-                    "registrations": [self.regs[k].to_json() for k in sorted(self.regs)],
-                    "segments": segs}, None
+            out = {"host": self.host,
+                   "vifs": [vars(self.vifs[k]) for k in sorted(self.vifs)],
+                   "registrations": [self._reg_json(self.regs[k]) for k in sorted(self.regs)],
+                   "segments": segs}
+            if self.link is not None:
+                out["master"] = {"url": self.link.url,
+                                 "generation": self.bundle.generation if self.bundle else None,
+                                 "contact_age": self.link.contact_age(),
+                                 "unreachable_since": self.link.unreachable_since,
+                                 "revoked": self.revoked_msg is not None,
+                                 "audit_spooled": self.link.spool.size()}
+            return out, None
+
+    @staticmethod
+    def _reg_json(reg: Registration) -> dict:
+        d = reg.to_json()
+        if d.get("cert"):
+            d["cert"] = "(PEM, %d bytes)" % len(d["cert"])   # status output stays readable
+        return d
 
     def op_register(self, req):
         uuid = _str(req, "uuid", UUID_RE)
@@ -295,18 +450,46 @@ class Proxy:
             if not isinstance(p, str) or not (a is None or isinstance(a, str)):
                 raise ProtocolError("'properties' maps property names to an assurance kind or null")
             reg.properties[p] = a
+        reg.cert, reg.images = _evidence_fields(req)
         with self.lock:
             what = f"VM {reg.name or uuid}"
-            for tvd in sorted(reg.tvds()):
-                admission.check_tvd(self.policy, tvd)
-                admission.check_host(self.policy, self.host, tvd)
-            if reg.tvds():
-                vm = admission.vm_tvds(uuid, reg, self.vifs)
-                admission.check_vm(self.policy, uuid, reg, vm, what)
+            if self.link is not None:
+                self._register_master(reg, what)
+            else:
+                for tvd in sorted(reg.tvds()):
+                    admission.check_tvd(self.policy, tvd)
+                    admission.check_host(self.policy, self.host, tvd)
+                if reg.tvds():
+                    vm = admission.vm_tvds(uuid, reg, self.vifs)
+                    admission.check_vm(self.policy, uuid, reg, vm, what)
             self.regs[uuid] = reg
             self.save()
         log("info", "register", uuid=uuid, name=reg.name, tvds=",".join(sorted(reg.tvds())))
         return {}, None
+
+    def _register_master(self, reg: Registration, what: str) -> None:
+        """Master mode: self-asserted properties are ignored (kept for standalone only); the
+        evidence must hold now and give M(t) of the TVDs the VM names."""
+        b = self._bundle_or_refuse()
+        if reg.properties:
+            log("info", "register-properties-ignored", uuid=reg.uuid,
+                detail="master mode: properties come from the VM certificate and image digests")
+        try:
+            for tvd in sorted(reg.tvds()):
+                admission.check_tvd(b.policy, tvd)
+                admission.check_plan(b, self.host, tvd, self.link.url)
+            props, notes = self.vm_evidence(reg.uuid, reg)
+            if reg.tvds():
+                trial = Registration.from_json(reg.to_json())
+                trial.properties = props
+                try:
+                    admission.check_vm(b.policy, reg.uuid, trial,
+                                       admission.vm_tvds(reg.uuid, reg, self.vifs), what)
+                except Denied as e:
+                    raise Denied(f"{e}{'; ' + '; '.join(notes) if notes else ''}") from None
+        except Denied as e:
+            self.link.audit("denied", vm=reg.uuid, name=reg.name or None, reason=str(e))
+            raise
 
     def op_unregister(self, req):
         uuid = _str(req, "uuid", UUID_RE)
@@ -324,13 +507,16 @@ class Proxy:
         with self.lock:
             reg = self.regs.get(uuid) or Registration(uuid=uuid)
             what = f"VM {reg.name or uuid} joining {tvd}"
-            admission.check_tvd(self.policy, tvd)
-            admission.check_host(self.policy, self.host, tvd)
             trial = Registration.from_json(reg.to_json())
             trial.left = [t for t in trial.left if t != tvd]
             trial.joined[tvd] = devid
-            admission.check_vm(self.policy, uuid, trial,
-                               admission.vm_tvds(uuid, trial, self.vifs), what)
+            if self.link is not None:
+                self._register_master(trial, what)
+            else:
+                admission.check_tvd(self.policy, tvd)
+                admission.check_host(self.policy, self.host, tvd)
+                admission.check_vm(self.policy, uuid, trial,
+                                   admission.vm_tvds(uuid, trial, self.vifs), what)
             self.regs[uuid] = trial
             self.save()
         log("info", "join", uuid=uuid, tvd=tvd, devid=devid)
@@ -352,6 +538,7 @@ class Proxy:
                     unplug_vif(name)
                 except DataplaneError as e:
                     errors.append(str(e))
+                self.audit("detached", self.vifs[name], f"VM left TVD {tvd}")
                 del self.vifs[name]
             self.release_segments()
             self.save()
@@ -378,8 +565,9 @@ class Proxy:
         with self.lock:
             try:
                 reg = self.regs.get(uuid)
+                tvd = None
                 tvd = admission.resolve_tvd(ifname, devid, bridge, reg)
-                self._admit(ifname, tvd, uuid, self.vifs, exclude=ifname)
+                self._admit(ifname, tvd, uuid, self.vifs, exclude=ifname, new=True)
                 others = [v for v in self.vifs.values() if v.ifname != ifname]
                 state = self.desired(others, extra_local={tvd})
                 self.converge(state)
@@ -392,8 +580,12 @@ class Proxy:
                     raise Refused(str(e)) from None
             except (Denied, Refused) as e:
                 self._fail_closed(ifname)
+                record.tvd = tvd or ""
+                self.audit("denied", record, str(e))
                 raise Refused(str(e)) from None
             self.vifs[ifname] = record
+            self.checked[ifname] = time.monotonic()
+            self.audit("admitted", record)
             self.save()
         name = reg.name if reg else ""
         log("info", "vif-online", ifname=ifname, tvd=tvd, uuid=uuid, vm=name, bridge=seg.bridge,
@@ -404,6 +596,7 @@ class Proxy:
                 if self.vifs.get(ifname) is not None and self.vifs[ifname].uuid == uuid:
                     self._fail_closed(ifname)
                     self.vifs.pop(ifname, None)
+                    self.audit("detached", record, "the hotplug script went away before the answer")
                     self.save()
             log("warning", "vif-online-rolled-back", ifname=ifname,
                 detail="the hotplug script went away before the answer; vif detached")
@@ -426,6 +619,8 @@ class Proxy:
             except DataplaneError as e:
                 err = str(e)
             if rec is not None:
+                self.checked.pop(ifname, None)
+                self.audit("detached", rec, "vif-offline (the domain's vif went away)")
                 self.release_segments()
                 self.save()
         log("info", "vif-offline", ifname=ifname, tvd=rec.tvd if rec else None, known=rec is not None)
@@ -454,6 +649,18 @@ class Proxy:
             log("error", "internal-error", op=op, error=f"{type(e).__name__}: {e}")
             return {"v": VERSION, "ok": False, "error": f"tvd-proxy internal error in {op}: "
                                                        f"{type(e).__name__}: {e}"}, None
+
+
+def _evidence_fields(req: dict) -> tuple[str | None, list[str]]:
+    """`cert` (PEM text) and `images` (absolute paths) of a register request."""
+    cert = req.get("cert")
+    if cert is not None and (not isinstance(cert, str) or "BEGIN CERTIFICATE" not in cert):
+        raise ProtocolError("'cert' must be the VM certificate as PEM text (xl.cfg tvd_cert names its file)")
+    images = req.get("images") or []
+    if not isinstance(images, list) or len(images) > 16 or not all(
+            isinstance(p, str) and p.startswith("/") for p in images):
+        raise ProtocolError("'images' must be a list of at most 16 absolute paths (kernel, ramdisk, disks)")
+    return cert or None, list(images)
 
 
 # ---- the socket server ---------------------------------------------------------------------------

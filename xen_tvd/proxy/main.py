@@ -1,8 +1,11 @@
-"""`tvd-proxy run --policy FILE --host NAME [--socket PATH] [--state-dir DIR] [--netns NS]`.
+"""`tvd-proxy run --policy FILE --host NAME [--socket PATH] [--state-dir DIR] [--netns NS]`,
+`tvd-proxy run --master --host NAME [...]` and `tvd-proxy enroll URL TOKEN --host NAME`.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad usage or unusable policy/host/state/socket.
-SIGHUP re-reads the policy file and reconciles (vifs the new policy no longer admits are
-detached; running, still-admitted VMs are not touched).
+Exit codes: 0 stopped by SIGTERM/SIGINT (enroll: enrolled), 1 enrolment refused, 2 bad usage
+or unusable policy/host/state/socket/enrolment.
+SIGHUP re-reads the policy file (master mode: the stored bundle, verified again) and
+reconciles (vifs the new policy no longer admits are detached; running, still-admitted VMs are
+not touched).
 """
 from __future__ import annotations
 
@@ -43,8 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvd-proxy", description="the Dom0 TVD proxy")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
+    e = sub.add_parser("enroll", help="enrol this Dom0 with a tvd-master (one-time token)")
+    e.add_argument("url", metavar="URL", help="the master, https://HOST:PORT")
+    e.add_argument("token", metavar="TOKEN", help="from 'tvd-master token HOST' (use - to read stdin)")
+    e.add_argument("--host", required=True, metavar="NAME", help="this Dom0's name at the master")
+    e.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"credentials go to DIR/master/ (default {DEFAULT_STATE_DIR})")
     r = sub.add_parser("run", help="serve hotplug scripts and tvdctl on a UNIX socket")
-    r.add_argument("--policy", required=True, metavar="FILE")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--policy", metavar="FILE", help="standalone: the policy file")
+    src.add_argument("--master", action="store_true",
+                     help="policy and plan come from the master this host enrolled with")
+    r.add_argument("--offline-admission-grace", type=float, default=0.0, metavar="SECONDS",
+                   help="master mode, TVDs without session-seconds: admit new vifs this long after "
+                        "the last contact with the master (default 0: refuse at once)")
+    r.add_argument("--capabilities", metavar="FILE",
+                   help="master mode: NICs and security claims with evidence (default "
+                        "/etc/xen-tvd/capabilities.json if it exists)")
     r.add_argument("--host", required=True, metavar="NAME", help="this Dom0 in the policy's hosts:")
     r.add_argument("--socket", default=os.environ.get("TVD_PROXY_SOCKET") or DEFAULT_SOCKET,
                    metavar="PATH", help=f"default {DEFAULT_SOCKET}")
@@ -66,14 +84,52 @@ def _load(path: str):
         raise RuntimeError(f"policy {path} has errors; run 'tvdctl check {path}'") from None
 
 
+def enroll(args) -> int:
+    from xen_tvd.master.client import MasterError
+    from .master_link import enroll_host
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    try:
+        d = enroll_host(args.url, token, args.host, args.state_dir)
+    except MasterError as e:
+        # the message never contains the token (MasterError texts are the master's or ours)
+        print(f"tvd-proxy: enrolment at {args.url} failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        raise RuntimeError(f"cannot write credentials: {e.strerror or e} ({e.filename})") from None
+    print(f"enrolled {args.host} with {args.url}; credentials in {d}; now run "
+          f"'tvd-proxy run --master --host {args.host} --state-dir {args.state_dir}'")
+    return 0
+
+
+def _master_proxy(args):
+    from . import capabilities
+    from .daemon import Proxy
+    from .master_link import LinkError, MasterLink
+    from .sessions import SessionWatch
+    cap_path, required = capabilities.file_required(args.capabilities)
+    try:
+        capabilities.load_file(cap_path, required)   # a broken file stops the start, not later
+        link = MasterLink(args.state_dir, args.host, lambda: capabilities.report(cap_path, required),
+                          offline_grace=args.offline_admission_grace)
+    except (capabilities.CapabilityError, LinkError) as e:
+        raise RuntimeError(str(e)) from None
+    proxy = Proxy(None, args.host, args.state_dir, segment_grace=args.segment_grace, link=link)
+    return proxy, lambda: (link.start(proxy), SessionWatch(proxy).start())
+
+
 def run(args) -> int:
     from .daemon import Proxy, Server   # after argparse: `--help` stays fast
-    policy = _load(args.policy)
+    policy = None if args.master else _load(args.policy)
     if args.netns:
         enter_netns(args.netns)
-    proxy = Proxy(policy, args.host, args.state_dir, segment_grace=args.segment_grace)
+    if args.master:
+        proxy, start_threads = _master_proxy(args)
+    else:
+        proxy = Proxy(policy, args.host, args.state_dir, segment_grace=args.segment_grace)
     proxy.startup()
     server = Server(args.socket, proxy)
+    if args.master:
+        start_threads()
     stop = threading.Event()
 
     def on_term(signum, frame):
@@ -82,6 +138,10 @@ def run(args) -> int:
 
     def on_hup(signum, frame):
         def reload():
+            if args.master:
+                proxy.startup()    # the stored bundle, verified again
+                log("info", "reloaded", source="stored bundle")
+                return
             try:
                 new = _load(args.policy)
             except RuntimeError as e:
@@ -94,8 +154,8 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    log("info", "listening", socket=args.socket, host=args.host, policy=args.policy,
-        netns=args.netns or "", pid=os.getpid())
+    log("info", "listening", socket=args.socket, host=args.host,
+        policy=args.policy or f"master {proxy.link.url}", netns=args.netns or "", pid=os.getpid())
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
@@ -107,7 +167,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return enroll(args) if args.cmd == "enroll" else run(args)
     except RuntimeError as e:
         print(f"tvd-proxy: {e}", file=sys.stderr)
         return 2

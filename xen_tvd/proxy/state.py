@@ -26,6 +26,9 @@ class Registration:
     properties: dict[str, str | None] = field(default_factory=dict)
     joined: dict[str, int | None] = field(default_factory=dict)  # active: TVD -> devid or None
     left: list[str] = field(default_factory=list)              # TVDs the VM left (sticky)
+    # master mode: evidence the proxy checks itself (docs/master-protocol.md, steps 5-6)
+    cert: str | None = None                                    # VM certificate, PEM
+    images: list[str] = field(default_factory=list)            # kernel/disk paths to hash
 
     def tvds(self) -> set[str]:
         out = set(self.nics.values()) | set(self.joined)
@@ -57,7 +60,8 @@ class Registration:
         return cls(uuid=d["uuid"], name=d.get("name", ""),
                    nics={int(k): v for k, v in d.get("nics", {}).items()},
                    any_tvd=d.get("any_tvd"), properties=dict(d.get("properties", {})),
-                   joined=dict(d.get("joined", {})), left=list(d.get("left", [])))
+                   joined=dict(d.get("joined", {})), left=list(d.get("left", [])),
+                   cert=d.get("cert"), images=list(d.get("images", [])))
 
 
 @dataclass

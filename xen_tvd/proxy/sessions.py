@@ -1,0 +1,77 @@
+"""Continual membership (paper 4.5; docs/master-protocol.md): admission is not a one-off.
+
+A vif of a TVD with `session-seconds: N` is admitted again, evidence and all (certificate
+validity and revocation, image re-hashed, M(t), the master's plan), at least every N seconds,
+and every vif is admitted again at once when a new bundle arrives. What no longer passes is
+detached (fail closed) and audited: `revoked` when the master revoked the VM or its
+certificate, `session-expired` when a periodic re-check failed, `detached` when a policy change
+no longer admits it. Both entry points run under the daemon's writer lock.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from .admission import Denied
+from .log import log
+
+TICK = 1.0   # how often the session thread looks for due vifs; part of the bound (N - TICK)
+
+
+def recheck(proxy, ifnames, why: str) -> list[str]:
+    """Admit each named vif again; detach and audit those that fail. Caller holds proxy.lock.
+    Returns the detached ifnames."""
+    detached = []
+    for name in ifnames:
+        rec = proxy.vifs.get(name)
+        if rec is None:
+            continue
+        try:
+            proxy._admit(name, rec.tvd, rec.uuid, proxy.vifs, exclude=name)
+        except Denied as e:
+            msg = str(e)
+            event = "revoked" if "revoked" in msg else \
+                "session-expired" if why == "session" else "detached"
+            proxy._fail_closed(name)
+            proxy.checked.pop(name, None)
+            proxy.audit(event, rec, msg)
+            log("warning", event, ifname=name, tvd=rec.tvd, uuid=rec.uuid, why=why, error=msg)
+            detached.append(name)
+        else:
+            proxy.checked[name] = time.monotonic()
+    if detached:
+        proxy.release_segments()
+        proxy.save()
+    return detached
+
+
+def due(proxy, now: float) -> list[str]:
+    """vifs whose TVD has a session bound that will have passed by the next tick."""
+    out = []
+    if proxy.policy is None:
+        return out
+    for name, rec in proxy.vifs.items():
+        t = proxy.policy.tvds.get(rec.tvd)
+        if t is not None and t.session_seconds and \
+                now - proxy.checked.get(name, 0.0) >= t.session_seconds - TICK:
+            out.append(name)
+    return sorted(out)
+
+
+class SessionWatch:
+    def __init__(self, proxy) -> None:
+        self.proxy = proxy
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="sessions", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(TICK):
+            try:
+                with self.proxy.lock:
+                    names = due(self.proxy, time.monotonic())
+                    if names:
+                        recheck(self.proxy, names, "session")
+            except Exception as e:   # a bug here must not end continual membership silently
+                log("error", "session-check-failed", error=f"{type(e).__name__}: {e}")

@@ -105,6 +105,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         t0 = time.monotonic()
         self.close_connection = True
+        self._body_read = False
         self.who = "-"
         parts = urlsplit(self.path)
         status = 500
@@ -120,9 +121,29 @@ class Handler(BaseHTTPRequestHandler):
             log("error", "internal-error", kind=type(e).__name__,
                 at=f"{tb.filename.rsplit('/', 1)[-1]}:{tb.lineno}", path=parts.path)
             status, body = 500, {"error": "internal error in tvd-master; see its log"}
+        self._drain()
         self._send(status, body)
         log("info" if status < 400 else "warning", "request", method=method, path=parts.path,
             status=status, who=self.who, ms=(time.monotonic() - t0) * 1000)
+
+    def _drain(self) -> None:
+        # a refusal sent before the body was read would make the kernel reset the connection
+        # (unread data on close), and the client would see a reset instead of our answer
+        if self._body_read:
+            return
+        try:
+            left = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return
+        if 0 < left <= LARGE_BODY:
+            try:
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 65536))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            except OSError:
+                pass
 
     def _send(self, status: int, body) -> None:
         data = b"" if body is None else json.dumps(body).encode()
@@ -188,8 +209,11 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise HttpError(411, "Content-Length required") from None
         if length < 0 or length > limit:
+            if length > LARGE_BODY:
+                self._body_read = True     # not worth reading: the client gets a reset
             raise HttpError(413, f"request body over {limit} bytes")
         raw = self.rfile.read(length)
+        self._body_read = True
         try:
             obj = json.loads(raw)
         except (ValueError, UnicodeDecodeError):

@@ -1,0 +1,83 @@
+"""decide(): effective capability model, per-host TVDs, refusals with reasons (pure)."""
+import pytest
+
+from xen_tvd.dataplane.model import VxlanUplink
+from xen_tvd.master.decide import decide, effective_host
+from xen_tvd.policy import load_policy
+
+from master_helpers import POLICY, REPORT
+
+
+@pytest.fixture
+def policy(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    return load_policy(str(f))
+
+
+def report(n, **over):
+    r = dict(REPORT, nics=[{"network": "lan", "nic": "eth0", "address": f"10.0.0.{n}"}])
+    r.update(over)
+    return r
+
+
+def test_effective_host_is_the_policy_narrowed_by_the_report(policy):
+    h, warnings = effective_host(policy.hosts["h1"], report(1, functional=["bridge"]))
+    assert h.capabilities == {"ethernet"}
+    assert h.properties == {"hv-integrity": "immutable-log"}
+    assert any("capability ip not confirmed" in w for w in warnings)
+
+
+@pytest.mark.parametrize("claim, why", [
+    ({"property": "hv-integrity", "assurance": "trust", "evidence": "x"}, "assurance trust"),
+    ({"property": "hv-integrity", "assurance": "immutable-log", "evidence": ""}, "without evidence"),
+])
+def test_claims_weaker_than_the_policy_are_ignored(policy, claim, why):
+    h, warnings = effective_host(policy.hosts["h1"], report(1, security=[claim]))
+    assert h.properties == {} and any(why in w for w in warnings)
+
+
+def test_claims_beyond_the_policy_and_wrong_nic_addresses_only_warn(policy):
+    r = report(3, security=[{"property": "hv-integrity", "assurance": "immutable-log",
+                             "evidence": "x"}],
+               nics=[{"network": "lan", "nic": "eth0", "address": "10.0.0.99"}])
+    h, warnings = effective_host(policy.hosts["h3"], r)
+    assert h.properties == {} and h.nics[0].address == "10.0.0.3"
+    assert any("not in the policy" in w for w in warnings)
+    assert any("10.0.0.99" in w for w in warnings)
+
+
+def test_each_host_carries_the_tvds_it_qualifies_for_and_peers_are_enrolled_carriers(policy):
+    d = decide(policy, {h: report(i) for i, h in ((1, "h1"), (2, "h2"), (3, "h3"))},
+               {"h1", "h2", "h3"})
+    assert [s.tvd for s in d["h1"].state.segments] == ["alpha", "beta"]
+    assert [s.tvd for s in d["h3"].state.segments] == ["alpha"]
+    assert "hv-integrity" in d["h3"].refused["beta"]
+    assert "confidentiality" in d["h1"].refused["gamma"]
+    assert d["h1"].state.underlay_peers == ("10.0.0.2", "10.0.0.3")
+    assert isinstance(d["h1"].state.segment("beta").uplink, VxlanUplink)
+
+
+def test_revoked_or_unreported_hosts_are_not_peers(policy):
+    d = decide(policy, {"h1": report(1), "h2": report(2)}, {"h1", "h3"})
+    assert "h2" not in d                          # revoked: not enrolled
+    assert d["h1"].state.underlay_peers == ()
+    assert d["h1"].state.segment("alpha").uplink is None   # alone: host-local segment
+    assert "not reported" in d["h3"].refused["alpha"]
+
+
+def test_a_host_without_vxlan_is_refused_where_vxlan_is_needed(policy):
+    d = decide(policy, {"h1": report(1), "h2": report(2, functional=["bridge"])},
+               {"h1", "h2"})
+    assert "no confirmed ip capability" in d["h2"].refused["alpha"]
+    assert d["h1"].state.underlay_peers == ()
+
+
+def test_a_host_without_bridge_support_carries_nothing(policy):
+    d = decide(policy, {"h1": report(1, functional=["vxlan"])}, {"h1"})
+    assert d["h1"].state.segments == () and "cannot bridge" in d["h1"].refused["alpha"]
+
+
+def test_single_carrier_of_a_confidential_tvd_keeps_it_host_local(policy):
+    d = decide(policy, {"h1": report(1)}, {"h1"})
+    assert d["h1"].state.segment("gamma").uplink is None

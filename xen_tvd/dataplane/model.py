@@ -59,6 +59,71 @@ class VifPort:
 
 
 @dataclass(frozen=True)
+class RouterLeg:
+    """One card of the host's router (paper 4.4): a veth from a TVD's vSwitch into the router
+    namespace, holding the TVD's gateway addresses (the same on every host: anycast) with a
+    MAC of this host's own (so each VM resolves its local router)."""
+    tvd: str
+    tvd_id: int                   # the TVD's VLAN id: its identity in nftables maps and names
+    bridge: str                   # the TVD's vSwitch on this host (the leg's port is on it)
+    port: str                     # host-side end, a port of `bridge` (<= 15 chars)
+    peer: str                     # router-side end, inside the router namespace
+    mac: str                      # of `peer`; locally administered, per host and TVD
+    gateways: tuple[str, ...]     # interface addresses on `peer`, "10.1.0.1/24"
+    subnets: tuple[str, ...]      # the TVD's subnets (connected routes in the router)
+
+
+@dataclass(frozen=True)
+class Router:
+    """The host's router namespace. `netns` is its name in Dom0; apply() run for a host that
+    is itself a named namespace (the lab) uses "<that namespace>-rtr" instead, so several
+    hosts on one machine never share one."""
+    netns: str
+    legs: tuple[RouterLeg, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlowRule:
+    """One allowed service: proto tcp|udp|icmp|icmpv6|any, optional inclusive port range."""
+    proto: str
+    ports: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class PairFilter:
+    """A permitted ordered pair src -> dst. Open: no rules, everything passes. Controlled:
+    `sender` rules are enforced where src's traffic leaves src's vSwitch (src's
+    confidentiality), `receiver` rules where it enters dst's vSwitch (dst's integrity)."""
+    src: str
+    dst: str
+    src_id: int
+    dst_id: int
+    open: bool
+    sender: tuple[FlowRule, ...] = ()
+    receiver: tuple[FlowRule, ...] = ()
+    replies: bool = True          # replies of permitted connections flow dst -> src
+
+
+@dataclass(frozen=True)
+class TvdSubnets:
+    """A TVD's identity by address: every packet whose source (destination) lies in
+    `subnets` is from (to) this TVD. `bridge` is its vSwitch here when it has a router leg."""
+    tvd: str
+    tvd_id: int
+    subnets: tuple[str, ...]
+    bridge: str | None = None
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    """Stateful inter-TVD filter of one host (dataplane/flowfilter.py): every TVD with
+    subnets (so traffic to or from a closed TVD's subnet is recognised and dropped) and the
+    permitted pairs among the TVDs routed on this host. Unlisted pairs are closed."""
+    tvds: tuple[TvdSubnets, ...] = ()
+    pairs: tuple[PairFilter, ...] = ()
+
+
+@dataclass(frozen=True)
 class HostState:
     host: str
     segments: tuple[Segment, ...] = ()
@@ -71,6 +136,10 @@ class HostState:
     underlay_peers: tuple[str, ...] | None = None
     # Treat ports with addresses=None as addresses=() (fail closed) once all callers declare.
     require_addresses: bool = False
+    # Routed inter-TVD flows (planner): None = no TVD here has a card, so no router namespace
+    # and no flow filter (every pair closed by topology).
+    router: Router | None = None
+    flows: FlowPlan | None = None
 
     def segment(self, tvd: str) -> Segment | None:
         for s in self.segments:

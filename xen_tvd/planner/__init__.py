@@ -13,6 +13,9 @@ Decisions, per TVD segment (paper sections 4.2, 4.3, 5.2 step 3):
   anything else is refused (fail closed) rather than silently downgraded.
 - Underlay filter: each host's `underlay_peers` lists the underlay addresses of the hosts that
   share a VXLAN segment with it; the dataplane accepts VXLAN only from those.
+- Routed inter-TVD flows (planner/routing.py): a host whose VMs are in a TVD with a card gets
+  a router with legs for that TVD's whole component of permitted pairs (VM-less segments are
+  added for the TVDs it does not carry yet) and the stateful flow filter plan.
 - MTU: a VXLAN segment's VM-facing MTU is the smallest underlay MTU minus 50, unless every
   underlay network can be raised (max-mtu) so that VMs keep 1500.
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 from xen_tvd.dataplane.model import (VXLAN_OVERHEAD_IPV4, HostState, Segment, VifPort,
                                      VlanUplink, VxlanUplink)
+from xen_tvd.planner import routing
 from xen_tvd.policy.model import Host, HostNic, Policy, Tvd
 
 GUARDED_GOALS = ("integrity", "confidentiality")
@@ -91,6 +95,9 @@ def plan(policy: Policy, ports: dict[str, list[VifPort]],
     for host in carried:
         if host not in policy.hosts:
             raise PlanError(f"host '{host}' is not in the policy's capability model (hosts:)")
+    routed = routing.routed_tvds(policy, carried)
+    for host, tvds in routed.items():
+        carried[host].update(tvds)   # a router leg needs the TVD's segment, VMs or not
 
     hosts_of: dict[str, list[str]] = {}
     for host, tvds in sorted(carried.items()):
@@ -118,7 +125,9 @@ def plan(policy: Policy, ports: dict[str, list[VifPort]],
                          ports=tuple(sorted(ports.get(h, []), key=lambda p: p.ifname)),
                          vlan_offload_off=tuple(sorted(vlan_nics[h])),
                          underlay_mtu=underlay_mtu[h],
-                         underlay_peers=tuple(sorted(peers[h])))
+                         underlay_peers=tuple(sorted(peers[h])),
+                         router=routing.router(policy, h, routed[h], bridge_name),
+                         flows=routing.flow_plan(policy, routed[h], bridge_name))
             for h in sorted(carried)}
 
 

@@ -121,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
             log("error", "internal-error", kind=type(e).__name__,
                 at=f"{tb.filename.rsplit('/', 1)[-1]}:{tb.lineno}", path=parts.path)
             status, body = 500, {"error": "internal error in tvd-master; see its log"}
+        finally:
+            self.master.store.release()
         self._drain()
         self._send(status, body)
         log("info" if status < 400 else "warning", "request", method=method, path=parts.path,

@@ -16,6 +16,7 @@ from xen_tvd.policy.model import ASSURANCE_KINDS
 from xen_tvd.policy import render
 from xen_tvd.cli import libvirt as cli_libvirt
 from xen_tvd.cli import xl as cli_xl
+from xen_tvd.cli import master_admin as cli_master
 from xen_tvd.lab import cli as cli_lab
 
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_libvirt.add_parsers(sub)
     cli_xl.add_parsers(sub)
     cli_lab.add_parser(sub)
+    cli_master.add_parser(sub)
     return p
 
 

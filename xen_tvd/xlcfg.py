@@ -17,6 +17,7 @@ TVD keys (xl ignores unknown top-level keys; tvdctl reads them, docs/xl.md):
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -276,6 +277,11 @@ class Membership:
     nics: list[tuple[int, str]]                  # (devid, TVD)
     properties: dict[str, str | None]
     vswitch: str | None = None
+    # master mode evidence (docs/master-protocol.md): tvd_cert = VM certificate file; images =
+    # kernel, ramdisk and tvd_images files the proxy hashes (disks only when listed: hashing a
+    # multi-GB disk at every session re-check is the admin's explicit choice)
+    cert: str | None = None
+    images: list[str] = field(default_factory=list)
 
 
 def _err(cfg: XlConfig, key: str, msg: str):
@@ -338,7 +344,18 @@ def membership(cfg: XlConfig) -> Membership:
     vswitch = cfg.get("vswitch")
     if vswitch is not None and not isinstance(vswitch, str):
         _err(cfg, "vswitch", "vswitch must be a string")
-    return Membership(name, uuid, nics, props, vswitch)
+    cert = cfg.get("tvd_cert")
+    if cert is not None and (not isinstance(cert, str) or not cert):
+        _err(cfg, "tvd_cert", "tvd_cert must be the path of the VM certificate (tvd-master vm-cert)")
+    images = [cfg.get(k) for k in ("kernel", "ramdisk") if isinstance(cfg.get(k), str)]
+    extra = cfg.get("tvd_images", [])
+    if isinstance(extra, str):
+        extra = [extra]
+    if not isinstance(extra, list) or not all(isinstance(p, str) and p for p in extra):
+        _err(cfg, "tvd_images", "tvd_images must be a list of image file paths")
+    images = list(dict.fromkeys(os.path.abspath(p) for p in images + extra))
+    return Membership(name, uuid, nics, props, vswitch,
+                      os.path.abspath(cert) if cert else None, images)
 
 
 def for_xl(cfg: XlConfig, m: Membership, uuid: str) -> XlConfig:

@@ -269,3 +269,31 @@ def test_revoked_host_detaches_everything_until_reenrolled(mlab):
     p.wait_for(lambda: p.generation() is not None, "a bundle after re-enrolment")
     assert online(lab, b) == (0, None)
     assert revoke_s < 5
+
+
+def test_tvdctl_xl_register_passes_certificate_and_images(mlab):
+    """xl.cfg tvd_cert / kernel / tvd_images reach the proxy, which checks them itself."""
+    import sys
+    from tvd_harness import REPO
+    lab = mlab
+    m, p = master_lab.setup(lab, session=30)
+    a = lab.vm("web", 1, nics={0: ("tvd:alpha", "10.99.0.1")})
+    cert, _ = m.vm_cert("web", a.uuid, "signed-kernel=trust")
+    kernel = os.path.join(lab.tmp, "vmlinuz")
+    with open(kernel, "wb") as f:
+        f.write(b"kernel bytes")
+    cfg = os.path.join(lab.tmp, "web.cfg")
+    with open(cfg, "w") as f:
+        f.write(f'name = "web"\nuuid = "{a.uuid}"\nkernel = "{kernel}"\nvif = ["bridge=tvd:alpha"]\n'
+                f'tvd_cert = "{cert}"\ntvd_images = ["{kernel}"]\n')
+    r = subprocess.run([sys.executable, "-m", "xen_tvd.cli.tvdctl", "xl", "register", "--socket",
+                        p.socket, cfg], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr
+    reg = [x for x in p.status()["registrations"] if x["uuid"] == a.uuid][0]
+    assert reg["images"] == [kernel] and reg["cert"].startswith("(PEM")
+    assert online(lab, a) == (0, None)
+    # a missing certificate file is named
+    os.unlink(cert)
+    r = subprocess.run([sys.executable, "-m", "xen_tvd.cli.tvdctl", "xl", "register", "--socket",
+                        p.socket, cfg], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode != 0 and f"tvd_cert {cert}" in r.stderr and "Traceback" not in r.stderr

@@ -54,8 +54,17 @@ def _load(path: str):
 
 
 def _register(m: xlcfg.Membership, uuid: str, sock: str | None) -> None:
-    _ask({"op": "register", "uuid": uuid, "name": m.name,
-          "nics": [{"devid": d, "tvd": t} for d, t in m.nics], "properties": m.properties}, sock)
+    req = {"op": "register", "uuid": uuid, "name": m.name,
+           "nics": [{"devid": d, "tvd": t} for d, t in m.nics], "properties": m.properties}
+    if m.images:
+        req["images"] = m.images       # the proxy hashes them itself (master mode)
+    if m.cert:
+        try:
+            with open(m.cert, encoding="ascii") as f:
+                req["cert"] = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise Refused(f"tvd_cert {m.cert}: {getattr(e, 'strerror', None) or e}") from None
+    _ask(req, sock)
 
 
 def _check_vswitch(cfg, m) -> bool:

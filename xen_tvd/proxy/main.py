@@ -140,6 +140,7 @@ def run(args) -> int:
         def reload():
             if args.master:
                 proxy.startup()    # the stored bundle, verified again
+                proxy.link.report_again.set()   # and the capability file, at the next watch turn
                 log("info", "reloaded", source="stored bundle")
                 return
             try:

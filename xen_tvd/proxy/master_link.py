@@ -22,6 +22,7 @@ from xen_tvd.master.client import MasterClient, MasterError, enroll
 
 from . import bundle_store
 from .audit_spool import AuditSpool
+from .capabilities import CapabilityError
 from .bundle_store import Bundle, BundleInvalid, write_private
 from .log import log
 
@@ -77,6 +78,7 @@ class MasterLink:
         except OSError:
             self.last_contact = None
         self.stop = threading.Event()
+        self.report_again = threading.Event()   # SIGHUP: the admin may have edited the claims
         self.daemon = None
         self.bounds = [MAX_WAIT]      # session bounds of the bundle in force (sets the watch wait)
 
@@ -199,6 +201,9 @@ class MasterLink:
                 self._await_reenrolment()
                 reported = False
                 continue
+            if self.report_again.is_set():
+                self.report_again.clear()
+                reported = False
             try:
                 if not reported:
                     reported = self._report()
@@ -230,7 +235,13 @@ class MasterLink:
         is judged by the bundle watch, which the master refuses with 403 too): logged with the
         fix, and the watch goes on (the admin may add the host and push)."""
         try:
-            body = self.client.put_capabilities(self.host, self.capability_report())
+            report = self.capability_report()
+        except CapabilityError as e:
+            # a broken claims file must not stop policy updates: keep the last report
+            log("error", "capabilities-unreadable", error=str(e))
+            return True
+        try:
+            body = self.client.put_capabilities(self.host, report)
         except MasterError as e:
             if e.status in (0,):
                 raise

@@ -78,3 +78,13 @@ def test_a_host_certificate_cannot_act_as_admin(env, capsys, monkeypatch):
     monkeypatch.setenv("TVD_MASTER_KEY", h1.key)
     assert tvdctl(["master", "revoke-host", "h1"]) == 1
     assert "admin certificate" in capsys.readouterr().err
+
+
+def test_a_revoked_admin_is_refused_from_the_next_request(env, capsys):
+    d = env[0]
+    assert tvdctl(["master", "hosts"]) == 0
+    assert master_cli(["--dir", d, "revoke-admin", "bob"]) == 0
+    assert master_cli(["--dir", d, "revoke-admin", "bob"]) == 0
+    assert "already revoked" in capsys.readouterr().out
+    assert tvdctl(["master", "hosts"]) == 1
+    assert "admin bob: certificate revoked or not on record" in capsys.readouterr().err

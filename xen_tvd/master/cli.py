@@ -209,6 +209,16 @@ def cmd_admin_cert(a) -> int:
     return 0
 
 
+def cmd_revoke_admin(a) -> int:
+    try:
+        n = _store(a.dir).revoke_admin(a.name, _actor())
+    except StoreError as e:
+        raise Refused(str(e)) from None
+    print(f"admin {a.name}: {n} certificate(s) revoked" if n
+          else f"admin {a.name} was already revoked")
+    return 0
+
+
 def cmd_audit(a) -> int:
     store = _store(a.dir)
     if a.verify:
@@ -285,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--out", metavar="PREFIX", help="writes PREFIX.pem/.key (default NAME)")
     s.set_defaults(func=cmd_admin_cert)
+    s = sub.add_parser("revoke-admin", help="revoke an admin's certificates at once")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_revoke_admin)
     s = sub.add_parser("audit", help="print the audit log")
     s.add_argument("--after", type=int, default=0)
     s.add_argument("--limit", type=int, default=100000)

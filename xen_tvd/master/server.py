@@ -196,7 +196,7 @@ class Handler(BaseHTTPRequestHandler):
         elif ou == camod.ADMIN_OU:
             self.who = f"admin:{cn}"
             if not self.master.store.admin_cert_ok(cn, serial):
-                raise HttpError(403, f"admin {cn}: certificate not on record")
+                raise HttpError(403, f"admin {cn}: certificate revoked or not on record")
             if role != "admin":
                 raise HttpError(403, "this endpoint needs a host certificate")
         else:

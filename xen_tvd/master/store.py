@@ -359,6 +359,17 @@ class Store:
                       (name, str(serial), time.time()))
             self.audit(actor, "admin-cert-issued", {"admin": name, "serial": str(serial)})
 
+    def revoke_admin(self, name: str, actor: str) -> int:
+        """Revoke every certificate of this admin; returns how many were still valid."""
+        with self.tx() as c:
+            if not c.execute("SELECT 1 FROM admins WHERE name=?", (name,)).fetchone():
+                raise StoreError(f"no admin certificate was issued for {name}")
+            n = c.execute("UPDATE admins SET revoked_at=? WHERE name=? AND revoked_at IS NULL",
+                          (time.time(), name)).rowcount
+            if n:
+                self.audit(actor, "admin-revoked", {"admin": name, "certificates": n})
+            return n
+
     def admin_cert_ok(self, name: str, serial: int) -> bool:
         row = self.conn().execute("SELECT name, revoked_at FROM admins WHERE cert_serial=?",
                                   (str(serial),)).fetchone()

@@ -216,6 +216,16 @@ class MasterProxy(tvd_harness.Proxy):
         return self.request(req)
 
 
+def add_proxy(lab, host: str, start: bool = True, args=()):
+    p = MasterProxy(lab, host, lab.master, args)
+    lab.proxies[host] = p
+    r = p.enroll()
+    assert r.returncode == 0, r.stderr
+    if start:
+        p.start()
+    return p
+
+
 def setup(lab, session: int = 3, host: str = "dom0-a", start: bool = True, args=()):
     """A master with the test policy pushed and one enrolled proxy: (master, proxy)."""
     m = Master(lab)

@@ -297,3 +297,42 @@ def test_tvdctl_xl_register_passes_certificate_and_images(mlab):
     r = subprocess.run([sys.executable, "-m", "xen_tvd.cli.tvdctl", "xl", "register", "--socket",
                         p.socket, cfg], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert r.returncode != 0 and f"tvd_cert {cert}" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def mlab2(lab2):
+    try:
+        yield lab2
+    finally:
+        master_lab.close(lab2)
+
+
+def test_two_hosts_use_the_masters_plan_and_peers(mlab2):
+    """The uplink and the underlay peers come from the bundle: a second host enrolling gives
+    beta a VXLAN uplink to it (bridge kept); revoking it takes it out of the peer list."""
+    lab = mlab2
+    m, pa = master_lab.setup(lab, session=30)
+    na = lab.host_ns["dom0-a"]
+    b1 = lab.vm("b1", 2, nics={0: ("tvd:beta", "10.99.1.2")})
+    assert online(lab, b1) == (0, None)
+    assert link_info(na, "tvx-beta") is None           # alone: a host-local segment
+    br = ifindex(na, "tvd-beta")
+    gen = pa.generation()
+    pb = master_lab.add_proxy(lab, "dom0-b")
+    pa.wait_for(lambda: link_info(na, "tvx-beta") is not None, "a VXLAN uplink on dom0-a")
+    assert pa.generation() > gen and ifindex(na, "tvd-beta") == br
+    assert link_info(na, b1.vif())["master"] == "tvd-beta"
+    b2 = lab.vm("b2", 3, host="dom0-b", nics={0: ("tvd:beta", "10.99.1.3")})
+    r = lab.hotplug(b2)
+    assert r.returncode == 0, r.stderr
+    assert lab.ping(b1, "10.99.1.3", count=3)
+    uplink = json.loads(ip("-j", "-d", "link", "show", "tvx-beta", ns=na).stdout)[0]
+    assert uplink["linkinfo"]["info_data"]["id"] == 10200
+    nft = subprocess.run(["ip", "netns", "exec", na, "nft", "list", "ruleset"],
+                         capture_output=True, text=True).stdout
+    assert "10.77.1.12" in nft                          # dom0-b is an underlay peer
+    m.cli("revoke", "dom0-b")
+    pa.wait_for(lambda: "10.77.1.12" not in subprocess.run(
+        ["ip", "netns", "exec", na, "nft", "list", "ruleset"], capture_output=True, text=True).stdout,
+        "dom0-b out of dom0-a's underlay peers", timeout=10)
+    assert not lab.ping(b1, "10.99.1.3", count=2)

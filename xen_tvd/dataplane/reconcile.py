@@ -7,13 +7,16 @@ that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer
      whose immutable parameters changed
   3. underlay MTUs, then per segment: bridge, uplink (create/recreate, MTU, enslave, up, FDB)
   4. ports: attach each existing VifPort; absent ones are reported, not errors
-     (port security and the underlay VXLAN filter, firewall.py, are synced right after 1.)
+     (port security and the underlay VXLAN filter, firewall.py, are synced right after 1.,
+     and so is the inter-TVD flow filter, flowfilter.py, when the plan routes any TVD here)
   5. NIC VLAN offloads
+  6. the router namespace and its legs (router.py) once the vSwitches exist; with no router
+     planned, the namespace and then the flow filter are removed (legs first: no path left)
 Every write is preceded by a comparison, so a converged host sees zero changes.
 """
 from __future__ import annotations
 
-from . import bridge, common, firewall, model, offload, vlan, vxlan
+from . import bridge, common, firewall, flowfilter, model, offload, router, vlan, vxlan
 from .common import Ctx
 from .netlink import Link, Links, open_ipr
 from .report import ApplyReport, DataplaneError
@@ -37,6 +40,7 @@ def _desired_devices(state: model.HostState) -> dict[str, tuple[str, model.Segme
         p = uplink_plugin(seg)
         if p is not None:
             out[p.ifname(seg)] = (p.KIND, seg)
+    out.update(router.desired_devices(state))
     return out
 
 
@@ -47,6 +51,8 @@ def _validate(ctx: Ctx, state: model.HostState) -> dict[str, tuple[str, model.Se
             raise DataplaneError(f"duplicate segment {seg.tvd}/{seg.bridge} in desired state")
         tvds.add(seg.tvd)
         bridges.add(seg.bridge)
+    router.validate(state)
+    for seg in state.segments:
         bridge.validate_name(seg)
         if not 68 <= seg.mtu <= 65535:
             raise DataplaneError(f"segment {seg.tvd}: MTU {seg.mtu} outside 68..65535")
@@ -90,6 +96,8 @@ def _prune(ctx: Ctx, state: model.HostState, desired) -> None:
             common.delete(ctx, link, "not in desired state")
         elif want[0] != link.kind:
             common.delete(ctx, link, f"is a {link.kind}, want a {want[0]}")
+        elif link.kind == router.KIND:
+            pass   # a leg's pairing is checked (and repaired) by router.sync
         elif link.kind != bridge.KIND:
             p = uplink_plugin(want[1])
             diff = p.mismatch(ctx, link, want[1])
@@ -123,6 +131,10 @@ def _uplink(ctx: Ctx, seg: model.Segment, br: Link) -> None:
     p.sync(ctx, seg, link)
 
 
+def _uplinks(state: model.HostState) -> list[str]:
+    return [p.ifname(seg) for seg in state.segments if (p := uplink_plugin(seg)) is not None]
+
+
 def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
     report = ApplyReport()
     with open_ipr(netns) as ipr:
@@ -133,6 +145,8 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
             # VXLAN device exists, so no frame ever crosses a bridge unfiltered.
             firewall.sync_ports(state, netns, ctx.changed)
             firewall.sync_underlay(state, netns, ctx.changed)
+            # the flow filter is in place before a router leg can carry a packet
+            flowfilter.sync(state, netns, _uplinks(state), ctx.changed)
             _prune(ctx, state, desired)
             _underlay_mtus(ctx, state)
             bridges = {}
@@ -157,6 +171,9 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
                     report.warnings.append(f"NIC {nic} not found in {ctx.where}; VLAN offload not changed")
                 else:
                     offload.ensure_vlan_offload_off(ctx, link)
+            router.sync(ctx, state, bridges)
+            if state.flows is None:
+                flowfilter.remove(netns, ctx.changed)
         except DataplaneError as e:
             e.report = report  # what was changed before the failure, for logs
             raise

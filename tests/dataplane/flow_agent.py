@@ -1,0 +1,130 @@
+"""Runs inside a test VM namespace (stdlib only).
+
+  listen PORT...                       TCP listeners; prints "ready", serves until stdin closes
+  connect IP PORT TIMEOUT              prints "ok" or "fail ..."
+  udp-echo PORT                        echo UDP datagrams back; prints "ready", then on stdin
+                                       close the number of datagrams received
+  udp-ask IP PORT TIMEOUT              send one datagram from an ephemeral port; prints "reply"
+                                       or "none"
+  blast DEV DSTMAC SRCIP DSTIP SECONDS MAGIC
+                                       raw IPv4/UDP frames (any source address) to DSTMAC as
+                                       fast as possible; prints how many were sent
+  sniff DEV MAGIC                      prints "ready"; on stdin close, frames seen with MAGIC
+"""
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+
+def listen(ports):
+    socks = []
+    for p in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", p))
+        s.listen(64)
+        socks.append(s)
+
+    def serve(s):
+        while True:
+            c, _ = s.accept()
+            c.close()
+    for s in socks:
+        threading.Thread(target=serve, args=(s,), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+
+
+def connect(ip, port, timeout):
+    try:
+        socket.create_connection((ip, int(port)), timeout=float(timeout)).close()
+        print("ok")
+    except OSError as e:
+        print(f"fail {e}")
+
+
+def udp_echo(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(port)))
+    n = 0
+    print("ready", flush=True)
+    while True:
+        r, _, _ = select.select([s, sys.stdin], [], [])
+        if s in r:
+            data, peer = s.recvfrom(2048)
+            n += 1
+            s.sendto(data, peer)
+        if sys.stdin in r:
+            print(n, flush=True)
+            return
+
+
+def udp_ask(ip, port, timeout):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(float(timeout))
+    s.sendto(b"ask", (ip, int(port)))
+    try:
+        s.recvfrom(2048)
+        print("reply")
+    except OSError:
+        print("none")
+
+
+def _csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def blast(dev, dstmac, srcip, dstip, seconds, magic):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((dev, 0))
+    with open(f"/sys/class/net/{dev}/address") as f:
+        src = bytes.fromhex(f.read().strip().replace(":", ""))
+    dst = bytes.fromhex(dstmac.replace(":", ""))
+    payload = magic.encode()
+    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                      socket.inet_aton(srcip), socket.inet_aton(dstip))
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    frame = dst + src + b"\x08\x00" + hdr + udp
+    n, end = 0, time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        for _ in range(50):
+            s.send(frame)
+        n += 50
+        time.sleep(0.001)
+    print(n)
+
+
+def sniff(dev, magic):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind((dev, 0))
+    m, n = magic.encode(), 0
+    print("ready", flush=True)
+    while True:
+        r, _, _ = select.select([s, sys.stdin], [], [])
+        if s in r:
+            data, addr = s.recvfrom(65535)
+            if addr[2] != socket.PACKET_OUTGOING and m in data:
+                n += 1
+        elif sys.stdin in r:
+            while select.select([s], [], [], 0.2)[0]:   # drain what is still queued
+                data, addr = s.recvfrom(65535)
+                if addr[2] != socket.PACKET_OUTGOING and m in data:
+                    n += 1
+            print(n, flush=True)
+            return
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"listen": lambda: listen([int(p) for p in args]), "connect": lambda: connect(*args),
+     "udp-echo": lambda: udp_echo(*args), "udp-ask": lambda: udp_ask(*args),
+     "blast": lambda: blast(*args), "sniff": lambda: sniff(*args)}[cmd]()

@@ -1,0 +1,222 @@
+"""Stateful inter-TVD flow filter of one host (design items 3-5, docs/flow-control-design.md).
+
+Two tables, replaced together in ONE `nft -f` transaction whenever the plan changes (their
+text is a pure function of the plan, so a digest in a rule comment makes a rerun a no-op):
+
+`inet xen_tvd_flows` — the pair filter, in the inet forward hook. The design put it in the
+bridge family at the vifs, but `ct` there needs nf_conntrack_bridge, which kernels built
+without CONFIG_NF_CONNTRACK_BRIDGE (the tier-1 kernel) refuse ("Protocol error"). Bridged
+IPv4/IPv6 traverses the inet hooks through br_netfilter (bridge-nf-call-ip{,6}tables=1, set
+here), with conntrack, and there `iifname` is the vSwitch, i.e. the TVD. So the identities are:
+  vSwitch t (the frame's segment) x address -> TVD (interval maps of every TVD's subnets).
+On vSwitch t, a packet from t's subnet to u's subnet is *outbound*: t's sender rules for t->u
+(this is where the sender's host sees it, between its VM and its router); a packet from u's
+subnet to t's is *inbound*: t's receiver rules for u->t (the receiver's host sees it between
+its router or uplink and its VM, whichever host's router carried it). Sender and receiver
+hosts thus each enforce their half; a receiver never depends on the sender's host.
+  - both ends in t: accept (inside a TVD);
+  - ct reply direction: accepted only for pairs with `replies: true` (a closed pair's
+    "replies" are new connections in the other direction and judged as such);
+  - a pair's map element is accept (open), a jump to its rule chain (controlled) or drop
+    (closed; every subnet of every TVD has an element, so nothing falls through);
+  - a packet on t with neither end in t but one in some TVD's subnet is forged: dropped;
+  - traffic touching no TVD subnet (DHCP from 0.0.0.0, link-local, multicast) stays inside
+    the segment: the router routes only between the TVD subnets.
+Rules grow with permitted pairs (one chain per controlled pair and side); vSwitches and
+subnets are map elements. Conntrack zone = TVD id per vSwitch (raw prerouting), so two TVDs
+reusing addresses outside the subnets never share a connection.
+
+`bridge xen_tvd_gw` — the anycast gateway stays local: ARP requests for a gateway address and
+ARP replies from one (and ND solicitations/advertisements for it) never leave through the
+VXLAN/VLAN uplink, so every VM resolves its own host's router.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+
+from . import model, nftables
+
+FAMILY, TABLE = "inet", "xen_tvd_flows"
+GW_FAMILY, GW_TABLE = "bridge", "xen_tvd_gw"
+DIGEST_PREFIX = "xen-tvd:rules="
+# br_netfilter must hand bridged IP to the inet hooks, or the filter would see nothing.
+BRNF_SYSCTLS = {"net/bridge/bridge-nf-call-iptables": "1",
+                "net/bridge/bridge-nf-call-ip6tables": "1"}
+
+
+def _rule(r: model.FlowRule) -> str:
+    if r.proto == "any":
+        return "accept"
+    if r.proto in ("tcp", "udp") and r.ports is not None:
+        lo, hi = r.ports
+        return f"{r.proto} dport {lo if lo == hi else f'{lo}-{hi}'} accept"
+    l4 = {"icmpv6": "ipv6-icmp"}.get(r.proto, r.proto)
+    return f"meta l4proto {l4} accept"
+
+
+def _chain(name: str, rules: tuple[model.FlowRule, ...]) -> str:
+    lines = [f"  chain {name} {{"] + [f"    {_rule(r)}" for r in rules] + ["    drop", "  }"]
+    return "\n".join(lines) + "\n"
+
+
+def _set(name: str, typ: str, els: list[str], interval: bool = False) -> str:
+    flags = " flags interval;" if interval else ""
+    body = f" elements = {{ {', '.join(els)} }};" if els else ""
+    return f"  {'map' if ':' in typ else 'set'} {name} {{ type {typ};{flags}{body} }}\n"
+
+
+def render(fp: model.FlowPlan, bridges: dict[str, int]) -> str:
+    """The `inet xen_tvd_flows` table body. `bridges`: every TVD vSwitch here -> TVD id."""
+    routed = [t for t in fp.tvds if t.bridge]
+    pairs = {(p.src, p.dst): p for p in fp.pairs}
+    chains = []
+    for p in fp.pairs:
+        if not p.open:
+            chains.append(_chain(f"s_{p.src_id}_{p.dst_id}", p.sender))
+            chains.append(_chain(f"r_{p.src_id}_{p.dst_id}", p.receiver))
+    nets = {t.tvd: [ipaddress.ip_network(n) for n in t.subnets] for t in fp.tvds}
+    out = []
+    for v, ip in ((4, "ip"), (6, "ip6")):
+        addr_t = "ipv4_addr" if v == 4 else "ipv6_addr"
+        own, every, send, recv, rsend, rrecv = [], [], [], [], [], []
+        for t in fp.tvds:
+            every += [str(n) for n in nets[t.tvd] if n.version == v]
+        for t in routed:
+            br = f'"{t.bridge}"'
+            own += [f"{br} . {n}" for n in nets[t.tvd] if n.version == v]
+            for u in fp.tvds:
+                if u.tvd == t.tvd:
+                    continue
+                out_p, in_p = pairs.get((t.tvd, u.tvd)), pairs.get((u.tvd, t.tvd))
+                for n in (n for n in nets[u.tvd] if n.version == v):
+                    key = f"{br} . {n}"
+                    send.append(f"{key} : " + ("drop" if out_p is None else "accept" if out_p.open
+                                               else f"jump s_{out_p.src_id}_{out_p.dst_id}"))
+                    recv.append(f"{key} : " + ("drop" if in_p is None else "accept" if in_p.open
+                                               else f"jump r_{in_p.src_id}_{in_p.dst_id}"))
+                    # t answering u's connection (u -> t) / u answering t's (t -> u)
+                    rsend.append(f"{key} : " + ("accept" if in_p and in_p.replies else "drop"))
+                    rrecv.append(f"{key} : " + ("accept" if out_p and out_p.replies else "drop"))
+        out.append(_set(f"own{v}", f"ifname . {addr_t}", own, True)
+                   + _set(f"all{v}", addr_t, every, True)
+                   + _set(f"send{v}", f"ifname . {addr_t} : verdict", send, True)
+                   + _set(f"recv{v}", f"ifname . {addr_t} : verdict", recv, True)
+                   + _set(f"rsend{v}", f"ifname . {addr_t} : verdict", rsend, True)
+                   + _set(f"rrecv{v}", f"ifname . {addr_t} : verdict", rrecv, True))
+    zones = [f'"{b}" : {z}' for b, z in sorted(bridges.items())]
+    flow_brs = [f'"{t.bridge}"' for t in routed]
+
+    def judge(ip: str, v: int, send: str, recv: str) -> str:
+        return (f"    iifname . {ip} saddr @own{v} iifname . {ip} daddr @own{v} accept\n"
+                f"    iifname . {ip} saddr @own{v} iifname . {ip} daddr vmap @{send}{v}\n"
+                f"    iifname . {ip} saddr @own{v} accept\n"
+                f"    iifname . {ip} daddr @own{v} iifname . {ip} saddr vmap @{recv}{v}\n"
+                f"    iifname . {ip} daddr @own{v} accept\n"
+                f"    {ip} saddr @all{v} drop\n"
+                f"    {ip} daddr @all{v} drop\n")
+
+    body = ("".join(out)
+            + _set("flow_bridges", "ifname", flow_brs)
+            + (f"  map zone {{ typeof iifname : ct zone;"
+               f"{' elements = { ' + ', '.join(zones) + ' };' if zones else ''} }}\n")
+            + "".join(chains)
+            + "  chain zones {\n"
+              "    type filter hook prerouting priority raw; policy accept;\n"
+              "    ct zone set iifname map @zone\n"
+              "  }\n"
+              "  chain forward {\n"
+              "    type filter hook forward priority filter; policy accept;\n"
+              '    iifname != @flow_bridges accept comment "@DIGEST@"\n'
+              "    ct direction reply goto replies\n"
+            + judge("ip", 4, "send", "recv") + judge("ip6", 6, "send", "recv")
+            + "  }\n"
+              "  chain replies {\n"
+            + judge("ip", 4, "rsend", "rrecv") + judge("ip6", 6, "rsend", "rrecv")
+            + "  }\n")
+    return body
+
+
+def render_gw(legs: tuple[model.RouterLeg, ...], uplinks: list[str]) -> str:
+    gw4, gw6 = [], []
+    for leg in legs:
+        for g in leg.gateways:
+            ip = ipaddress.ip_interface(g).ip
+            (gw4 if ip.version == 4 else gw6).append(ip)
+    gw6_raw = [f"0x{int(ip):032x}" for ip in sorted(set(gw6))]
+    return (_set("uplinks", "ifname", [f'"{u}"' for u in sorted(set(uplinks))])
+            + _set("gw4", "ipv4_addr", [str(i) for i in sorted(set(gw4))])
+            + (f"  set gw6 {{ typeof @th,64,128;"
+               f"{' elements = { ' + ', '.join(gw6_raw) + ' };' if gw6_raw else ''} }}\n")
+            + "  chain postrouting {\n"
+              "    type filter hook postrouting priority filter; policy accept;\n"
+              '    oifname != @uplinks accept comment "@DIGEST@"\n'
+              "    arp operation request arp daddr ip @gw4 drop\n"
+              "    arp operation reply arp saddr ip @gw4 drop\n"
+              "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,64,128 @gw6 drop\n"
+              "  }\n")
+
+
+def _table(family: str, table: str, body: str, digest: str) -> str:
+    t = f"{family} {table}"
+    return (f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n"
+            + body.replace("@DIGEST@", DIGEST_PREFIX + digest) + "}\n")
+
+
+def script(state: model.HostState, uplinks: list[str]) -> tuple[str, str]:
+    """Both tables as one nft input (one transaction) and their joint digest."""
+    bridges = {s.bridge: _tvd_id(state, s.tvd) for s in state.segments}
+    flows = render(state.flows, bridges)
+    gw = render_gw(state.router.legs if state.router else (), uplinks)
+    digest = hashlib.sha256((flows + "\x00" + gw).encode()).hexdigest()[:16]
+    return (_table(FAMILY, TABLE, flows, digest) + _table(GW_FAMILY, GW_TABLE, gw, digest),
+            digest)
+
+
+def _tvd_id(state: model.HostState, tvd: str) -> int:
+    for t in state.flows.tvds:
+        if t.tvd == tvd:
+            return t.tvd_id
+    # a TVD without subnets still gets a zone of its own: derive a stable one from its bridge
+    # position above the VLAN id range, so it never shares a zone with a TVD id (1..4094)
+    return 4096 + sorted(s.tvd for s in state.segments).index(tvd)
+
+
+def current_digest(netns: str | None) -> str | None | bool:
+    """False: no table; None: a table without our digest; else the digest it carries."""
+    objs = nftables.list_json(netns, "table", FAMILY, TABLE)
+    if objs is None:
+        return False
+    for o in objs:
+        c = o.get("rule", {}).get("comment") or ""
+        if c.startswith(DIGEST_PREFIX):
+            return c[len(DIGEST_PREFIX):]
+    return None
+
+
+def sync(state: model.HostState, netns: str | None, uplinks: list[str], changed) -> None:
+    """Install or replace both tables when the plan has flows (before any router leg exists)."""
+    from .router import sysctls
+    if state.flows is None:
+        return
+    for k in sysctls(netns, BRNF_SYSCTLS, "flow filter (br_netfilter must pass bridged IP to "
+                                          "nftables; load it: modprobe br_netfilter)"):
+        changed(f"set {k}=1")
+    text, digest = script(state, uplinks)
+    have = current_digest(netns)
+    if have != digest:
+        nftables.run(netns, text, "loading the inter-TVD flow filter")
+        changed(f"{'created' if have is False else 'replaced'} nftables tables {FAMILY} {TABLE} "
+                f"and {GW_FAMILY} {GW_TABLE}: {len(state.flows.pairs)} permitted pair(s)")
+
+
+def remove(netns: str | None, changed) -> None:
+    """Delete both tables (after the router legs are gone: no path left to filter)."""
+    cmds = []
+    if nftables.list_json(netns, "table", FAMILY, TABLE) is not None:
+        cmds.append(f"delete table {FAMILY} {TABLE}\n")
+    if nftables.list_json(netns, "table", GW_FAMILY, GW_TABLE) is not None:
+        cmds.append(f"delete table {GW_FAMILY} {GW_TABLE}\n")
+    if cmds:
+        nftables.run(netns, "".join(cmds), "deleting the inter-TVD flow filter")
+        changed(f"deleted the inter-TVD flow filter (no routed TVD here)")

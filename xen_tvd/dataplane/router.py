@@ -1,0 +1,280 @@
+"""The host's router namespace and its legs ("cards", paper 4.4): routed inter-TVD flows.
+
+    <router ns>:  lo, and per leg `leg-<vlan>` = the TVD's gateway addresses, a per-host MAC
+    host ns:      `tvr-<vlan>`, the other end of that veth, a port of the TVD's vSwitch
+
+The router only routes between its legs' connected subnets (no default route, nothing else):
+a TVD without a leg cannot be reached or reach anyone through it. It does no flow filtering of
+its own (that is dataplane/flowfilter.py, at the vSwitches, stateful, so that asymmetric paths
+through different hosts' routers are fine); it does drop what no honest VM can send: a source
+that is not routed back through the leg it arrived on (strict reverse path, IPv4 and IPv6), so
+a VM claiming another TVD's address gets nowhere even where port security is bypassed.
+
+Name: Router.netns ("tvd-rtr-<host>") in Dom0; "<host netns>-rtr" when apply() runs for a host
+that is itself a named namespace (the lab, tests), so hosts sharing a machine never share one.
+Idempotent: everything is compared before it is written; a router with no legs is deleted with
+its namespace (its veth ends go with it; the host-side ends are owned devices pruned by apply).
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import common, model, nftables
+from .common import Ctx
+from .netlink import LEG_PREFIX, IFNAMSIZ_MAX, Link, Links, describe, doing, open_ipr
+from .report import DataplaneError
+
+KIND = "veth"
+RTR_FAMILY, RTR_TABLE = "inet", "xen_tvd_rtr"
+DIGEST_PREFIX = "xen-tvd:rules="
+IFA_F_NODAD = 0x02
+_PEER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+# Router namespace sysctls. rp_filter=1: strict reverse path (IPv4; IPv6 by the nft rule).
+# accept_ra=0: the router takes no configuration from the VMs it serves.
+ROUTER_SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv4/conf/all/rp_filter": "1",
+    "net/ipv4/conf/default/rp_filter": "1",
+    "net/ipv4/conf/all/send_redirects": "0",
+    "net/ipv4/conf/default/send_redirects": "0",
+    "net/ipv6/conf/all/forwarding": "1",
+    "net/ipv6/conf/all/accept_ra": "0",
+    "net/ipv6/conf/default/accept_ra": "0",
+}
+
+
+def ns_name(state: model.HostState, netns: str | None) -> str:
+    if netns:
+        return f"{netns}-rtr"
+    return state.router.netns if state.router else f"tvd-rtr-{state.host}"
+
+
+def alias(leg: model.RouterLeg) -> str:
+    return f"{model.OWNER_ALIAS_PREFIX}router-leg={leg.tvd}"
+
+
+def validate(state: model.HostState) -> None:
+    """Raise DataplaneError (before any write) for a router plan that cannot be realised."""
+    r = state.router
+    if r is None:
+        return
+    if not r.netns or "/" in r.netns or r.netns in (".", ".."):
+        raise DataplaneError(f"router namespace name {r.netns!r} is not a valid name")
+    if r.legs and state.flows is None:
+        # fail closed: legs without the flow filter would route every pair as if open
+        raise DataplaneError("router legs planned without a flow filter plan (HostState.flows)")
+    seen: set[str] = set()
+    for leg in r.legs:
+        if state.segment(leg.tvd) is None or state.segment(leg.tvd).bridge != leg.bridge:
+            raise DataplaneError(f"router leg for TVD {leg.tvd}: no segment with bridge "
+                                 f"{leg.bridge} on this host")
+        if not (leg.port.startswith(LEG_PREFIX) and len(leg.port) <= IFNAMSIZ_MAX):
+            raise DataplaneError(f"router leg {leg.port!r}: must be '{LEG_PREFIX}<x>', at most "
+                                 f"{IFNAMSIZ_MAX} characters")
+        if not _PEER_RE.match(leg.peer) or leg.peer == "lo":
+            raise DataplaneError(f"router leg peer {leg.peer!r}: not a valid interface name")
+        if not _MAC_RE.match(leg.mac) or int(leg.mac[:2], 16) & 1:
+            raise DataplaneError(f"router leg {leg.port}: MAC {leg.mac!r} is not a unicast MAC")
+        for g in leg.gateways:
+            try:
+                ipaddress.ip_interface(g)
+            except ValueError:
+                raise DataplaneError(f"router leg {leg.port}: gateway {g!r} is not an "
+                                     "address with prefix") from None
+        for n in (leg.port, leg.peer):
+            if n in seen:
+                raise DataplaneError(f"router leg name {n} used twice")
+            seen.add(n)
+
+
+def desired_devices(state: model.HostState) -> dict[str, tuple[str, model.RouterLeg]]:
+    """Host-side leg ends apply() owns (so _prune keeps them, and deletes stale ones)."""
+    return {leg.port: (KIND, leg) for leg in (state.router.legs if state.router else ())}
+
+
+# ---- sysctls inside a namespace (a child enters it; this process never does) ---------------
+
+def sysctls(netns: str | None, wanted: dict[str, str], what: str) -> list[str]:
+    """Set /proc/sys keys in `netns` (None: ours) where they differ; return the changed keys."""
+    script = "".join(
+        f'[ "$(cat /proc/sys/{k})" = "{v}" ] || {{ echo "{v}" > /proc/sys/{k} && echo {k}; }}\n'
+        for k, v in wanted.items())
+    argv = ["sh", "-ec", script]
+    if netns is not None:
+        path = os.path.join(nftables.NETNS_DIR, netns)
+        argv = [shutil.which("nsenter") or "/usr/bin/nsenter", f"--net={path}", "--", *argv]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        err = " | ".join(l.strip() for l in p.stderr.splitlines() if l.strip())[:300]
+        raise DataplaneError(f"{what}: setting sysctls in {netns or 'the current netns'} "
+                             f"failed: {err}")
+    return p.stdout.split()
+
+
+# ---- the router namespace -------------------------------------------------------------------
+
+def _ensure_ns(name: str, ctx: Ctx) -> None:
+    if os.path.exists(os.path.join(nftables.NETNS_DIR, name)):
+        return
+    try:
+        pr_netns.create(name)
+    except OSError as e:
+        if e.errno != 17:   # EEXIST: created meanwhile (a concurrent apply of this host)
+            raise DataplaneError(f"creating router namespace {name} failed: {e}") from None
+    ctx.changed(f"created router namespace {name}")
+
+
+def remove(state: model.HostState, netns: str | None, changed) -> None:
+    name = ns_name(state, netns)
+    if os.path.exists(os.path.join(nftables.NETNS_DIR, name)):
+        try:
+            pr_netns.remove(name)
+        except OSError as e:
+            raise DataplaneError(f"deleting router namespace {name} failed: {e}") from None
+        changed(f"deleted router namespace {name} (no TVD here has a card)")
+
+
+def sync(ctx: Ctx, state: model.HostState, bridges: dict[str, Link]) -> None:
+    """Router namespace, sysctls, legs, addresses and its reverse-path table match the plan."""
+    r = state.router
+    if r is None or not r.legs:
+        remove(state, ctx.netns, ctx.changed)
+        return
+    name = ns_name(state, ctx.netns)
+    _ensure_ns(name, ctx)
+    for k in sysctls(name, ROUTER_SYSCTLS, "router"):
+        ctx.changed(f"router {name}: set {k}")
+    with open_ipr(name) as ripr:
+        rctx = Ctx(ripr, Links(ripr), ctx.report, name)
+        lo = rctx.links.get("lo")
+        if lo is not None:
+            common.set_up(rctx, lo)
+        for leg in r.legs:
+            _leg(ctx, rctx, name, leg, bridges[leg.tvd], state.segment(leg.tvd).mtu)
+        wanted = {leg.peer for leg in r.legs} | {"lo"}
+        for link in list(rctx.links.by_name.values()):
+            if link.name not in wanted:   # the namespace is ours alone: nothing else belongs
+                with doing(f"deleting stray {link.name} in router namespace {name}"):
+                    ripr.link("del", index=link.index)
+                ctx.changed(f"router {name}: deleted stray interface {link.name}")
+    _rp_table(name, r, ctx.changed)
+
+
+def _paired(port: Link | None, peer: Link | None) -> bool:
+    return (port is not None and peer is not None and port.kind == KIND and peer.kind == KIND
+            and port.parent == peer.index and peer.parent == port.index)
+
+
+def _leg(ctx: Ctx, rctx: Ctx, name: str, leg: model.RouterLeg, br: Link, mtu: int) -> None:
+    port, peer = ctx.links.get(leg.port), rctx.links.get(leg.peer)
+    if not _paired(port, peer):
+        # a half pair (crash between steps) or a same-named device of another kind: rebuild
+        if port is not None:
+            common.delete(ctx, port, "router leg is not paired with the router namespace")
+        if peer is not None:
+            with doing(f"deleting unpaired {leg.peer} in router namespace {name}"):
+                rctx.ipr.link("del", index=peer.index)
+            rctx.links.forget(leg.peer)
+        with doing(f"creating router leg {leg.port} <-> {name}/{leg.peer}"):
+            ctx.ipr.link("add", ifname=leg.port, kind=KIND,
+                         peer={"ifname": leg.peer, "net_ns_fd": name})
+        ctx.changed(f"created router leg {leg.port} for TVD {leg.tvd}")
+        port, peer = ctx.require(leg.port), rctx.require(leg.peer)
+    # router side first: MAC and addresses are in place before the leg joins the vSwitch
+    _mac(rctx, peer, leg.mac)
+    peer = common.set_mtu(rctx, peer, mtu)
+    _addresses(rctx, peer, leg.gateways)
+    common.set_up(rctx, peer)
+    port = common.set_alias(ctx, port, alias(leg))
+    port = common.set_mtu(ctx, port, mtu)
+    port = common.set_master(ctx, port, br)
+    common.set_up(ctx, port)
+
+
+def _mac(rctx: Ctx, link: Link, mac: str) -> None:
+    with doing(f"reading {link.name} in {rctx.where}"):
+        cur = (rctx.ipr.link("get", index=link.index)[0].get("IFLA_ADDRESS") or "").lower()
+    if cur != mac:
+        with doing(f"setting MAC {mac} on {link.name} in {rctx.where}"):
+            rctx.ipr.link("set", index=link.index, address=mac)
+        rctx.changed(f"router: set MAC of {link.name} to {mac}")
+
+
+def _addresses(rctx: Ctx, link: Link, gateways: tuple[str, ...]) -> None:
+    want = {str(ipaddress.ip_interface(g)) for g in gateways}
+    have = set()
+    with doing(f"reading addresses of {link.name} in {rctx.where}"):
+        addrs = list(rctx.ipr.get_addr(index=link.index))
+    for a in addrs:
+        ip = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+        cidr = f"{ip}/{a['prefixlen']}"
+        if cidr in want:
+            have.add(cidr)
+        elif not ip.is_link_local:   # the kernel's own fe80:: stays
+            with doing(f"removing {cidr} from {link.name}"):
+                rctx.ipr.addr("del", index=link.index, address=str(ip), prefixlen=a["prefixlen"])
+            rctx.changed(f"router: removed {cidr} from {link.name}")
+    for cidr in sorted(want - have):
+        iface = ipaddress.ip_interface(cidr)
+        kw = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
+        # NODAD: the gateway is the same address on every host's leg (anycast) by design
+        with doing(f"adding gateway {cidr} to {link.name} in {rctx.where}"):
+            try:
+                rctx.ipr.addr("add", index=link.index, address=str(iface.ip),
+                              prefixlen=iface.network.prefixlen, **kw)
+            except NetlinkError as e:
+                if e.code != 17:   # EEXIST
+                    raise
+        rctx.changed(f"router: added gateway {cidr} on {link.name}")
+
+
+# ---- the router's own table: reverse path, and nothing but forwarding between legs ----------
+
+def render_rtr(r: model.Router) -> tuple[str, str]:
+    legs = ", ".join(f'"{leg.peer}"' for leg in r.legs)
+    body = (f"  set legs {{ type ifname; elements = {{ {legs} }}; }}\n"
+            "  chain prerouting {\n"
+            "    type filter hook prerouting priority raw; policy accept;\n"
+            '    ip6 saddr :: accept comment "@DIGEST@"\n'
+            "    fib saddr . iif oif missing drop\n"
+            "  }\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter; policy drop;\n"
+            "    iifname @legs oifname @legs accept\n"
+            "  }\n"
+            "  chain input {\n"
+            "    type filter hook input priority filter; policy drop;\n"
+            "    iifname lo accept\n"
+            "    meta l4proto { icmp, ipv6-icmp } accept\n"
+            "  }\n")
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    body = body.replace("@DIGEST@", DIGEST_PREFIX + digest)
+    t = f"{RTR_FAMILY} {RTR_TABLE}"
+    return f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n{body}}}\n", digest
+
+
+def _rp_table(name: str, r: model.Router, changed) -> None:
+    script, digest = render_rtr(r)
+    objs = nftables.list_json(name, "table", RTR_FAMILY, RTR_TABLE)
+    have = None
+    for o in objs or []:
+        c = o.get("rule", {}).get("comment") or ""
+        if c.startswith(DIGEST_PREFIX):
+            have = c[len(DIGEST_PREFIX):]
+    if have != digest:
+        nftables.run(name, script, f"loading the router table in {name}")
+        changed(f"router {name}: {'created' if objs is None else 'replaced'} table "
+                f"{RTR_FAMILY} {RTR_TABLE}")
+
+
+__all__ = ["ns_name", "validate", "desired_devices", "sync", "remove", "sysctls", "describe"]

@@ -110,16 +110,37 @@ def decide(policy: Policy, reports: dict[str, dict],
                 carriers.append(h)
             else:
                 refused[h][tvd] = f"host {h} does not satisfy M({tvd}): {result.reason()}"
-        for h, reason in _place(eff, tvd, carriers).items():
-            refused[h][tvd] = reason
+        if _may_fail(eff, tvd, carriers):
+            for h, reason in _place(eff, tvd, carriers).items():
+                refused[h][tvd] = reason
         for h in carriers:
             if tvd not in refused[h]:
                 carry[h].add(tvd)
-    states = plan(eff, {}, carry) if eff_hosts else {}
+    try:
+        states = plan(eff, {}, carry) if eff_hosts else {}
+    except PlanError:
+        # something _may_fail did not foresee: place every TVD on its own, then plan again
+        for tvd in sorted(policy.tvds):
+            hosts = [h for h in carry if tvd in carry[h]]
+            for h, reason in _place(eff, tvd, hosts).items():
+                refused[h][tvd] = reason
+                carry[h].discard(tvd)
+        states = plan(eff, {}, carry)
     for h in eff_hosts:
         state = states.get(h, HostState(host=h, underlay_peers=()))
         out[h] = Decision(state, refused[h])
     return out
+
+
+def _may_fail(policy: Policy, tvd: str, carriers: list[str]) -> bool:
+    """Whether placing the TVD on these carriers could need a carrier dropped. Trial-planning
+    every TVD doubles the planner's work, which dominates a recompute with many hosts."""
+    if len(carriers) < 2:
+        return False
+    if any(g in policy.tvds[tvd].protection for g in GUARDED_GOALS):
+        return True
+    return any("ip" not in policy.hosts[h].capabilities or not policy.hosts[h].nics
+               for h in carriers)
 
 
 def _place(policy: Policy, tvd: str, carriers: list[str]) -> dict[str, str]:

@@ -145,9 +145,11 @@ class Master:
         evidence = self.store.evidence()
         stored = self.store.bundle_states()
         changes, fresh = {}, {}
+        policy_digest = hashlib.sha256(cur[1].encode()).hexdigest()
         for host, d in decisions.items():
             content = bundle_content(cur[1], self.url, host, d, evidence)
-            digest = hashlib.sha256(canonical(content)).hexdigest()
+            # hash the policy once, not once per host: it is most of every payload's bytes
+            digest = hashlib.sha256(canonical(dict(content, policy=policy_digest))).hexdigest()
             gen, old = stored.get(host, (0, ""))
             if digest != old:
                 gen += 1

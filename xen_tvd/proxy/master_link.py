@@ -30,6 +30,7 @@ MASTER_DIR = "master"
 CONTACT_FILE = "contact"     # its mtime is the last successful contact (kept across restarts)
 MAX_WAIT = 55                # the master holds a watch at most 60 s
 PROBE_TIMEOUT = 2.0
+PROBE_BACKOFF = 5.0
 
 
 class LinkError(Exception):
@@ -79,6 +80,7 @@ class MasterLink:
             self.last_contact = None
         self.stop = threading.Event()
         self.report_again = threading.Event()   # SIGHUP: the admin may have edited the claims
+        self.probe_failed = -PROBE_BACKOFF       # monotonic time of the last failed probe
         self.daemon = None
         self.bounds = [MAX_WAIT]      # session bounds of the bundle in force (sets the watch wait)
 
@@ -137,6 +139,7 @@ class MasterLink:
             log("info", "master-reachable", url=self.url,
                 after_s=now - self.unreachable_since)
         self.last_contact, self.unreachable_since, self.last_error = now, None, ""
+        self.probe_failed = -PROBE_BACKOFF
         path = os.path.join(self.dir, CONTACT_FILE)
         try:
             os.utime(path)
@@ -156,12 +159,19 @@ class MasterLink:
 
     def probe(self) -> bool:
         """A quick, synchronous 'is the master there and do we still count': used by an
-        admission when the watch's last contact is older than the TVD's bound."""
+        admission when the watch's last contact is older than the TVD's bound. It runs under
+        the daemon's writer lock, so after a failure the next PROBE_BACKOFF seconds refuse
+        without asking again (a partitioned master must not cost every hotplug of a boot
+        storm PROBE_TIMEOUT seconds, one after the other)."""
+        now = time.monotonic()
+        if now - self.probe_failed < PROBE_BACKOFF:
+            return False
         try:
             status, _ = self.client.request(
                 "GET", f"/v1/hosts/{self.host}/bundle?after={self.generation}&wait=0",
                 timeout=PROBE_TIMEOUT)
         except MasterError as e:
+            self.probe_failed = time.monotonic()
             self._unreachable(e.message)
             return False
         if status in (200, 204):

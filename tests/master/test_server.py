@@ -293,3 +293,19 @@ def test_evidence_rules_reach_the_bundle(master):
     assert p["evidence"]["revoked_vms"] == ["00000000-0000-4000-8000-00000000002a"]
     assert status_of(lambda: admin.call("PUT", "/v1/images/sha256:xyz",
                                         {"properties": {"a": "trust"}}))[0] == 400
+
+
+def test_clients_check_the_master_name_and_the_master_refuses_tls_1_2(master):
+    import ssl
+    port = master.url.rsplit(":", 1)[1]
+    # the server certificate names 127.0.0.1 only: "localhost" must not be accepted
+    c = mc.MasterClient(f"https://localhost:{port}", master.m.ca_pem)
+    st, msg = status_of(lambda: c.call("GET", "/v1/ca"))
+    assert st == 0 and "certificate check failed" in msg
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=master.m.ca_pem)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    import socket
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1")

@@ -23,7 +23,7 @@ def master(tmp_path):
     url = init_dir(d)
     Store(os.path.join(d, "master.db")).add_policy(POLICY, "p.yaml", "test")
     m, srv, _ = server.start_in_thread(d, "127.0.0.1", int(url.rsplit(":", 1)[1]))
-    ns = SimpleNamespace(dir=d, url=url, tmp=str(tmp_path), m=m, store=m.store)
+    ns = SimpleNamespace(dir=d, url=url, tmp=str(tmp_path), m=m, store=m.store, srv=srv)
     ns.enroll = lambda host: Enrolled(d, url, host, str(tmp_path / host))
     ns.admin = lambda: admin_client(d, url, str(tmp_path))
     yield ns
@@ -309,3 +309,36 @@ def test_clients_check_the_master_name_and_the_master_refuses_tls_1_2(master):
     with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
         with pytest.raises(ssl.SSLError):
             ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_a_push_made_by_another_process_wakes_an_open_watch(master):
+    # `tvd-master policy push` writes the database directly; the server must notice
+    h1 = master.enroll("h1")
+    h1.client.put_capabilities("h1", report(1))
+    gen = verify_bundle(h1.client.bundle("h1", 0, 10), h1.ca, "h1", master.url, 0)["generation"]
+    out = {}
+    t = threading.Thread(target=lambda: out.update(env=h1.client.bundle("h1", gen, 30)))
+    t.start()
+    time.sleep(0.3)
+    Store(os.path.join(master.dir, "master.db")).add_policy(
+        POLICY.replace("gamma: {vlan: 300", "gamma: {vlan: 301"), "p.yaml", "cli:test")
+    t.join(10)
+    assert not t.is_alive()
+    p = verify_bundle(out["env"], h1.ca, "h1", master.url, gen)
+    assert p["generation"] > gen and "vlan: 301" in p["policy"]
+
+
+def test_connections_beyond_the_limit_are_refused_not_queued(master, monkeypatch, capfd):
+    import socket
+    port = int(master.url.rsplit(":", 1)[1])
+    held = []
+    monkeypatch.setattr(master.srv, "slots", threading.BoundedSemaphore(2))
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", port))
+        held.append(s)
+    time.sleep(0.3)     # both accepted and holding a slot in their handshake
+    h = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert h.recv(1) == b""          # closed at once, no TLS, no thread
+    assert "event=connection-refused" in wait_log(capfd, "event=connection-refused")
+    for s in held + [h]:
+        s.close()

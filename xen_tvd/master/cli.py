@@ -103,6 +103,9 @@ def _listen_of(url: str) -> str:
 
 def cmd_token(a) -> int:
     store = _store(a.dir)
+    from xen_tvd.master.server import HOST_NAME
+    if not HOST_NAME.match(a.host):
+        raise Usage(f"host name {a.host!r}: use 1-63 of A-Z a-z 0-9 . _ - (as in the policy)")
     if not (1 <= a.ttl <= 30 * 86400):
         raise Usage("--ttl must be 1..2592000 seconds")
     ca = camod.Ca.load(a.dir)

@@ -26,6 +26,7 @@ from xen_tvd.master import ca as camod
 from xen_tvd.master.decide import effective_host
 from xen_tvd.master.service import Master, verify_policy_text
 from xen_tvd.master.store import StoreError, TokenRefused
+from xen_tvd.policy import PolicyInvalid
 from xen_tvd.policy.model import ASSURANCE_KINDS
 from xen_tvd.proxy.log import log
 
@@ -36,6 +37,8 @@ LARGE_BODY = 8 * 1024 * 1024          # policies (the 1,000-TVD bench policy is 
 MAX_WAIT = 60.0
 REVOCATION_CHECK = 0.5                # an open watch re-checks its certificate this often
 HANDSHAKE_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0                   # per socket read once connected (slow clients)
+MAX_CONNECTIONS = 1000                # open connections (each a thread; watches included)
 AUDIT_EVENTS = {"admitted", "denied", "detached", "session-expired", "revoked"}
 FUNCTIONAL = {"bridge", "vxlan", "vlan", "nftables", "wireguard", "ipsec"}
 
@@ -274,7 +277,11 @@ class Handler(BaseHTTPRequestHandler):
     def put_capabilities(self, host: str):
         b = self._body(LARGE_BODY)
         report = _check_report(b)
-        policy = self.master.policy()
+        try:
+            policy = self.master.policy()
+        except PolicyInvalid:
+            raise HttpError(503, "the policy in force no longer verifies with this master; "
+                                 "push a fixed one") from None
         if policy is not None and host not in policy.hosts:
             self.master.store.audit(f"host:{host}", "capabilities-refused",
                                     {"host": host, "reason": "not in the policy's hosts"})
@@ -358,7 +365,11 @@ class Handler(BaseHTTPRequestHandler):
         return 200, {"host": host, "revoked": True, "changed": changed}
 
     def get_tvds(self):
-        policy = self.master.policy()
+        try:
+            policy = self.master.policy()
+        except PolicyInvalid:
+            raise HttpError(503, "the policy in force no longer verifies with this master; "
+                                 "push a fixed one") from None
         if policy is None:
             return 200, {"tvds": [], "policy_version": None}
         out = []
@@ -472,7 +483,23 @@ class MasterServer(ThreadingHTTPServer):
 
     def __init__(self, addr, handler, ctx: ssl.SSLContext) -> None:
         self.ctx = ctx
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(addr, handler)
+
+    def process_request(self, request, client_address):
+        # a thread per connection, but a bounded number of them: beyond that, refuse at once
+        if not self.slots.acquire(blocking=False):
+            log("warning", "connection-refused", peer=client_address[0],
+                reason=f"over {MAX_CONNECTIONS} open connections")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def finish_request(self, request, client_address):
         # the TLS handshake happens here, in the connection's thread
@@ -484,7 +511,7 @@ class MasterServer(ThreadingHTTPServer):
                 reason=getattr(e, "reason", None) or type(e).__name__)
             return
         try:
-            tls.settimeout(MAX_WAIT + 30)
+            tls.settimeout(READ_TIMEOUT)
             self.RequestHandlerClass(tls, client_address, self)
         finally:
             try:

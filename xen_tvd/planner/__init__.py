@@ -164,8 +164,11 @@ def _plan_segment(policy: Policy, tvd: Tvd, hosts: list[Host]):
         my_net = policy.networks[me.nic.network]
         same_mcast = [u for u in unders.values() if u.host.name != h.name
                       and u.nic.network == me.nic.network and my_net.multicast]
+        # by host name: comparing the dataclasses made this O(n^3) for n carriers (the
+        # master plans every host at once; 200 hosts took ~20 s, bench/master_enrol.py)
+        mcast_hosts = {u.host.name for u in same_mcast}
         remotes = tuple(sorted(u.nic.address for u in unders.values()
-                               if u.host.name != h.name and u not in same_mcast))
+                               if u.host.name != h.name and u.host.name not in mcast_hosts))
         uplink = VxlanUplink(vni=tvd.vni, local_ip=me.nic.address, underlay_dev=me.nic.nic,
                              group=tvd.multicast_group if same_mcast else None, remotes=remotes)
         mtus = {me.nic.nic: raise_to} if raise_to else {}

@@ -81,3 +81,23 @@ def test_a_host_without_bridge_support_carries_nothing(policy):
 def test_single_carrier_of_a_confidential_tvd_keeps_it_host_local(policy):
     d = decide(policy, {"h1": report(1)}, {"h1"})
     assert d["h1"].state.segment("gamma").uplink is None
+
+
+ROUTED = POLICY.replace(
+    "  alpha: {vlan: 100, vni: 10100}",
+    "  alpha: {vlan: 100, vni: 10100, subnets: [10.1.0.0/24]}").replace(
+    "    membership: [{property: hv-integrity, assurance: [immutable-log]}]",
+    "    membership: [{property: hv-integrity, assurance: [immutable-log]}]\n"
+    "    subnets: [10.2.0.0/24]") + "flows:\n  - {from: alpha, to: beta, policy: open}\n"
+
+
+def test_a_tvd_routed_with_one_the_host_may_not_carry_is_refused_there(tmp_path):
+    f = tmp_path / "routed.yaml"
+    f.write_text(ROUTED)
+    routed = load_policy(str(f))
+    d = decide(routed, {h: report(i) for i, h in ((1, "h1"), (3, "h3"))}, {"h1", "h3"})
+    # h3 lacks hv-integrity, so beta is barred there, and alpha (routed with beta) with it
+    assert [s.tvd for s in d["h3"].state.segments] == []
+    assert "routed together with beta" in d["h3"].refused["alpha"]
+    assert [s.tvd for s in d["h1"].state.segments] == ["alpha", "beta"]
+    assert d["h1"].state.router is not None

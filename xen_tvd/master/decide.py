@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from xen_tvd.dataplane.model import HostState, VxlanUplink
 from xen_tvd.dataplane.serial import segments_to_json
-from xen_tvd.planner import GUARDED_GOALS, PlanError, plan
+from xen_tvd.planner import GUARDED_GOALS, PlanError, plan, routing
 from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Host, Policy
 
@@ -116,6 +116,7 @@ def decide(policy: Policy, reports: dict[str, dict],
         for h in carriers:
             if tvd not in refused[h]:
                 carry[h].add(tvd)
+    _drop_routed_into_refused(eff, carry, refused)
     try:
         states = plan(eff, {}, carry) if eff_hosts else {}
     except PlanError:
@@ -130,6 +131,22 @@ def decide(policy: Policy, reports: dict[str, dict],
         state = states.get(h, HostState(host=h, underlay_peers=()))
         out[h] = Decision(state, refused[h])
     return out
+
+
+def _drop_routed_into_refused(policy: Policy, carry: dict[str, set[str]],
+                              refused: dict[str, dict[str, str]]) -> None:
+    """The planner gives a host's router a leg (and so a segment) for every TVD routed
+    together with one it carries. A TVD whose routed component holds one the host may not
+    carry would smuggle that segment onto the host: refuse the whole component there."""
+    for h, tvds in carry.items():
+        for t in sorted(tvds):
+            comp = routing.routed_tvds(policy, {h: {t}})[h]
+            barred = sorted(comp - tvds)
+            if barred:
+                refused[h][t] = (f"TVD {t} is routed together with {', '.join(barred)}, which "
+                                 f"host {h} may not carry: {refused[h].get(barred[0], '')}"
+                                 .rstrip(": "))
+        carry[h] -= set(refused[h])
 
 
 def _may_fail(policy: Policy, tvd: str, carriers: list[str]) -> bool:

@@ -162,10 +162,11 @@ class MasterProxy(tvd_harness.Proxy):
     def enroll(self, token: str | None = None) -> subprocess.CompletedProcess:
         token = token or self.master.token(self.host)
         self.last_token = token
-        return subprocess.run(
+        self.enroll_out = subprocess.run(
             ["ip", "netns", "exec", self.lab.host_ns[self.host], sys.executable, "-m",
              "xen_tvd.proxy.main", "enroll", URL, token, "--host", self.host, "--state-dir",
              self.state_dir], capture_output=True, text=True, env=_env(), timeout=60)
+        return self.enroll_out
 
     def start(self, wait: bool = True, bundle: bool = True) -> None:
         self.logf = open(self.log_path, "a")

@@ -49,8 +49,9 @@ def test_enrol_admit_push_detach_audit(mlab):
     assert stat.S_IMODE(os.stat(os.path.join(mdir, "bundle.json")).st_mode) == 0o600
     secret = p.last_token.split(".")[2]
     key_body = open(os.path.join(mdir, "host.key")).read().splitlines()[1]
-    for text in (p.log(), m.log()):
+    for text in (p.log(), m.log(), p.enroll_out.stdout, p.enroll_out.stderr):
         assert secret not in text and key_body not in text
+    assert "enrolled dom0-a" in p.enroll_out.stdout
     # the master recorded the report and decided: alpha and beta planned for dom0-a
     st = p.status()
     assert st["master"]["url"] == master_lab.URL and not st["master"]["revoked"]

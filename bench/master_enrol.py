@@ -57,6 +57,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (what the master itself burnt, apart from the clients)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_peak_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
@@ -116,11 +123,14 @@ def main() -> int:
         threads = [threading.Thread(target=proxy, args=(f"h{i:03d}",)) for i in range(a.hosts)]
         for t in threads:
             t.start()
+        cpu0 = cpu_seconds(proc.pid)
         start.wait()
         t0 = time.monotonic()
         for t in threads:
             t.join()
         wall = time.monotonic() - t0
+        cpu = cpu_seconds(proc.pid) - cpu0
+        load = os.getloadavg()[0]
 
         lat, lat_lock = [], threading.Lock()
 
@@ -164,7 +174,8 @@ def main() -> int:
           f"errors: {len(errors)}")
     for e in errors[:5]:
         print(f"  error: {e}")
-    print(f"enrol + report + bundle wall time: {wall:.2f} s")
+    print(f"enrol + report + bundle wall time: {wall:.2f} s (master CPU {cpu:.1f} s; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs; the clients share them)")
     print(f"master peak RSS (VmHWM): {rss / 1024:.1f} MiB")
     if lat:
         p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]

@@ -142,3 +142,18 @@ def test_cli_refusals_are_one_line_and_idempotent_commands_succeed_twice(site, t
     assert r.returncode == 2 and "initialised for" in r.stderr
     r = cli(str(tmp_path / "nowhere"), "hosts", check=False)
     assert r.returncode == 2 and "not a tvd-master directory" in r.stderr
+
+
+def test_everything_the_cli_writes_is_private_and_the_umask_is_restored(tmp_path):
+    old = os.umask(0o022)
+    try:
+        d = str(tmp_path / "m")
+        cli(d, "init", "--url", "https://127.0.0.1:8443")
+        cli(d, "admin-cert", "eve", "--out", str(tmp_path / "eve"))
+        cli(d, "token", "h1")
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(old)
+    for f in os.listdir(d) + ["../eve.pem", "../eve.key"]:
+        mode = stat.S_IMODE(os.stat(os.path.join(d, f)).st_mode)
+        assert mode & 0o077 == 0, f"{f} is {oct(mode)}"

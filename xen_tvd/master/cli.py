@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0) and 2
+    # everything tvd-master writes (database, WAL, certificates, keys) is for its admin only;
+    # restored afterwards because tests and tools call main() in their own process
+    old_umask = os.umask(0o077)
     try:
         return args.func(args)
     except Usage as e:
@@ -333,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        os.umask(old_umask)
 
 
 if __name__ == "__main__":

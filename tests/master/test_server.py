@@ -342,3 +342,18 @@ def test_connections_beyond_the_limit_are_refused_not_queued(master, monkeypatch
     assert "event=connection-refused" in wait_log(capfd, "event=connection-refused")
     for s in held + [h]:
         s.close()
+
+
+def test_a_revoked_host_re_enrols_with_a_new_token_and_its_old_cert_stays_dead(master):
+    old = master.enroll("h1")
+    old.client.put_capabilities("h1", report(1))
+    master.admin().call("POST", "/v1/hosts/h1/revoke")
+    new = Enrolled(master.dir, master.url, "h1", os.path.join(master.tmp, "h1-new"))
+    assert status_of(lambda: old.client.bundle("h1"))[0] == 403
+    # the old report does not speak for the new key: no segments until it reports again
+    p = verify_bundle(new.client.bundle("h1", 0, 10), new.ca, "h1", master.url, 0)
+    assert p["plan"]["segments"] == [] and "not reported" in p["refused"]["alpha"]
+    new.client.put_capabilities("h1", report(1))
+    p2 = verify_bundle(new.client.bundle("h1", p["generation"], 10), new.ca, "h1",
+                       master.url, p["generation"])
+    assert [s["tvd"] for s in p2["plan"]["segments"]] == ["alpha", "beta", "gamma"]

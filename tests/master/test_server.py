@@ -243,7 +243,6 @@ def test_bad_capability_reports_get_one_line_400s(master, body, needle):
 
 def test_malformed_requests_get_json_errors_never_tracebacks(master):
     import http.client
-    import ssl
     ctx = mc.client_context(master.m.ca_pem)
     port = int(master.url.rsplit(":", 1)[1])
 

@@ -39,7 +39,8 @@ def sign_bundle(payload: dict, signer_key: Ed25519PrivateKey, signer_pem: str) -
             "signer": signer_pem}
 
 
-def _as_cert(ca_cert) -> x509.Certificate:
+def as_cert(ca_cert) -> x509.Certificate:
+    """A certificate from an x509.Certificate or PEM text/bytes (callers hold either)."""
     if isinstance(ca_cert, x509.Certificate):
         return ca_cert
     if isinstance(ca_cert, str):
@@ -54,7 +55,7 @@ def _ou(cert: x509.Certificate) -> list[str]:
 def check_signer(signer_pem, ca_cert) -> x509.Certificate:
     """The signer certificate if the pinned CA issued it, it is valid now and it is marked
     as the policy signer; else BundleRejected."""
-    ca = _as_cert(ca_cert)
+    ca = as_cert(ca_cert)
     try:
         signer = x509.load_pem_x509_certificate(signer_pem.encode()
                                                 if isinstance(signer_pem, str) else signer_pem)

@@ -160,7 +160,7 @@ def enroll(url: str, token: str, host: str, key_path: str, timeout: float = 30) 
         status, obj = _roundtrip(url, client_context(ca_pem), "POST", "/v1/enroll",
                                  {"token": token.strip(), "host": host, "csr": csr_pem}, timeout)
         if status != 200:
-            raise MasterError(status, _error_of(obj, f"enrolment refused"))
+            raise MasterError(status, _error_of(obj, "enrolment refused"))
         if not isinstance(obj, dict) or not isinstance(obj.get("certificate"), str):
             raise MasterError(status, "master's enrolment answer has no certificate")
         cert = x509.load_pem_x509_certificate(obj["certificate"].encode())

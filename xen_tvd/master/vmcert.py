@@ -14,7 +14,7 @@ import uuid as uuidlib
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from xen_tvd.master.bundle import _as_cert
+from xen_tvd.master.bundle import as_cert
 from xen_tvd.master.ca import VM_OU, VM_PROPERTIES_OID, identity
 
 
@@ -37,7 +37,7 @@ def vm_uuid_of(cert: x509.Certificate) -> str | None:
 
 
 def vm_properties(cert_pem, ca_cert, vm_uuid: str, revoked_serials=()) -> dict[str, str]:
-    ca = _as_cert(ca_cert)
+    ca = as_cert(ca_cert)
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str)
                                               else cert_pem)

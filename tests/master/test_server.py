@@ -263,6 +263,8 @@ def test_malformed_requests_get_json_errors_never_tracebacks(master):
     assert st == 405
     st, data = raw("POST", "/v1/enroll", b'{"token": 1}')
     assert st == 400
+    st, data = raw("PATCH", "/v1/ca")          # a method http.server itself refuses
+    assert st == 501 and data.startswith(b'{"error": ')
 
 
 def test_audit_posts_are_idempotent_and_feed_admissions(master):

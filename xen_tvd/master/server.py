@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 import uuid as uuidlib
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -92,6 +93,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_error(self, fmt, *args):
         pass
+
+    def send_error(self, code, message=None, explain=None):
+        # http.server's own refusals (bad request line, unknown method, oversized headers)
+        # would be HTML: answer them in the API's JSON form too
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        line = (message or phrase).replace("\n", " ")[:200]
+        self._send(code, {"error": f"{line}"})
+        log("warning", "bad-request", status=code, reason=line)
 
     def do_GET(self):
         self._dispatch("GET")

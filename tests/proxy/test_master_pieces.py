@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 import uuid as uuidlib
 
 import pytest
@@ -201,3 +202,20 @@ def test_capability_file_errors_name_the_fix(tmp_path):
     with pytest.raises(capabilities.CapabilityError, match="does not exist"):
         capabilities.load_file(str(tmp_path / "none.json"), True)
     assert capabilities.load_file(str(tmp_path / "none.json"), False) == ([], [])
+
+
+def test_digest_cache_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(b"A" * 4096)
+    cache = evidence.DigestCache()
+    first = cache.get(str(img))
+    assert first == evidence.hash_file(str(img)) and cache.get(str(img)) == first
+    st = os.stat(img)
+    time.sleep(0.01)
+    with open(img, "r+b") as f:          # same size ...
+        f.write(b"B")
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))   # ... and the old mtime put back
+    assert cache.get(str(img)) != first  # ctime moved: hashed again
+    assert cache.get(str(img)) == evidence.hash_file(str(img))
+    with pytest.raises(evidence.EvidenceError, match="fix the kernel/disk path"):
+        cache.get(str(tmp_path / "gone"))

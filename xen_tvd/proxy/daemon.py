@@ -39,7 +39,7 @@ from xen_tvd.policy.model import Policy
 from . import admission
 from . import sessions
 from .admission import Denied
-from .evidence import EvidenceError, vm_properties
+from .evidence import DigestCache, EvidenceError, vm_properties
 from .log import log
 from .protocol import (IFNAME_RE, MAX_REQUEST, TVD_RE, UUID_RE, VERSION, ProtocolError,
                        decode_request, encode)
@@ -107,6 +107,7 @@ class Proxy:
         self.bundle = None               # master mode: the verified Bundle in force
         self.revoked_msg: str | None = None
         self.checked: dict[str, float] = {}   # ifname -> when its membership was last checked
+        self.digests = DigestCache()          # image digests (sessions.py re-hashes them)
         self.host = host
         self.store = StateStore(state_dir)
         self.lock = threading.Lock()
@@ -315,7 +316,7 @@ class Proxy:
         b = self._bundle_or_refuse()
         try:
             return vm_properties(uuid, reg.cert if reg else None, reg.images if reg else [],
-                                 self.link.ca, b.evidence)
+                                 self.link.ca, b.evidence, self.digests)
         except EvidenceError as e:
             raise Denied(f"VM {(reg.name if reg else '') or uuid}: {e}") from None
 

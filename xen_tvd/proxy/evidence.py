@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -94,12 +95,50 @@ def hash_file(path: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def image_properties(paths: list[str], ev: Evidence) -> tuple[dict[str, str], list[str]]:
+class DigestCache:
+    """path -> digest, valid while the file's (dev, inode, size, mtime, ctime) is unchanged.
+
+    Admissions and bundle re-checks run under the daemon's writer lock and must not re-read a
+    multi-GB disk image each time; any write to the file changes its ctime, which nobody but
+    the kernel sets. The session thread calls refresh() outside the lock, which always
+    re-hashes (the contract's periodic re-check), so the lock only ever sees cache hits."""
+
+    def __init__(self) -> None:
+        self._d: dict[str, tuple[tuple, str]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(path: str) -> tuple:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise EvidenceError(f"image {path}: {e.strerror or e}; fix the kernel/disk path of "
+                                "the VM's config") from None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def refresh(self, path: str) -> str:
+        key = self._key(path)    # before reading: a write during the hash changes the key
+        digest = hash_file(path)
+        with self._lock:
+            self._d[path] = (key, digest)
+        return digest
+
+    def get(self, path: str) -> str:
+        key = self._key(path)
+        with self._lock:
+            hit = self._d.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        return self.refresh(path)
+
+
+def image_properties(paths: list[str], ev: Evidence,
+                     digests: DigestCache | None = None) -> tuple[dict[str, str], list[str]]:
     """(properties the master grants these images, notes on digests it does not know)."""
     props: dict[str, str] = {}
     unknown = []
     for p in paths:
-        digest = hash_file(p)
+        digest = digests.get(p) if digests is not None else hash_file(p)
         granted = ev.images.get(digest)
         if granted is None:
             unknown.append(f"{os.path.basename(p)} {digest[:19]}… is not in the master's image list")
@@ -110,7 +149,7 @@ def image_properties(paths: list[str], ev: Evidence) -> tuple[dict[str, str], li
 
 
 def vm_properties(uuid: str, cert_pem: str | None, images: list[str], ca: x509.Certificate | None,
-                  ev: Evidence) -> tuple[dict[str, str], list[str]]:
+                  ev: Evidence, digests: DigestCache | None = None) -> tuple[dict[str, str], list[str]]:
     """(the VM's properties, notes). The certificate's claims come first; image digests only
     add properties it does not name (one assurance kind per property is all M(t) can use).
     EvidenceError when the VM is revoked or its certificate is bad: presenting a bad
@@ -122,7 +161,7 @@ def vm_properties(uuid: str, cert_pem: str | None, images: list[str], ca: x509.C
         if ca is None:
             raise EvidenceError("no pinned CA to check the VM certificate against; run 'tvd-proxy enroll'")
         props.update(check_cert(cert_pem, ca, uuid, ev))
-    img, notes = image_properties(images, ev)
+    img, notes = image_properties(images, ev, digests)
     for p, a in img.items():
         props.setdefault(p, a)
     return props, notes

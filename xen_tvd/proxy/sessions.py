@@ -13,6 +13,7 @@ import threading
 import time
 
 from .admission import Denied
+from .evidence import EvidenceError
 from .log import log
 
 TICK = 1.0   # how often the session thread looks for due vifs; part of the bound (N - TICK)
@@ -69,9 +70,29 @@ class SessionWatch:
     def _run(self) -> None:
         while not self.stop.wait(TICK):
             try:
-                with self.proxy.lock:
-                    names = due(self.proxy, time.monotonic())
-                    if names:
-                        recheck(self.proxy, names, "session")
+                self.tick()
             except Exception as e:   # a bug here must not end continual membership silently
                 log("error", "session-check-failed", error=f"{type(e).__name__}: {e}")
+
+    def tick(self) -> None:
+        proxy = self.proxy
+        with proxy.lock:
+            names = due(proxy, time.monotonic())
+            images = sorted({p for n in names for p in _images_of(proxy, n)})
+        if not names:
+            return
+        # re-hash outside the writer lock (a disk image can take seconds); the re-check
+        # under the lock then finds these fresh digests unless the file changed meanwhile
+        for path in images:
+            try:
+                proxy.digests.refresh(path)
+            except EvidenceError:
+                pass   # unreadable: the re-check under the lock reports it and detaches
+        with proxy.lock:
+            recheck(proxy, [n for n in names if n in proxy.vifs], "session")
+
+
+def _images_of(proxy, ifname: str) -> list[str]:
+    rec = proxy.vifs.get(ifname)
+    reg = proxy.regs.get(rec.uuid) if rec is not None and rec.uuid else None
+    return list(reg.images) if reg is not None else []

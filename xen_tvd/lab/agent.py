@@ -106,10 +106,13 @@ def cmd_listen_many(a) -> int:
             os.close(r)
             try:
                 _setns(f"/run/netns/{ns}")
-                srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                srv.bind(("0.0.0.0", a.port))
-                srv.listen(256)
+                servers = []
+                for port in a.port:
+                    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    srv.bind(("0.0.0.0", port))
+                    srv.listen(256)
+                    servers.append(srv)
                 os.setsid()
                 if os.fork():
                     os._exit(0)
@@ -123,7 +126,8 @@ def cmd_listen_many(a) -> int:
                 os._exit(1)
             while True:
                 with contextlib.suppress(InterruptedError, ConnectionAbortedError):
-                    srv.accept()[0].close()
+                    for srv in select.select(servers, [], [])[0]:
+                        srv.accept()[0].close()
         os.close(w)
         msg = b""
         while True:
@@ -410,7 +414,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="xen_tvd.lab.agent")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("listen-many")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--lab", required=True)
     p.add_argument("--vm", action="append", default=[], help="VM=NETNS")
     p = sub.add_parser("listen")

@@ -96,7 +96,8 @@ def topology_to_json(t: Topology) -> dict:
 
 def topology_from_json(d: dict) -> Topology:
     hosts = {k: LabHost(h["name"], h["ns"], tuple(Wire(**w) for w in h["wires"]),
-                        tuple(_route(r) for r in h["routes"])) for k, h in d["hosts"].items()}
+                        tuple(_route(r) for r in h["routes"]), h.get("router_ns"))
+             for k, h in d["hosts"].items()}
     vms = {k: LabVm(v["name"], v["host"], v["domid"], v["ns"],
                     tuple(LabNic(**n) for n in v["nics"])) for k, v in d["vms"].items()}
     return Topology(d["name"], d["fabric_ns"], d["router_ns"], d["bridges"], d["bridge_mtu"],
@@ -198,6 +199,7 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
             hs = states.get(vm.host) or HostState(vm.host)
             for nic in vm.nics:
                 _vm_nic(vm, nic, host)
+                _vm_gateway(vm, nic, policy)
                 seg = hs.segment(nic.tvd)
                 if seg is None:
                     errors.append(f"VM {vm.name} {nic.eth}: the plan for host {vm.host} has no "
@@ -213,7 +215,13 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
         timings["vms"] = time.monotonic() - t
 
         t = time.monotonic()
-        state["listeners"] = _listeners(topo, state.get("listeners", {}), errors)
+        from xen_tvd.lab.ports import listen_ports
+        ports = listen_ports(policy)
+        old_listeners = state.get("listeners", {})
+        if (old or {}).get("listen_ports", [TCP_PORT]) != ports:
+            old_listeners = {}     # the policy's ports changed: restart every listener
+        state["listen_ports"] = ports
+        state["listeners"] = _listeners(topo, old_listeners, errors, ports)
         timings["listeners"] = time.monotonic() - t
 
         state["namespaces"] = topo.namespaces()
@@ -264,6 +272,17 @@ def _vm_nic(vm: LabVm, nic: LabNic, host: LabHost) -> None:
         net = ipaddress.ip_interface(nic.address).network
         nsutil.ensure_route(vm.ns, str(net), dev=nic.eth, table=table, prefsrc=nic.ip)
         nsutil.ensure_rule(vm.ns, nic.ip, table, VM_RULE_PRIO_BASE + nic.devid)
+
+
+def _vm_gateway(vm: LabVm, nic: LabNic, policy: Policy) -> None:
+    """A VM with one NIC in a TVD that has subnets routes everything else via its gateway
+    (as DHCP would tell it), closed TVDs included: what stops it is the network, not the VM.
+    Multi-NIC VMs (shared membership) keep their per-NIC tables and get no gateway."""
+    tvd = policy.tvds.get(nic.tvd)
+    gws = [g for g in (tvd.gateways if tvd else ()) if ipaddress.ip_interface(g).version == 4]
+    if len(vm.nics) == 1 and gws:
+        nsutil.ensure_route(vm.ns, "0.0.0.0/0", gateway=str(ipaddress.ip_interface(gws[0]).ip),
+                            dev=nic.eth)
 
 
 def _vif_port(nic) -> "VifPort":
@@ -323,7 +342,8 @@ def _listener_alive(pid: int, ns: str, lab: str, vm: str) -> bool:
     return nsutil.pid_in_ns(pid, ns) and _is_listener(pid, lab, vm)
 
 
-def _listeners(topo: Topology, old: dict, errors: list[str]) -> dict:
+def _listeners(topo: Topology, old: dict, errors: list[str],
+               ports: list[int] | None = None) -> dict:
     out = {}
     good = set()
     for vm in topo.vms.values():
@@ -337,8 +357,9 @@ def _listeners(topo: Topology, old: dict, errors: list[str]) -> dict:
     todo = [vm for vm in topo.vms.values() if vm.name not in out]
     if not todo:
         return out
-    cmd = [sys.executable, "-m", "xen_tvd.lab.agent", "listen-many", "--port", str(TCP_PORT),
-           "--lab", topo.name]
+    cmd = [sys.executable, "-m", "xen_tvd.lab.agent", "listen-many", "--lab", topo.name]
+    for port in ports or [TCP_PORT]:
+        cmd += ["--port", str(port)]
     for vm in todo:
         cmd += ["--vm", f"{vm.name}={vm.ns}"]
     r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -321,7 +321,17 @@ def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
                 ok = False
             else:
                 ip = str(iface.ip)
-                if ip in seen_addr:
+                t = policy.tvds.get(tvd) if policy is not None and tvd else None
+                nets = [ipaddress.ip_network(n) for n in (t.subnets if t else ())]
+                if nets and not any(iface.ip in n for n in nets):
+                    diags.error(p(an), f"{what}: address {ip} is outside the subnets of TVD "
+                                       f"{tvd!r} ({', '.join(map(str, nets))}); its router and "
+                                       "flow filter identify the TVD by address")
+                    ok = False
+                elif any(iface.ip == ipaddress.ip_interface(g).ip for g in (t.gateways if t else ())):
+                    diags.error(p(an), f"{what}: address {ip} is the gateway of TVD {tvd!r}")
+                    ok = False
+                elif ip in seen_addr:
                     diags.error(p(an), f"{what}: address {ip} is already used at {seen_addr[ip]}")
                     ok = False
                 else:

@@ -5,6 +5,9 @@
                          multicast routing, so VXLAN must use head-end replication across it)
     <name>-h-<host>      a Dom0: its policy NICs are veths into the fabric bridges
     <name>-vm-<vm>       a VM: eth<devid> is a veth whose Dom0 end is vif<domid>.<devid>
+    <name>-h-<host>-rtr  the host's TVD router (created and configured by the dataplane's
+                         apply(); the lab only creates and marks the namespace), for hosts
+                         whose VMs are in a TVD with a router card
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class LabHost:
     ns: str
     wires: tuple[Wire, ...]
     routes: tuple[HostRoute, ...]
+    router_ns: str | None = None     # the dataplane's router namespace for this host
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Topology:
         if self.router_ns:
             out.append(self.router_ns)
         out += [h.ns for h in self.hosts.values()]
+        out += [h.router_ns for h in self.hosts.values() if h.router_ns]
         out += [v.ns for v in self.vms.values()]
         return out
 
@@ -141,6 +146,8 @@ def build(spec: LabSpec, policy: Policy) -> Topology:
             router_wires.append(Wire(names["router"], _short(f"r-{n}", f"r{i}", set()),
                                      _short(f"rtr-{n}", f"rtr{i}", used_ports), n,
                                      f"{gw}/{subnet.prefixlen}", nets[n].mtu))
+    from xen_tvd.planner.routing import components
+    cards = components(policy)
     hosts: dict[str, LabHost] = {}
     for hi, (hname, host) in enumerate(sorted(policy.hosts.items())):
         if not host.nics:
@@ -177,7 +184,10 @@ def build(spec: LabSpec, policy: Policy) -> Topology:
                     routes.append(HostRoute(nets[n].subnet if "/" in nets[n].subnet else
                                             str(ipaddress.ip_network(nets[n].subnet)),
                                             router_addr[first.network], first.ifname))
-        hosts[hname] = LabHost(hname, ns, tuple(wires), tuple(routes))
+        # same rule as the planner: a router wherever a VM's TVD has a card
+        routed = any(n.tvd in cards for v in spec.vms.values() if v.host == hname for n in v.nics)
+        hosts[hname] = LabHost(hname, ns, tuple(wires), tuple(routes),
+                               f"{ns}-rtr" if routed else None)
     used_mac: set[str] = set()
     vms: dict[str, LabVm] = {}
     for vname, vm in spec.vms.items():

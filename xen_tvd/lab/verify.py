@@ -4,16 +4,26 @@ For every ordered pair of VM NICs (src, dst) on different VMs, three probes run 
   I  ICMP echo (ping -I eth<n>)
   T  TCP connect to the listener the lab runs in every VM
   A  broadcast ARP request for dst's address, answered or not
-Expected: reachable iff same TVD or FlowMatrix.kind(src, dst) != CLOSED. One agent process per
-source VM runs all of its probes concurrently, and all agents run at once, so the whole matrix
-costs about one probe timeout.
+and, for a controlled pair, a TCP connect to every port of lab.ports.controlled_tcp_ports
+(each rule range's edges and the ports just outside them).
+Expected, from the policy alone:
+  - same TVD: everything answers;
+  - a routed pair (open or controlled, both TVDs with subnets): ARP never (the TVDs stay two
+    broadcast domains); open: ICMP and TCP; controlled: ICMP iff both sides allow icmp, each
+    TCP port iff both sides' rules cover it (the intersection). ICMP and TCP need the reply,
+    so with `replies: false` nothing answers (such a flow's own datagrams are checked by the
+    dataplane tests);
+  - everything else (closed, or open/controlled between TVDs without subnets, which get no
+    router card): nothing.
+One agent process per source VM runs all of its probes concurrently, and all agents run at
+once, so the whole matrix costs about one probe timeout.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xen_tvd.lab.lab import TCP_PORT, LabError, agent_cmd, agent_env
 from xen_tvd.lab.topology import LabNic, Topology
@@ -33,10 +43,14 @@ class Cell:
     flow: str                       # "same-tvd" | open | controlled | closed
     results: dict[str, bool]
     details: dict[str, str]
+    expect: dict[str, bool] = field(default_factory=dict)   # per probe; default `expected`
+
+    def wants(self, kind: str) -> bool:
+        return self.expect.get(kind, self.expected)
 
     @property
     def ok(self) -> bool:
-        return all(v == self.expected for v in self.results.values())
+        return all(v == self.wants(k) for k, v in self.results.items())
 
 
 @dataclass
@@ -54,6 +68,7 @@ class Matrix:
                      for n in self.nics],
             "cells": [{"src": c.src.key, "dst": c.dst.key, "src_tvd": c.src.tvd,
                        "dst_tvd": c.dst.tvd, "flow": c.flow, "expected": c.expected,
+                       "expect": {k: c.wants(k) for k in c.results},
                        "results": c.results, "ok": c.ok, "details": c.details}
                       for c in self.cells.values()],
             "pairs": len(self.cells), "probes": sum(len(c.results) for c in self.cells.values()),
@@ -61,32 +76,66 @@ class Matrix:
         }
 
 
+def expectations(policy: Policy, src_tvd: str, dst_tvd: str,
+                 kinds: tuple[str, ...] = PROBE_KINDS) -> tuple[str, dict[str, bool]]:
+    """(flow label, probe -> expected) for a pair of NICs in these TVDs, from the policy."""
+    if src_tvd == dst_tvd:
+        return "same-tvd", {k: True for k in kinds}
+    from xen_tvd.lab.ports import LAB_TCP_PORT, controlled_tcp_ports
+    from xen_tvd.planner.routing import permitted_pairs
+    from xen_tvd.policy.flows import FlowMatrix
+    closed = {k: False for k in kinds}
+    f = next((f for f in permitted_pairs(policy) if (f.src, f.dst) == (src_tvd, dst_tvd)), None)
+    if f is None:
+        kind = FlowMatrix(policy).kind(src_tvd, dst_tvd)
+        return (kind.value if kind is FlowKind.CLOSED
+                else f"{kind.value} (not routed: no subnets)"), closed
+    if f.kind is FlowKind.OPEN:
+        return "open", {k: f.replies and k != "arp" for k in kinds}
+    rules = FlowMatrix(policy).rules(src_tvd, dst_tvd)
+
+    def allows(proto: str, port: int | None = None) -> bool:
+        return f.replies and any(
+            r.proto == "any" or (r.proto == proto and (port is None or r.ports is None
+                                                       or r.ports[0] <= port <= r.ports[1]))
+            for r in rules)
+    out = dict(closed)
+    if "icmp" in kinds:
+        out["icmp"] = allows("icmp")
+    if "tcp" in kinds:
+        out["tcp"] = allows("tcp", LAB_TCP_PORT)
+        for p in controlled_tcp_ports(policy):
+            out[f"tcp:{p}"] = allows("tcp", p)
+    return "controlled", out
+
+
+def _probe(c: "Cell", kind: str, timeout: float) -> dict:
+    base, _, port = kind.partition(":")
+    return {"id": f"{c.src.key}|{c.dst.key}|{kind}", "kind": base, "dev": c.src.eth,
+            "src": c.src.ip, "dst": c.dst.ip, "port": int(port) if port else TCP_PORT,
+            "timeout": timeout}
+
+
 def measure(topo: Topology, policy: Policy, timeout: float = DEFAULT_TIMEOUT,
             kinds: tuple[str, ...] = PROBE_KINDS) -> Matrix:
     nics = topo.nics()
-    fm = None
     cells: dict[tuple[str, str], Cell] = {}
     batches: dict[str, list[dict]] = {}
+    memo: dict[tuple[str, str], tuple[str, dict[str, bool]]] = {}
     for s in nics:
         for d in nics:
             if s.vm == d.vm:
                 continue   # two NICs of one VM: traffic between them never leaves the VM
-            if s.tvd == d.tvd:
-                exp, flow = True, "same-tvd"
-            else:
-                if fm is None:
-                    from xen_tvd.policy.flows import FlowMatrix
-                    fm = FlowMatrix(policy)
-                kind = fm.kind(s.tvd, d.tvd)
-                exp, flow = kind != FlowKind.CLOSED, kind.value
-            cells[(s.key, d.key)] = Cell(s, d, exp, flow, {}, {})
-            for k in kinds:
-                batches.setdefault(s.vm, []).append({
-                    "id": f"{s.key}|{d.key}|{k}", "kind": k, "dev": s.eth, "src": s.ip,
-                    "dst": d.ip, "port": TCP_PORT, "timeout": timeout})
+            if (s.tvd, d.tvd) not in memo:
+                memo[(s.tvd, d.tvd)] = expectations(policy, s.tvd, d.tvd, kinds)
+            flow, expect = memo[(s.tvd, d.tvd)]
+            c = cells[(s.key, d.key)] = Cell(s, d, any(expect.values()), flow, {}, {},
+                                             dict(expect))
+            for k in expect:
+                batches.setdefault(s.vm, []).append(_probe(c, k, timeout))
     _run_batches(topo, batches, cells)
     for c in cells.values():   # a probe that never reported counts as unreachable
-        for k in kinds:
+        for k in c.expect:
             if k not in c.results:
                 c.results[k] = False
                 c.details[k] = "no result"
@@ -94,13 +143,9 @@ def measure(topo: Topology, policy: Policy, timeout: float = DEFAULT_TIMEOUT,
     # "expected reachable but not reached" once, with a longer timeout, before calling it.
     retry: dict[str, list[dict]] = {}
     for c in cells.values():
-        if c.expected:
-            for k, ok in c.results.items():
-                if not ok:
-                    retry.setdefault(c.src.vm, []).append({
-                        "id": f"{c.src.key}|{c.dst.key}|{k}", "kind": k, "dev": c.src.eth,
-                        "src": c.src.ip, "dst": c.dst.ip, "port": TCP_PORT,
-                        "timeout": timeout * RETRY_FACTOR})
+        for k, ok in c.results.items():
+            if c.wants(k) and not ok:
+                retry.setdefault(c.src.vm, []).append(_probe(c, k, timeout * RETRY_FACTOR))
     if retry:
         _run_batches(topo, retry, cells)
     return Matrix(nics, cells)
@@ -157,19 +202,23 @@ def render(m: Matrix, color: bool) -> str:
                 continue
             txt = "".join(LETTER[k] if c.results.get(k) else "." for k in PROBE_KINDS
                           if k in c.results)
+            port_probes = [k for k in c.results if k.startswith("tcp:")]
+            if port_probes:   # controlled pair: how many of its probed ports answered
+                txt += f"+{sum(c.results[k] for k in port_probes)}/{len(port_probes)}"
             mark = txt if c.ok else txt + "!"
             pad = " " * (cw - len(mark))
             row.append(pad + (green if c.ok else red) + mark + reset)
         lines.append(" ".join(row))
     lines.append("")
-    lines.append("cell: I=ICMP T=TCP A=ARP reached, '.' = not reached, '!' = differs from the "
-                 "policy, '-' = same VM")
+    lines.append("cell: I=ICMP T=TCP A=ARP reached, '.' = not reached, +k/n = k of the n probed "
+                 "ports of a controlled pair answered, '!' = differs from the policy, '-' = same VM")
     bad = m.mismatches
     for c in bad:
-        exp = "reachable" if c.expected else "isolated"
-        got = ", ".join(f"{k}={'reached' if v else 'no'}" for k, v in c.results.items())
-        lines.append(f"{red}MISMATCH{reset} {c.src.key}({c.src.tvd}) -> {c.dst.key}({c.dst.tvd}): "
-                     f"policy says {exp} ({c.flow}); measured {got}")
+        wrong = ", ".join(f"{k} {'reached' if v else 'not reached'} (policy: "
+                          f"{'reachable' if c.wants(k) else 'isolated'})"
+                          for k, v in c.results.items() if v != c.wants(k))
+        lines.append(f"{red}MISMATCH{reset} {c.src.key}({c.src.tvd}) -> {c.dst.key}({c.dst.tvd}) "
+                     f"[{c.flow}]: {wrong}")
     n = len(m.cells)
     lines.append(f"{n} NIC pairs, {sum(len(c.results) for c in m.cells.values())} probes: "
                  + (f"{green}all match the policy{reset}" if not bad

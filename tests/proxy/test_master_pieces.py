@@ -219,3 +219,14 @@ def test_digest_cache_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
     assert cache.get(str(img)) == evidence.hash_file(str(img))
     with pytest.raises(evidence.EvidenceError, match="fix the kernel/disk path"):
         cache.get(str(tmp_path / "gone"))
+
+
+def test_an_older_stored_bundle_than_ever_accepted_is_a_rollback(tmp_path, ca):
+    link = enrolled(tmp_path, ca)
+    bundle_store.store(link.dir, sign_bundle(payload(gen=3), *ca.signer))
+    bundle_store.write_high_water(link.dir, 5)       # gen 5 was in force before a restore
+    assert link.load_stored() is None
+    bundle_store.write_high_water(link.dir, 3)       # never lowers the mark
+    assert bundle_store.read_high_water(link.dir) == 5
+    bundle_store.store(link.dir, sign_bundle(payload(gen=6), *ca.signer))
+    assert link.load_stored().generation == 6

@@ -24,6 +24,7 @@ from xen_tvd.yamlsrc import compose
 from .evidence import Evidence, EvidenceError
 
 BUNDLE_FILE = "bundle.json"
+GENERATION_FILE = "generation"
 FORMAT = 1
 
 
@@ -145,6 +146,24 @@ def read_envelope(directory: str) -> dict | None:
     if not isinstance(env, dict):
         raise BundleInvalid(f"stored bundle {path} is not an envelope object")
     return env
+
+
+def read_high_water(directory: str) -> int:
+    """The highest generation this enrolment ever accepted (0 if none): a stored bundle older
+    than that is a rollback (a restored backup of the state directory, say) and refused."""
+    try:
+        with open(os.path.join(directory, GENERATION_FILE), encoding="ascii") as f:
+            return int(f.read().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as e:
+        raise BundleInvalid(f"{os.path.join(directory, GENERATION_FILE)} is unreadable ({e}); "
+                            "remove it to accept the master's next bundle") from None
+
+
+def write_high_water(directory: str, generation: int) -> None:
+    if generation > read_high_water(directory):
+        write_private(os.path.join(directory, GENERATION_FILE), f"{generation}\n".encode())
 
 
 def remove(directory: str) -> None:

@@ -57,8 +57,13 @@ def enroll_host(url: str, token: str, host: str, state_dir: str) -> str:
     write_private(os.path.join(d, "ca.pem"), res.ca.encode())
     write_private(os.path.join(d, "url"), url.rstrip("/").encode() + b"\n")
     write_private(os.path.join(d, "host"), host.encode() + b"\n")
-    # a bundle of an earlier enrolment (maybe of another master, maybe revoked) is not ours
+    # a bundle of an earlier enrolment (maybe of another master, maybe revoked) is not ours,
+    # and a new master may count generations from 1 again
     bundle_store.remove(d)
+    try:
+        os.unlink(os.path.join(d, bundle_store.GENERATION_FILE))
+    except FileNotFoundError:
+        pass
     return d
 
 
@@ -122,7 +127,7 @@ class MasterLink:
             env = bundle_store.read_envelope(self.dir)
             if env is None:
                 return None
-            b = self.accept(env, 0)
+            b = self.accept(env, bundle_store.read_high_water(self.dir))
         except (BundleRejected, BundleInvalid) as e:
             log("error", "stored-bundle-refused", path=os.path.join(self.dir, bundle_store.BUNDLE_FILE),
                 error=str(e), detail="no bundle in force: every vif is detached and every "
@@ -274,6 +279,7 @@ class MasterLink:
         if b.generation == self.generation and self.daemon.bundle is not None:
             return
         bundle_store.store(self.dir, env)   # first on disk: a crash mid-apply resumes from it
+        bundle_store.write_high_water(self.dir, b.generation)
         self.generation = b.generation
         self.bounds = [t.session_seconds for t in b.policy.tvds.values() if t.session_seconds] \
             + [MAX_WAIT]

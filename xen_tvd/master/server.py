@@ -501,18 +501,21 @@ class MasterServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address):
         # a thread per connection, but a bounded number of them: beyond that, refuse at once
-        if not self.slots.acquire(blocking=False):
+        slots = self.slots
+        if not slots.acquire(blocking=False):
             log("warning", "connection-refused", peer=client_address[0],
                 reason=f"over {MAX_CONNECTIONS} open connections")
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        t = threading.Thread(target=self._serve_one, args=(request, client_address, slots),
+                             daemon=True)
+        t.start()
 
-    def process_request_thread(self, request, client_address):
+    def _serve_one(self, request, client_address, slots) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            self.process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            slots.release()          # the very semaphore this connection took a slot of
 
     def finish_request(self, request, client_address):
         # the TLS handshake happens here, in the connection's thread

@@ -80,3 +80,19 @@ def test_new_fields_and_union_members_need_no_serializer_edit():
     j = json.loads(json.dumps(to_json(g)))
     assert j["uplink"]["type"] == "WireguardUplink"
     assert from_json(GrownSegment, j) == g
+
+
+def test_the_routing_fields_added_to_the_model_travel_unchanged():
+    # Router / FlowPlan arrived in dataplane/model.py after this serializer was written
+    from xen_tvd.dataplane.model import FlowPlan, FlowRule, PairFilter, Router, RouterLeg, TvdSubnets
+    hs = HostState("h1", SEGMENTS[:1],
+                   router=Router("tvd-rtr-h1", (RouterLeg("alpha", 100, "tvd-alpha", "tvl100",
+                                                          "tvr100", "02:00:00:00:00:01",
+                                                          ("10.1.0.1/24",), ("10.1.0.0/24",)),)),
+                   flows=FlowPlan((TvdSubnets("alpha", 100, ("10.1.0.0/24",), "tvd-alpha"),),
+                                  (PairFilter("alpha", "beta", 100, 200, False,
+                                              (FlowRule("tcp", (80, 80)),), (FlowRule("any"),)),)))
+    j = json.loads(json.dumps(to_json(hs)))
+    assert j["flows"]["pairs"][0]["sender"][0]["ports"] == [80, 80]
+    back = from_json(HostState, j)
+    assert back == hs and back.flows.pairs[0].sender[0].ports == (80, 80)

@@ -263,6 +263,11 @@ def test_malformed_requests_get_json_errors_never_tracebacks(master):
     assert st == 405
     st, data = raw("POST", "/v1/enroll", b'{"token": 1}')
     assert st == 400
+    st, data = raw("GET", "/v1/hosts/h1%0Aevil/bundle")
+    assert st == 401 and b"\\n" not in data
+    h1 = master.enroll("h1")
+    st, msg = status_of(lambda: h1.client.call("GET", "/v1/hosts/h2%0Aevil/bundle"))
+    assert st == 403 and "h2 evil" in msg
     st, data = raw("PATCH", "/v1/ca")          # a method http.server itself refuses
     assert st == 501 and data.startswith(b'{"error": ')
 

@@ -46,6 +46,8 @@ FUNCTIONAL = {"bridge", "vxlan", "vlan", "nftables", "wireguard", "ipsec"}
 
 class HttpError(Exception):
     def __init__(self, status: int, message: str, **extra) -> None:
+        # one line, whatever a client put in the path it echoes (%0A in a host name, say)
+        message = "".join(c if c.isprintable() else " " for c in message)
         super().__init__(message)
         self.status = status
         self.message = message

@@ -337,3 +337,16 @@ def test_two_hosts_use_the_masters_plan_and_peers(mlab2):
         ["ip", "netns", "exec", na, "nft", "list", "ruleset"], capture_output=True, text=True).stdout,
         "dom0-b out of dom0-a's underlay peers", timeout=10)
     assert not lab.ping(b1, "10.99.1.3", count=2)
+
+
+def test_offline_admission_grace_admits_tvds_without_session_bound(mlab):
+    lab = mlab
+    m, p = master_lab.setup(lab, session=30, args=["--offline-admission-grace", "3"])
+    b1 = lab.vm("b1", 2, nics={0: ("tvd:beta", "10.99.1.2")})
+    b2 = lab.vm("b2", 3, nics={0: ("tvd:beta", "10.99.1.3")})
+    m.kill()
+    assert online(lab, b1) == (0, None)          # within the grace: admitted
+    time.sleep(3.5)
+    rc, err = online(lab, b2)                    # past it: refused, naming the option
+    assert rc != 0 and "after --offline-admission-grace (3 s)" in err, err
+    assert link_info(lab.host_ns["dom0-a"], b1.vif())["master"] == "tvd-beta"

@@ -207,7 +207,10 @@ class MasterLink:
             log("error", "audit-spool-failed", path=self.spool.path, error=e.strerror or str(e))
 
     def _wait(self) -> float:
-        return max(1.0, min(MAX_WAIT, min(self.bounds) / 2))
+        """Half the shortest bound the offline rule judges contact age against, so that a
+        master that is fine answers often enough for admissions not to have to ask it."""
+        bounds = self.bounds + ([self.offline_grace] if self.offline_grace > 0 else [])
+        return max(1.0, min(MAX_WAIT, min(bounds) / 2))
 
     def _watch(self) -> None:
         backoff, reported = 1.0, False

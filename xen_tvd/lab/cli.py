@@ -175,6 +175,9 @@ def _status(args, L, spec) -> int:
                          for n in ve["nics"])
         lis = "listener ok" if ve["listener_alive"] else "LISTENER DOWN"
         print(f"vm {vm} on {ve['host']} domid {ve['domid']}: {nics}; {lis}")
+    if st.get("control"):
+        from xen_tvd.lab import control
+        print("\n".join(control.render_status(st["control"])))
     for e in st["errors"]:
         print(f"error: {e}")
     return EXIT_OK
@@ -189,12 +192,22 @@ def _verify(args, L, spec, policy) -> int:
     if want != have:
         _err(f"lab {spec.name} was built from a different spec; rerun `tvdctl lab up {args.spec}`")
         return EXIT_FAIL
-    m = V.measure(topo, policy, timeout=args.timeout)
+    from xen_tvd.lab import control
+    master = spec.control == "master"
+    m = V.measure(topo, policy, timeout=args.timeout,
+                  denied=frozenset(control.denied_vms(spec)))
+    # master mode: also the proxies' admissions and the master's audit
+    lines, problems = control.verify(spec, topo) if master else ([], [])
     if args.json:
-        print(json.dumps(m.as_json(), indent=1))
+        out = m.as_json()
+        if master:
+            out["control"] = {"lines": lines, "problems": problems, "ok": not problems}
+        print(json.dumps(out, indent=1))
     else:
         print(V.render(m, color=sys.stdout.isatty()))
-    return EXIT_OK if not m.mismatches else EXIT_FAIL
+        for line in lines + [f"MISMATCH: {p}" for p in problems]:
+            print(line)
+    return EXIT_OK if not m.mismatches and not problems else EXIT_FAIL
 
 
 def main(argv=None) -> int:

@@ -171,17 +171,19 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
         timings["fabric"] = time.monotonic() - t
 
         t = time.monotonic()
+        # master mode: each tvd-proxy plans and applies from the master's bundle (control.py)
+        master = spec.control == "master"
         ports = {h: [] for h in topo.hosts}
         for vm in topo.vms.values():
             ports.setdefault(vm.host, []).extend(_vif_port(n) for n in vm.nics)
         try:
-            states = plan(policy, ports)
+            states = {} if master else plan(policy, ports)
         except PlanError as e:  # the planner refuses: the lab cannot be built as asked
             raise LabError(f"{spec.path}: error: planner refused the lab: {e}") from None
         timings["plan"] = time.monotonic() - t
 
         t = time.monotonic()
-        for hname, host in topo.hosts.items():
+        for hname, host in topo.hosts.items() if not master else ():
             hs = states.get(hname) or HostState(hname)
             try:
                 apply(hs, netns=host.ns)
@@ -200,6 +202,8 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
             for nic in vm.nics:
                 _vm_nic(vm, nic, host)
                 _vm_gateway(vm, nic, policy)
+                if master:
+                    continue    # attached through the proxy: register + vif-online
                 seg = hs.segment(nic.tvd)
                 if seg is None:
                     errors.append(f"VM {vm.name} {nic.eth}: the plan for host {vm.host} has no "
@@ -213,6 +217,14 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
             _prune_vm_nics(vm)
         _prune_host_vifs(topo)
         timings["vms"] = time.monotonic() - t
+
+        t = time.monotonic()
+        from xen_tvd.lab import control
+        if master:
+            state["control"] = control.up(spec, policy, topo, errors, log)
+            timings["control"] = time.monotonic() - t
+        elif control.down(spec.name, log):   # switched back to direct mode
+            state.pop("control", None)
 
         t = time.monotonic()
         from xen_tvd.lab.ports import listen_ports
@@ -388,6 +400,8 @@ def down(name: str, log: Log = lambda s: None) -> list[str]:
         except LabError:
             state = None
         nss = lab_namespaces(name, state)
+        from xen_tvd.lab import control
+        control.down(name, log)   # master and proxies first, with SIGTERM: they stop cleanly
         pids = set(nsutil.pids_in_ns(nss)) | set(stray_listeners(name))
         nsutil.kill_pids(pids)
         for ns in nss:
@@ -478,6 +492,9 @@ def _status(name: str) -> dict:
                                "mtu": l.get_attr("IFLA_MTU") if l else None,
                                "state": l.get("state") if l else None})
         out["vms"][vm.name] = ve
+    if state.get("control"):
+        from xen_tvd.lab import control
+        out["control"] = control.status(name, topo)
     return out
 
 

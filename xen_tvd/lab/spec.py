@@ -10,16 +10,18 @@ reported as one `FILE:LINE:COL: error: message` line; nothing here touches the k
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
 from xen_tvd.policy.model import Policy, Pos  # first: xen_tvd.diagnostics imports it back
 from xen_tvd.diagnostics import Collector  # noqa: I001
 from xen_tvd.yamlsrc import YamlUnreadable, compose, kind_name, pos_of, read_source, scalar
+from xen_tvd.lab import spec_control  # noqa: I001
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 VM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
@@ -54,6 +56,8 @@ class VmSpec:
     domid: int
     nics: tuple[NicSpec, ...]
     pos: Pos | None = None
+    properties: dict[str, str] = field(default_factory=dict, hash=False)  # master mode: VM cert
+    expect: str = "admitted"                                   # master mode: admission outcome
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class LabSpec:
     name: str
     policy_path: str        # absolute
     vms: dict[str, VmSpec]
+    control: str = "direct"     # direct: the lab plugs vifs; master: tvd-master + tvd-proxy
 
 
 def default_name(path: str) -> str:
@@ -96,7 +101,7 @@ def load_lab(path: str) -> tuple[LabSpec, Policy]:
         diags.error(p(root), f"a lab spec must be a mapping, got {kind_name(root)}")
         raise SpecInvalid("\n".join(str(d) for d in diags.errors))
 
-    top = _mapping(root, path, diags, {"name", "policy", "vms"}, "lab spec")
+    top = _mapping(root, path, diags, {"name", "policy", "vms", "control"}, "lab spec")
     name = default_name(path)
     if "name" in top:
         k, v = top["name"]
@@ -117,15 +122,19 @@ def load_lab(path: str) -> tuple[LabSpec, Policy]:
         if rel is not None:
             policy_path = os.path.normpath(os.path.join(os.path.dirname(spec_path), rel))
             policy = _load_policy(policy_path, p(v), diags)
+    control = "direct"
+    if "control" in top:
+        control = spec_control.parse_control(top["control"][1], path, diags) or control
     vms: dict[str, VmSpec] = {}
     if "vms" not in top:
         diags.error(p(root), "missing key 'vms' (the lab's virtual machines)")
     else:
         vms = _vms(top["vms"][1], path, diags, policy)
+        spec_control.check_mode(control, vms, diags)
     if diags.errors:
         raise SpecInvalid("\n".join(str(d) for d in diags.errors))
     assert policy is not None
-    return LabSpec(spec_path, name, policy_path, vms), policy
+    return LabSpec(spec_path, name, policy_path, vms, control), policy
 
 
 def _load_policy(policy_path: str, where: Pos | None, diags: Collector) -> Policy | None:
@@ -210,7 +219,7 @@ def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpe
         if not isinstance(v, yaml.MappingNode):
             diags.error(p(v), f"{what} must be a mapping with host and nics, got {kind_name(v)}")
             continue
-        f = _mapping(v, file, diags, {"host", "domid", "nics"}, what)
+        f = _mapping(v, file, diags, {"host", "domid", "nics", "properties", "expect"}, what)
         host = None
         if "host" not in f:
             diags.error(p(v), f"{what}: missing key 'host'")
@@ -259,9 +268,15 @@ def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpe
                     nic = _nic(item, devid, file, diags, policy, f"{what} nic {devid}", seen_addr)
                     if nic is not None:
                         nics.append(nic)
+        props = expect = None
+        if "properties" in f:
+            props = spec_control.parse_properties(f["properties"][1], file, diags, policy, what)
+        if "expect" in f:
+            expect = spec_control.parse_expect(f["expect"][1], file, diags, what)
         if host is not None and domid is None:
             pending_domid.append(name)
-        vms[name] = VmSpec(name, host or "", domid or 0, tuple(nics), p(k))
+        vms[name] = VmSpec(name, host or "", domid or 0, tuple(nics), p(k), props or {},
+                           expect or "admitted")
     # Domids not given are assigned per host, smallest free first, in spec order.
     for name in pending_domid:
         host = vms[name].host
@@ -269,8 +284,7 @@ def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpe
         while (host, d) in seen_domid:
             d += 1
         seen_domid[(host, d)] = name
-        vm = vms[name]
-        vms[name] = VmSpec(vm.name, vm.host, d, vm.nics, vm.pos)
+        vms[name] = dataclasses.replace(vms[name], domid=d)
     return vms
 
 

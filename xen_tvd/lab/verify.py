@@ -117,7 +117,9 @@ def _probe(c: "Cell", kind: str, timeout: float) -> dict:
 
 
 def measure(topo: Topology, policy: Policy, timeout: float = DEFAULT_TIMEOUT,
-            kinds: tuple[str, ...] = PROBE_KINDS) -> Matrix:
+            kinds: tuple[str, ...] = PROBE_KINDS, denied: frozenset[str] = frozenset()) -> Matrix:
+    """`denied`: VMs whose admission the master must refuse (control: master); every probe
+    from or to them is expected to fail, whatever their TVDs allow."""
     nics = topo.nics()
     cells: dict[tuple[str, str], Cell] = {}
     batches: dict[str, list[dict]] = {}
@@ -129,6 +131,8 @@ def measure(topo: Topology, policy: Policy, timeout: float = DEFAULT_TIMEOUT,
             if (s.tvd, d.tvd) not in memo:
                 memo[(s.tvd, d.tvd)] = expectations(policy, s.tvd, d.tvd, kinds)
             flow, expect = memo[(s.tvd, d.tvd)]
+            if s.vm in denied or d.vm in denied:
+                flow, expect = "denied", {k: False for k in expect}
             c = cells[(s.key, d.key)] = Cell(s, d, any(expect.values()), flow, {}, {},
                                              dict(expect))
             for k in expect:

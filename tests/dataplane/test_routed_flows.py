@@ -209,3 +209,24 @@ def test_atomic_reload_under_traffic_leaks_nothing(rig, tmp_path):
           f"arrived {got_bad}; allowed frames sent {sent_ok}, arrived {got_ok}")
     assert sent_bad > 1000 and got_bad == 0, (sent_bad, got_bad)
     assert got_ok > 0                              # traffic really flowed during the reloads
+
+
+def test_ipv6_subnets_load_and_route(mkns, tmp_path):
+    """Dual-stack TVDs: the IPv6 maps, gateway addresses and ND containment set load, and a
+    rerun converges. (IPv6 traffic itself is not exercised: the test VMs run IPv4 only.)"""
+    from flow_helpers import POLICY
+    text = POLICY.replace("a: {vlan: 100, subnets: [10.1.0.0/24]}",
+                          "a: {vlan: 100, subnets: [10.1.0.0/24, 'fd00:a::/64']}") \
+                 .replace("b: {vlan: 200, subnets: [10.2.0.0/24]}",
+                          "b: {vlan: 200, subnets: [10.2.0.0/24, 'fd00:b::/64']}")
+    rig = build(mkns, tmp_path, text)
+    try:
+        fl = nft(rig.hosts["h1"], "-j", "list", "map", "inet", "xen_tvd_flows", "send6_100")
+        assert fl.returncode == 0 and "fd00:b::" in fl.stdout
+        gw = nft(rig.hosts["h1"], "-j", "list", "set", "bridge", "xen_tvd_gw", "gw6")
+        assert gw.returncode == 0 and '"elem"' in gw.stdout
+        out = sh(_rtr(rig, "h1"), "ip", "-6", "-o", "addr", "show", "dev", "leg-100").stdout
+        assert "fd00:a::1/64" in out
+        assert rig.apply_all() == {"h1": [], "h2": []}
+    finally:
+        teardown(rig)

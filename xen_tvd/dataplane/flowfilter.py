@@ -22,8 +22,8 @@ hosts thus each enforce their half; a receiver never depends on the sender's hos
   - a packet on t with neither end in t but one in some TVD's subnet is forged: dropped;
   - traffic touching no TVD subnet (DHCP from 0.0.0.0, link-local, multicast) stays inside
     the segment: the router routes only between the TVD subnets.
-Rules grow with permitted pairs (one chain per controlled pair and side); vSwitches and
-subnets are map elements. Conntrack zone = TVD id per vSwitch (raw prerouting), so two TVDs
+Rules grow with TVDs (two 12-rule chains per routed TVD) and permitted pairs (one chain per
+controlled pair and side); subnets are map elements. Conntrack zone = TVD id per vSwitch (raw prerouting), so two TVDs
 reusing addresses outside the subnets never share a connection.
 
 `bridge xen_tvd_gw` — the anycast gateway stays local: ARP requests for a gateway address and
@@ -67,74 +67,81 @@ def _set(name: str, typ: str, els: list[str], interval: bool = False) -> str:
 
 
 def render(fp: model.FlowPlan, bridges: dict[str, int]) -> str:
-    """The `inet xen_tvd_flows` table body. `bridges`: every TVD vSwitch here -> TVD id."""
+    """The `inet xen_tvd_flows` table body. `bridges`: every TVD vSwitch here -> TVD id.
+
+    Per routed TVD T two chains, o_T (original direction) and p_T (replies), entered by one
+    hash lookup on the vSwitch name; each judges with single-field interval maps of subnets
+    (a few hundred elements at most), not one concatenated vSwitch x subnet map: the latter
+    (pipapo, 10^4 elements at 100 TVDs) doubled the filter's per-packet cost.
+    """
     routed = [t for t in fp.tvds if t.bridge]
     pairs = {(p.src, p.dst): p for p in fp.pairs}
-    chains = []
+    nets = {t.tvd: [ipaddress.ip_network(n) for n in t.subnets] for t in fp.tvds}
+    parts: list[str] = []
+    for v in (4, 6):
+        addr_t = "ipv4_addr" if v == 4 else "ipv6_addr"
+        parts.append(_set(f"all{v}", addr_t,
+                          [str(n) for t in fp.tvds for n in nets[t.tvd] if n.version == v], True))
+    orig, reply, chains = [], [], []
     for p in fp.pairs:
         if not p.open:
             chains.append(_chain(f"s_{p.src_id}_{p.dst_id}", p.sender))
             chains.append(_chain(f"r_{p.src_id}_{p.dst_id}", p.receiver))
-    nets = {t.tvd: [ipaddress.ip_network(n) for n in t.subnets] for t in fp.tvds}
-    out = []
-    for v, ip in ((4, "ip"), (6, "ip6")):
-        addr_t = "ipv4_addr" if v == 4 else "ipv6_addr"
-        own, every, send, recv, rsend, rrecv = [], [], [], [], [], []
-        for t in fp.tvds:
-            every += [str(n) for n in nets[t.tvd] if n.version == v]
-        for t in routed:
-            br = f'"{t.bridge}"'
-            own += [f"{br} . {n}" for n in nets[t.tvd] if n.version == v]
+    for t in routed:
+        tid = t.tvd_id
+        orig.append(f'"{t.bridge}" : jump o_{tid}')
+        reply.append(f'"{t.bridge}" : goto p_{tid}')   # never falls back into o_T
+        for v in (4, 6):
+            addr_t = "ipv4_addr" if v == 4 else "ipv6_addr"
+            own = [str(n) for n in nets[t.tvd] if n.version == v]
+            send, recv, rsend, rrecv = ([f"{n} : accept" for n in own] for _ in range(4))
             for u in fp.tvds:
                 if u.tvd == t.tvd:
                     continue
                 out_p, in_p = pairs.get((t.tvd, u.tvd)), pairs.get((u.tvd, t.tvd))
-                for n in (n for n in nets[u.tvd] if n.version == v):
-                    key = f"{br} . {n}"
-                    send.append(f"{key} : " + ("drop" if out_p is None else "accept" if out_p.open
-                                               else f"jump s_{out_p.src_id}_{out_p.dst_id}"))
-                    recv.append(f"{key} : " + ("drop" if in_p is None else "accept" if in_p.open
-                                               else f"jump r_{in_p.src_id}_{in_p.dst_id}"))
+                for n in (str(n) for n in nets[u.tvd] if n.version == v):
+                    send.append(f"{n} : " + ("drop" if out_p is None else "accept" if out_p.open
+                                             else f"jump s_{out_p.src_id}_{out_p.dst_id}"))
+                    recv.append(f"{n} : " + ("drop" if in_p is None else "accept" if in_p.open
+                                             else f"jump r_{in_p.src_id}_{in_p.dst_id}"))
                     # t answering u's connection (u -> t) / u answering t's (t -> u)
-                    rsend.append(f"{key} : " + ("accept" if in_p and in_p.replies else "drop"))
-                    rrecv.append(f"{key} : " + ("accept" if out_p and out_p.replies else "drop"))
-        out.append(_set(f"own{v}", f"ifname . {addr_t}", own, True)
-                   + _set(f"all{v}", addr_t, every, True)
-                   + _set(f"send{v}", f"ifname . {addr_t} : verdict", send, True)
-                   + _set(f"recv{v}", f"ifname . {addr_t} : verdict", recv, True)
-                   + _set(f"rsend{v}", f"ifname . {addr_t} : verdict", rsend, True)
-                   + _set(f"rrecv{v}", f"ifname . {addr_t} : verdict", rrecv, True))
+                    rsend.append(f"{n} : " + ("accept" if in_p and in_p.replies else "drop"))
+                    rrecv.append(f"{n} : " + ("accept" if out_p and out_p.replies else "drop"))
+            parts.append(_set(f"own{v}_{tid}", addr_t, own, True)
+                         + _set(f"send{v}_{tid}", f"{addr_t} : verdict", send, True)
+                         + _set(f"recv{v}_{tid}", f"{addr_t} : verdict", recv, True)
+                         + _set(f"rsend{v}_{tid}", f"{addr_t} : verdict", rsend, True)
+                         + _set(f"rrecv{v}_{tid}", f"{addr_t} : verdict", rrecv, True))
+
+    def judge(name: str, tid: int, send: str, recv: str) -> str:
+        lines = [f"  chain {name}_{tid} {{"]
+        for v, ip in ((4, "ip"), (6, "ip6")):
+            lines += [f"    {ip} saddr @own{v}_{tid} {ip} daddr vmap @{send}{v}_{tid}",
+                      f"    {ip} saddr @own{v}_{tid} accept",
+                      f"    {ip} daddr @own{v}_{tid} {ip} saddr vmap @{recv}{v}_{tid}",
+                      f"    {ip} daddr @own{v}_{tid} accept",
+                      f"    {ip} saddr @all{v} drop",    # neither end in T, one a TVD's: forged
+                      f"    {ip} daddr @all{v} drop"]
+        return "\n".join(lines + ["  }"]) + "\n"
+
     zones = [f'"{b}" : {z}' for b, z in sorted(bridges.items())]
-    flow_brs = [f'"{t.bridge}"' for t in routed]
-
-    def judge(ip: str, v: int, send: str, recv: str) -> str:
-        return (f"    iifname . {ip} saddr @own{v} iifname . {ip} daddr @own{v} accept\n"
-                f"    iifname . {ip} saddr @own{v} iifname . {ip} daddr vmap @{send}{v}\n"
-                f"    iifname . {ip} saddr @own{v} accept\n"
-                f"    iifname . {ip} daddr @own{v} iifname . {ip} saddr vmap @{recv}{v}\n"
-                f"    iifname . {ip} daddr @own{v} accept\n"
-                f"    {ip} saddr @all{v} drop\n"
-                f"    {ip} daddr @all{v} drop\n")
-
-    body = ("".join(out)
-            + _set("flow_bridges", "ifname", flow_brs)
+    return ("".join(parts)
+            + _set("orig", "ifname : verdict", orig)
+            + _set("reply", "ifname : verdict", reply)
             + (f"  map zone {{ typeof iifname : ct zone;"
                f"{' elements = { ' + ', '.join(zones) + ' };' if zones else ''} }}\n")
             + "".join(chains)
+            + "".join(judge("o", t.tvd_id, "send", "recv") + judge("p", t.tvd_id, "rsend", "rrecv")
+                      for t in routed)
             + "  chain zones {\n"
               "    type filter hook prerouting priority raw; policy accept;\n"
               "    ct zone set iifname map @zone\n"
               "  }\n"
               "  chain forward {\n"
               "    type filter hook forward priority filter; policy accept;\n"
-              '    iifname != @flow_bridges accept comment "@DIGEST@"\n'
-              "    ct direction reply goto replies\n"
-            + judge("ip", 4, "send", "recv") + judge("ip6", 6, "send", "recv")
-            + "  }\n"
-              "  chain replies {\n"
-            + judge("ip", 4, "rsend", "rrecv") + judge("ip6", 6, "rsend", "rrecv")
-            + "  }\n")
-    return body
+              '    ct direction reply iifname vmap @reply comment "@DIGEST@"\n'
+              "    iifname vmap @orig\n"
+              "  }\n")
 
 
 def render_gw(legs: tuple[model.RouterLeg, ...], uplinks: list[str]) -> str:
@@ -184,7 +191,9 @@ def _tvd_id(state: model.HostState, tvd: str) -> int:
 
 def current_digest(netns: str | None) -> str | None | bool:
     """False: no table; None: a table without our digest; else the digest it carries."""
-    objs = nftables.list_json(netns, "table", FAMILY, TABLE)
+    # only the chain that carries the digest: listing the whole table as JSON costs seconds
+    # at 100 TVDs (35,000 rules, 40,000 elements), and a converged rerun must stay cheap
+    objs = nftables.list_json(netns, "chain", FAMILY, TABLE, "forward")
     if objs is None:
         return False
     for o in objs:

@@ -228,3 +228,18 @@ def test_spec_master_keys_parsed():
     assert spec.vms["a1"].properties == {"signed-kernel": "trust"}
     assert spec.vms["x1"].expect == "denied" and spec.vms["x1"].properties == {}
     assert control.denied_vms(spec) == {"x1"}
+
+
+def test_spec_master_mode_refuses_routed_flows(tmp_path):
+    """The master's bundle carries no routers yet: a routed-flows policy would come up with
+    every inter-TVD pair closed, so master mode refuses it at load time (fail closed, said)."""
+    from xen_tvd.lab.spec import SpecInvalid, load_lab
+    with open(os.path.join(REPO, "xl-configs", "lab-flows.yaml")) as f:
+        doc = yaml.safe_load(f)
+    doc["control"] = "master"
+    doc["policy"] = os.path.join(REPO, "xl-configs", "lab-flows-policy.yaml")
+    path = tmp_path / "flows-master.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(SpecInvalid) as e:
+        load_lab(str(path))
+    assert "control: master does not carry routed inter-TVD flows yet (app->db" in str(e.value)

@@ -56,6 +56,7 @@ PROXY_MODULE = "xen_tvd.proxy.main"
 START_TIMEOUT = 30.0              # a proxy's first bundle follows its capability probes
 AUDIT_TIMEOUT = 20.0              # the proxies flush their audit spool every watch turn
 SOCKET_MAX = 107                  # sun_path
+_netlink_lock = threading.Lock()
 
 
 # ---- names and paths --------------------------------------------------------------------------
@@ -383,7 +384,8 @@ def _attach_vm(name: str, spec: LabSpec, topo: Topology, vm: str) -> tuple[bool,
                               "devid": nic.devid, "ifname": nic.vif, "bridge": f"tvd:{nic.tvd}",
                               "mac": nic.mac, "type": "vif", "name": vm, "ip": nic.ip}, sock)
         if r["ok"]:
-            nsutil.set_link(lv.ns, nic.eth, mtu=int(r["mtu"]))   # what netfront does with `mtu`
+            with _netlink_lock:   # hosts attach in parallel; nsutil's handle cache is shared
+                nsutil.set_link(lv.ns, nic.eth, mtu=int(r["mtu"]))   # netfront and `mtu`
         else:
             refused.append(f"{nic.vif}: {r['error']}")
     return not refused, refused
@@ -414,8 +416,10 @@ def up(spec: LabSpec, policy: Policy, topo: Topology, errors: list[str], log: Lo
     _stop_removed_hosts(spec.name, topo)
     _mgmt_network(topo, policy)
     _start_master(spec.name, log)
+    before = _master_generations(spec.name)
     out = master_cli(spec.name, "policy", "push", spec.policy_path)
     log(f"tvd-master: {_last_line(out)}")
+    pushed = _last_line(out).endswith(" pushed")
     failures: dict[str, str] = {}
 
     def start(h: str) -> None:
@@ -429,6 +433,8 @@ def up(spec: LabSpec, policy: Policy, topo: Topology, errors: list[str], log: Lo
     for t in threads:
         t.join()
     errors.extend(failures[h] for h in sorted(failures))
+    _sync_bundles(spec.name, topo, before if pushed else {}, failures)
+    errors.extend(failures[h] for h in sorted(failures) if failures[h] not in errors)
     outcomes: dict[str, dict] = {}
     results: dict[str, tuple[bool, list[str]] | str] = {}
 
@@ -468,6 +474,50 @@ def up(spec: LabSpec, policy: Policy, topo: Topology, errors: list[str], log: Lo
             _forget_removed(spec.name, topo)
     return {"mode": "master", "url": URL, "namespace": master_ns(spec.name),
             "dir": paths.root, "vms": outcomes}
+
+
+def _master_generations(name: str) -> dict[str, int]:
+    """host -> generation of the newest bundle the master made for it (enrolled hosts)."""
+    try:
+        hosts = json.loads(master_cli(name, "hosts", "--json"))
+    except ValueError:
+        raise LabError("tvd-master hosts --json: not JSON") from None
+    return {h["host"]: h["generation"] for h in hosts if h["state"] == "enrolled"}
+
+
+def _sync_bundles(name: str, topo: Topology, before: dict[str, int],
+                  failures: dict[str, str]) -> None:
+    """Admissions must be judged by the policy just pushed, not by a proxy's older bundle
+    (a restarted proxy starts from its stored one; a push reaches running proxies on their
+    next watch turn). `before`: the master's generations before a push that changed the
+    policy; every host the master had then gets a newer one, as the policy is in every
+    bundle. Then each proxy must hold at least the master's generation for it."""
+    paths = Paths(name)
+    deadline = time.monotonic() + START_TIMEOUT
+    gens = _master_generations(name)
+    while any(gens.get(h, 0) <= g for h, g in before.items() if h in topo.hosts):
+        if time.monotonic() > deadline:
+            failures["master"] = (f"tvd-master made no bundles for the pushed policy within "
+                                  f"{START_TIMEOUT:g} s: {_log_tail(paths.master_log)}")
+            return
+        time.sleep(0.1)
+        gens = _master_generations(name)
+    for h in sorted(topo.hosts):
+        if h in failures:
+            continue
+        have = None
+        while time.monotonic() < deadline:
+            try:
+                have = (_proxy_status(paths, h, 2).get("master") or {}).get("generation")
+            except protocol.ProxyUnreachable:
+                have = None
+            if have is not None and have >= gens.get(h, 0):
+                break
+            time.sleep(0.1)
+        else:
+            failures[h] = (f"tvd-proxy {h}: holds bundle generation {have}, the master made "
+                           f"{gens.get(h)}; not current after {START_TIMEOUT:g} s: "
+                           f"{_log_tail(paths.proxy_log(h))}")
 
 
 def _stop_removed_hosts(name: str, topo: Topology) -> None:

@@ -10,11 +10,13 @@ with VMs:
     TVD's VLAN id, are dropped (nft rebuilds an offloaded tag for `ether type`, tested); other
     untagged ethertypes pass (the lab's flood check uses 0x88b5), MAC-pinned like the rest;
   - source MAC = the vif's declared MAC (when one is declared);
-  - IPv4: DHCP server replies (udp sport 67) dropped; DHCP client traffic from 0.0.0.0
+  - IPv4: DHCP server replies (udp sport 67) dropped unless the segment allows a DHCP server
+    (policy `allow-dhcp-server`, Segment.allow_dhcp_server); DHCP client traffic from 0.0.0.0
     (udp 68 -> 67) allowed; otherwise the source must be a declared address;
   - ARP: Ethernet/IPv4 only; sender MAC = declared MAC; sender IP declared (0.0.0.0 allowed
     for RFC 5227 probes); so gratuitous ARP for another VM's address is dropped;
-  - IPv6: router advertisements, redirects and DHCPv6 server replies (udp sport 547) dropped;
+  - IPv6: redirects dropped; router advertisements and DHCPv6 server replies (udp sport 547)
+    dropped unless the segment allows them (`allow-router-advertisements`, `allow-dhcp-server`);
     source :: only for DAD neighbour solicitations and MLD reports; otherwise the source must be
     declared or the fe80::/64 EUI-64 link-local address of the declared MAC; neighbour
     advertisements only for the vif's own addresses (ND target checked).
@@ -75,6 +77,8 @@ SETS = {
     "port_ip4": "type ifname . ipv4_addr",
     "port_ip6": "type ifname . ipv6_addr",     # declared + EUI-64 link-local
     "na_ok": "typeof iifname . @th,64,128",    # same addresses, as ND target (raw ICMPv6 bytes 8..23)
+    "dhcp_srv": "type ifname",                 # segment allows DHCP/DHCPv6 server traffic
+    "ra_ok": "type ifname",                    # segment allows router advertisements
 }
 
 CHAINS = """\
@@ -86,7 +90,7 @@ CHAINS = """\
     ether type vmap { ip : goto vif_ip4, arp : goto vif_arp, ip6 : goto vif_ip6 }
   }
   chain vif_ip4 {
-    udp sport 67 drop
+    iifname != @dhcp_srv udp sport 67 drop
     ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept
     iifname @unpinned accept
     iifname . ip saddr != @port_ip4 drop
@@ -102,8 +106,9 @@ CHAINS = """\
     iifname . arp saddr ip != @port_ip4 drop
   }
   chain vif_ip6 {
-    icmpv6 type { nd-router-advert, nd-redirect } drop
-    udp sport 547 drop
+    icmpv6 type nd-redirect drop
+    iifname != @ra_ok icmpv6 type nd-router-advert drop
+    iifname != @dhcp_srv udp sport 547 drop
     ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } accept
     iifname @unpinned accept
     iifname . ip6 saddr != @port_ip6 drop
@@ -147,10 +152,15 @@ def eui64_link_local(mac: str) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + iid)
 
 
-def port_elements(port: model.VifPort, require_addresses: bool = False) -> Elements:
+def port_elements(port: model.VifPort, require_addresses: bool = False,
+                  segment: model.Segment | None = None) -> Elements:
     n = port.ifname
     out: Elements = {k: set() for k in SETS}
     out["ports"].add((n,))
+    if segment is not None and segment.allow_dhcp_server:
+        out["dhcp_srv"].add((n,))
+    if segment is not None and segment.allow_router_advertisements:
+        out["ra_ok"].add((n,))
     addrs = port.addresses
     if addrs is None and require_addresses:
         addrs = ()
@@ -176,7 +186,7 @@ def port_elements(port: model.VifPort, require_addresses: bool = False) -> Eleme
 def desired_elements(state: model.HostState) -> Elements:
     out: Elements = {k: set() for k in SETS}
     for p in state.ports:
-        for k, v in port_elements(p, state.require_addresses).items():
+        for k, v in port_elements(p, state.require_addresses, state.segment(p.tvd)).items():
             out[k] |= v
     return out
 
@@ -308,11 +318,13 @@ def _require_table(netns: str | None, ifname: str) -> Current:
     return cur
 
 
-def plug_port(port: model.VifPort, netns: str | None, require_addresses: bool = False) -> None:
+def plug_port(port: model.VifPort, netns: str | None, require_addresses: bool = False,
+              segment: model.Segment | None = None) -> None:
     """Replace this vif's elements (only its own) in one transaction; rules untouched."""
     validate_port(port)
     cur = _require_table(netns, port.ifname)
-    script, n_del, n_add = _diff_script(cur.elements, port_elements(port, require_addresses))
+    script, n_del, n_add = _diff_script(cur.elements,
+                                        port_elements(port, require_addresses, segment))
     if n_del or n_add:
         nftables.run(netns, script, f"setting port security for {port.ifname}")
 

@@ -42,6 +42,9 @@ class Segment:
     uplink: VxlanUplink | VlanUplink | None   # None: host-local segment only
     mtu: int                                  # VM-facing MTU on this segment
     vif_tx_csum_offload: bool = False         # paper 6.2: off by default (safe)
+    # port security lets this segment's vifs send DHCP(v6) server replies / router adverts
+    allow_dhcp_server: bool = False
+    allow_router_advertisements: bool = False
 
 
 @dataclass(frozen=True)

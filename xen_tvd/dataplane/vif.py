@@ -63,7 +63,7 @@ def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = No
                 f"cannot plug {port.ifname} into TVD {segment.tvd}: bridge {segment.bridge} {state} "
                 f"in {where(netns)}; run apply() for this host first"))
         try:
-            firewall.plug_port(port, netns, require_addresses)
+            firewall.plug_port(port, netns, require_addresses, segment)
         except DataplaneError as e:
             _fail_closed(ctx, port.ifname, e)
         attach(ctx, link, segment, br, frontend_mtu_cb)

@@ -21,6 +21,7 @@ Decisions, per TVD segment (paper sections 4.2, 4.3, 5.2 step 3):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -113,7 +114,9 @@ def plan(policy: Policy, ports: dict[str, list[VifPort]],
         tvd = policy.tvds[tvd_name]
         hosts = [policy.hosts[h] for h in host_names]
         for seg_host, seg, mtus, vnic, seg_peers in _plan_segment(policy, tvd, hosts):
-            segments[seg_host].append(seg)
+            segments[seg_host].append(dataclasses.replace(
+                seg, allow_dhcp_server=tvd.allow_dhcp_server,
+                allow_router_advertisements=tvd.allow_router_advertisements))
             peers[seg_host].update(seg_peers)
             for nic, mtu in mtus.items():
                 underlay_mtu[seg_host][nic] = max(underlay_mtu[seg_host].get(nic, 0), mtu)

@@ -62,6 +62,10 @@ class Tvd:
     # no router card, so every pair with it stays closed by topology.
     subnets: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
+    # Port security drops DHCP/DHCPv6 server traffic and router advertisements from VMs; a TVD
+    # whose own VMs serve these (a VM-run DHCP server or router) allows them for its vifs.
+    allow_dhcp_server: bool = False
+    allow_router_advertisements: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ TOP_KEYS = {"version": True, "properties": False, "tvds": True, "flows": False, 
 PROPERTY_KEYS = {"dominates": False, "excludes": False, "description": False}
 TVD_KEYS = {"vlan": True, "vni": False, "protection": False, "membership": False,
             "multicast-group": False, "tx-checksum-offload": False, "session-seconds": False,
-            "subnets": False, "gateway": False, "description": False}
+            "subnets": False, "gateway": False, "allow-dhcp-server": False,
+            "allow-router-advertisements": False, "description": False}
 FLOW_KEYS = {"from": True, "to": True, "policy": True, "allow": False, "sender": False,
              "receiver": False, "replies": False, "description": False}
 NETWORK_KEYS = {"subnet": True, "vlan-capable": False, "multicast": False, "trusted-for": False,
@@ -137,11 +138,16 @@ class PolicyReader(Reader):
                 session = self.integer(body["session-seconds"][1],
                                        f"session-seconds of TVD '{name}'", 1, 31_536_000)
             subnets, gateways = self.routing(body, name)
+            knobs = {}
+            for key, attr in (("allow-dhcp-server", "allow_dhcp_server"),
+                              ("allow-router-advertisements", "allow_router_advertisements")):
+                if key in body:
+                    knobs[attr] = bool(self.boolean(body[key][1], f"{key} of TVD '{name}'"))
             if "description" in body:
                 self.string(body["description"][1], "description")
             # keep a TVD with a bad id (already reported) so references to it stay valid
             out[name] = Tvd(name, vlan or 0, vni or 0, protection, membership, group, csum, session,
-                            self.pos(kn), subnets, gateways)
+                            self.pos(kn), subnets, gateways, **knobs)
         return out
 
     def routing(self, body, tvd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -101,3 +101,19 @@ def test_a_tvd_routed_with_one_the_host_may_not_carry_is_refused_there(tmp_path)
     assert "routed together with beta" in d["h3"].refused["alpha"]
     assert [s.tvd for s in d["h1"].state.segments] == ["alpha", "beta"]
     assert d["h1"].state.router is not None
+
+
+def test_the_bundle_carries_the_router_and_flow_plan_only_where_something_is_routed(tmp_path):
+    from xen_tvd.dataplane.model import FlowPlan, Router
+    from xen_tvd.dataplane.serial import from_json
+    from xen_tvd.master.decide import bundle_content
+    f = tmp_path / "routed.yaml"
+    f.write_text(ROUTED)
+    routed = load_policy(str(f))
+    d = decide(routed, {h: report(i) for i, h in ((1, "h1"), (3, "h3"))}, {"h1", "h3"})
+    plan1 = bundle_content(ROUTED, "https://m", "h1", d["h1"], {})["plan"]
+    assert from_json(Router, plan1["router"]) == d["h1"].state.router
+    assert from_json(FlowPlan, plan1["flows"]) == d["h1"].state.flows
+    # nothing routed on h3: the keys are absent, so its bundle hash is what it was before them
+    plan3 = bundle_content(ROUTED, "https://m", "h3", d["h3"], {})["plan"]
+    assert "router" not in plan3 and "flows" not in plan3

@@ -44,6 +44,27 @@ hosts:
     nics: [{network: lan, nic: eth0, address: 10.77.1.12}]
 """
 
+# Routed inter-TVD flows (tests/proxy/test_routed_proxy.py, test_master_pieces.py): alpha -> beta
+# %(alpha_beta)s, alpha -> gamma controlled with different halves, beta - gamma closed.
+ROUTED_POLICY = """\
+version: 1
+properties:
+  tpm-measured-boot: {dominates: [signed-kernel]}
+  signed-kernel: {}
+tvds:
+  alpha: {vlan: 100, vni: 10100, subnets: [10.71.1.0/24], gateway: 10.71.1.1}
+  beta:  {vlan: 200, vni: 10200, subnets: [10.71.2.0/24], gateway: 10.71.2.1}
+  gamma: {vlan: 300, vni: 10300, subnets: [10.71.3.0/24], gateway: 10.71.3.1}
+flows:
+  - {from: alpha, to: beta, policy: %(alpha_beta)s}
+  - from: alpha
+    to: gamma
+    policy: controlled
+    sender:   {allow: [{proto: tcp, port: 80}, {proto: tcp, port: 8080}]}
+    receiver: {allow: [{proto: tcp, port: 80}, {proto: tcp, port: 22}]}
+  - {from: beta, to: gamma, policy: closed}
+""" + POLICY[POLICY.index("networks:"):]   # the same LAN and hosts
+
 CAPS = {"nics": [{"network": "lan", "nic": "eth0", "address": "10.77.1.11"}],
         "security": [{"property": "tpm-measured-boot", "assurance": "immutable-log",
                       "evidence": "tpm event log (test)"}]}

@@ -17,13 +17,17 @@ import uuid as uuidlib
 import pytest
 from cryptography import x509
 
+from xen_tvd.dataplane.model import HostState
 from xen_tvd.master import ca as camod
+from xen_tvd.master import decide
 from xen_tvd.master.bundle import sign_bundle
-from xen_tvd.proxy import bundle_store, capabilities, evidence
+from xen_tvd.planner import plan
+from xen_tvd.proxy import bundle_store, capabilities, evidence, routes
 from xen_tvd.proxy.audit_spool import AuditSpool
 from xen_tvd.proxy.bundle_store import BundleInvalid
 from xen_tvd.proxy.master_link import LinkError, MasterLink
 
+import master_lab
 from tvd_harness import POLICY
 
 URL = "https://10.77.1.1:8443"
@@ -230,3 +234,43 @@ def test_an_older_stored_bundle_than_ever_accepted_is_a_rollback(tmp_path, ca):
     assert bundle_store.read_high_water(link.dir) == 5
     bundle_store.store(link.dir, sign_bundle(payload(gen=6), *ca.signer))
     assert link.load_stored().generation == 6
+
+
+@pytest.mark.parametrize("alpha_beta", ["open", "closed"])
+def test_routed_plan_travels_in_the_bundle_and_narrows_as_standalone_plans(alpha_beta):
+    """The master plans a host for every TVD it may carry; the proxy's narrowing to what its
+    local TVDs need gives exactly the router and flow plan the planner gives a host carrying
+    only those (the standalone path), for every choice of local TVDs."""
+    text = master_lab.ROUTED_POLICY % {"alpha_beta": alpha_beta}
+    policy = bundle_store.parse_policy(text, "routed")
+    every = {h: set(policy.tvds) for h in policy.hosts}
+    full = decide.Decision(plan(policy, {}, every)["dom0-a"])
+    content = decide.bundle_content(text, URL, "dom0-a", full, {})
+    b = bundle_store.parse_payload(dict(content, generation=3), "dom0-a", URL)
+    assert (b.router, b.flows) == (full.state.router, full.state.flows)
+    for local in ({"alpha"}, {"beta"}, {"gamma"}, {"beta", "gamma"}, set()):
+        need = routes.needed(policy, "dom0-a", local)
+        alone = plan(policy, {}, {"dom0-a": local})["dom0-a"] if local else HostState("dom0-a")
+        assert {s.tvd for s in alone.segments} == need
+        assert routes.narrow(b.router, b.flows, need) == (alone.router, alone.flows), local
+    # closed alpha -> beta: beta alone is not routed at all
+    if alpha_beta == "closed":
+        assert routes.narrow(b.router, b.flows, {"beta"}) == (None, None)
+
+
+def test_a_bundle_with_half_a_routed_plan_or_a_leg_without_its_segment_is_refused():
+    text = master_lab.ROUTED_POLICY % {"alpha_beta": "open"}
+    policy = bundle_store.parse_policy(text, "routed")
+    full = decide.Decision(plan(policy, {}, {"dom0-a": {"alpha"}})["dom0-a"])
+    content = decide.bundle_content(text, URL, "dom0-a", full, {})
+    half = dict(content, generation=3, plan={k: v for k, v in content["plan"].items()
+                                             if k != "flows"})
+    with pytest.raises(BundleInvalid, match="router without flows"):
+        bundle_store.parse_payload(half, "dom0-a", URL)
+    no_beta = dict(content, generation=3, plan=dict(
+        content["plan"], segments=[s for s in content["plan"]["segments"] if s["tvd"] != "beta"]))
+    with pytest.raises(BundleInvalid, match="router leg for TVD 'beta'"):
+        bundle_store.parse_payload(no_beta, "dom0-a", URL)
+    bad = dict(content, generation=3, plan=dict(content["plan"], flows={"pairs": "x"}))
+    with pytest.raises(BundleInvalid, match=r"plan\.flows\.pairs"):
+        bundle_store.parse_payload(bad, "dom0-a", URL)

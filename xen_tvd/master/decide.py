@@ -18,7 +18,9 @@ Paper 5.2 step 3-4, contract docs/master-protocol.md "Capability report" and "Bu
    no bridge support; VXLAN needed but no `ip` capability; a protection goal over a network
    not trusted for it (no encrypting transport: refuse, never downgrade).
 4. One final plan over all hosts with their kept TVDs gives each host's segments, underlay
-   peers (only enrolled, non-revoked carriers), VLAN-offload NICs and underlay MTUs.
+   peers (only enrolled, non-revoked carriers), VLAN-offload NICs, underlay MTUs and, for
+   routed components, its router legs and flow filter plan (for every TVD it may carry; the
+   proxy keeps those its local TVDs need, xen_tvd.proxy.routes).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from xen_tvd.dataplane.model import HostState, VxlanUplink
-from xen_tvd.dataplane.serial import segments_to_json
+from xen_tvd.dataplane.serial import segments_to_json, to_json
 from xen_tvd.planner import GUARDED_GOALS, PlanError, plan, routing
 from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Host, Policy
@@ -210,10 +212,16 @@ def bundle_content(policy_text: str, master_url: str, host: str, decision: Decis
     """The payload without generation and issued time (those are added when signing); its
     canonical hash tells whether the host's bundle changed."""
     s = decision.state
+    plan_json = {"segments": segments_to_json(s.segments),
+                 "underlay_peers": list(s.underlay_peers or ()),
+                 "vlan_offload_off": list(s.vlan_offload_off),
+                 "underlay_mtu": dict(s.underlay_mtu)}
+    # routed inter-TVD flows: optional keys, present only when a TVD here has a card, so a
+    # host without routed TVDs keeps the same bundle hash (no new generation on upgrade)
+    if s.router is not None and s.flows is not None:
+        plan_json["router"] = to_json(s.router)
+        plan_json["flows"] = to_json(s.flows)
     return {"format": 1, "master": master_url, "host": host, "policy": policy_text,
-            "plan": {"segments": segments_to_json(s.segments),
-                     "underlay_peers": list(s.underlay_peers or ()),
-                     "vlan_offload_off": list(s.vlan_offload_off),
-                     "underlay_mtu": dict(s.underlay_mtu)},
+            "plan": plan_json,
             "refused": dict(sorted(decision.refused.items())),
             "evidence": evidence}

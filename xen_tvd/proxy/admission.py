@@ -2,7 +2,8 @@
 
 A vif's TVD, first match wins (docs/proxy-protocol.md): the backend `bridge` key `tvd:<name>`;
 the VM's registration for that devid, then for any devid; otherwise refused (fail closed).
-Then: the TVD exists; this host satisfies M(t) with its capability-model properties; the VM
+Then: the TVD exists; this host satisfies M(t) with its capability-model properties (and M of
+every TVD routed together with t, whose segment t's router leg pulls in); the VM
 satisfies M(t) of every TVD it is in (registered, joined, or attached right now) together.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Policy
 
+from . import routes
 from .protocol import ProtocolError, tvd_from_bridge
 from .state import Registration, VifRecord
 
@@ -44,6 +46,17 @@ def check_host(policy: Policy, host: str, tvd: str) -> None:
     if not adm.admitted:
         raise Denied(f"host '{host}' may not carry TVD '{tvd}': {adm.reason()} "
                      f"(host properties: {_props(h.properties)})")
+
+
+def check_routed(policy: Policy, host: str, tvd: str) -> None:
+    """Standalone counterpart of the master's refusal (master/decide.py): a TVD routed
+    together with one this host may not carry would pull that TVD's segment and router leg
+    onto the host, so the TVD is refused here as a whole."""
+    for other in sorted(routes.needed(policy, host, {tvd}) - {tvd}):
+        try:
+            check_host(policy, host, other)
+        except Denied as e:
+            raise Denied(f"TVD '{tvd}' is routed together with '{other}': {e}") from None
 
 
 def check_plan(bundle, host: str, tvd: str, url: str) -> None:

@@ -13,8 +13,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from xen_tvd.dataplane.model import Segment
-from xen_tvd.dataplane.serial import SerialError, segments_from_json
+from xen_tvd.dataplane.model import FlowPlan, Router, Segment
+from xen_tvd.dataplane.serial import SerialError, from_json, segments_from_json
 from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.model import Policy
 from xen_tvd.policy.schema import PolicyReader
@@ -45,6 +45,9 @@ class Bundle:
     underlay_mtu: dict[str, int] = field(default_factory=dict, hash=False)
     refused: dict[str, str] = field(default_factory=dict, hash=False)
     evidence: Evidence = field(default_factory=Evidence, hash=False)
+    # routed inter-TVD flows for every TVD this host may carry (None: none routed here)
+    router: Router | None = None
+    flows: FlowPlan | None = None
 
 
 def parse_policy(text: str, where: str) -> Policy:
@@ -86,6 +89,7 @@ def parse_payload(payload: dict, host: str, master: str) -> Bundle:
         if s.tvd not in policy.tvds:
             raise BundleInvalid(f"bundle generation {gen} plans TVD {s.tvd!r}, which its policy lacks")
         by_tvd[s.tvd] = s
+    router, flows = _routing(plan, by_tvd, gen)
     try:
         evidence = Evidence.from_json(payload.get("evidence") or {})
     except EvidenceError as e:
@@ -104,7 +108,30 @@ def parse_payload(payload: dict, host: str, master: str) -> Bundle:
                   issued=float(payload.get("issued") or 0.0), policy=policy, segments=by_tvd,
                   underlay_peers=tuple(sorted(peers)), vlan_offload_off=tuple(sorted(offl)),
                   underlay_mtu={str(k): v for k, v in mtu.items()},
-                  refused={str(k): str(v) for k, v in refused.items()}, evidence=evidence)
+                  refused={str(k): str(v) for k, v in refused.items()}, evidence=evidence,
+                  router=router, flows=flows)
+
+
+def _routing(plan: dict, segments: dict[str, Segment], gen: int):
+    """plan.router and plan.flows (optional: a bundle without them routes nothing, every
+    inter-TVD pair closed). Both or neither, and every leg on a planned segment's bridge:
+    anything else is a bundle the proxy will not enforce (fail closed)."""
+    if plan.get("router") is None and plan.get("flows") is None:
+        return None, None
+    if plan.get("router") is None or plan.get("flows") is None:
+        raise BundleInvalid(f"bundle generation {gen} plan has router without flows or flows "
+                            "without router")
+    try:
+        router = from_json(Router, plan["router"], "plan.router")
+        flows = from_json(FlowPlan, plan["flows"], "plan.flows")
+    except SerialError as e:
+        raise BundleInvalid(f"bundle generation {gen}: {e}") from None
+    for leg in router.legs:
+        seg = segments.get(leg.tvd)
+        if seg is None or seg.bridge != leg.bridge:
+            raise BundleInvalid(f"bundle generation {gen} plans a router leg for TVD "
+                                f"{leg.tvd!r} on bridge {leg.bridge!r} without that segment")
+    return router, flows
 
 
 def write_private(path: str, data: bytes) -> None:

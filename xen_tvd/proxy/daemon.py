@@ -5,21 +5,26 @@ events are serialised here (the scripts are thin clients). Desired state for thi
 standalone mode:
 
     plan(policy, {me: admitted ports}, extra={me: local TVDs,
-                                              every other policy host: the local TVDs it may carry})
+                                              every other policy host: the TVDs it may carry
+                                              of those this host needs})
 
-so each local TVD's VXLAN/VLAN uplink points at the other hosts of the capability model. A TVD
-with no local vif has no segment here: `segment_grace` seconds after the last `vif-offline` of
-a TVD its vSwitch and uplink are removed (the grace keeps a rebooting VM from paying for a
-vSwitch teardown and rebuild).
+where "needs" (routes.needed) is the local TVDs plus their routed components, whose router
+legs and VM-less segments the planner adds; so each such TVD's VXLAN/VLAN uplink points at the
+other hosts of the capability model. A TVD neither local nor needed by a local one has no
+segment here: `segment_grace` seconds after the last `vif-offline` that made it so, its
+vSwitch, uplink and router leg are removed (the grace keeps a rebooting VM from paying for a
+teardown and rebuild).
 
-Master mode (`link` set, docs/master-protocol.md): policy, segments and underlay peers come
-from the master's signed bundle (the master decided the mechanisms); VM properties come from
+Master mode (`link` set, docs/master-protocol.md): policy, segments, underlay peers, router
+legs and flow pairs come from the master's signed bundle (the master decided the mechanisms,
+the proxy keeps what its local TVDs need by the same routes.needed rule); VM properties come from
 evidence the proxy checks itself (evidence.py); every decision is audited through the link's
 spool; sessions.py re-checks members. No bundle in force = no segments and every admission
 refused (fail closed).
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -30,13 +35,14 @@ import threading
 import time
 
 from xen_tvd.dataplane import DataplaneError, apply, plug_vif, unplug_vif
-from xen_tvd.dataplane.model import HostState
+from xen_tvd.dataplane.model import HostState, Router
 from xen_tvd.dataplane.netlink import BRIDGE_PREFIX, Links, open_ipr
 from xen_tvd.planner import PlanError, bridge_name, plan
 from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Policy
 
 from . import admission
+from . import routes
 from . import sessions
 from .admission import Denied
 from .evidence import DigestCache, EvidenceError, vm_properties
@@ -117,23 +123,42 @@ class Proxy:
         self.segment_grace = segment_grace
         self.lingering: set[str] = set()         # TVDs with no local vif, kept until the GC
         self._gc_timer: threading.Timer | None = None
+        # --netns (one proxy per host namespace, the lab): the router namespace is named after
+        # the host namespace, so two hosts on one machine never share one (main.py sets it)
+        self.router_netns: str | None = None
 
     # ---- desired state -----------------------------------------------------------------------
 
     def _host_carries(self, host: str, tvd: str) -> bool:
         return admit(self.policy, [tvd], dict(self.policy.hosts[host].properties)).admitted
 
+    def _needed(self, local: set[str]) -> set[str]:
+        """Local TVDs plus what their routed components need here (routes.needed)."""
+        return routes.needed(self.policy, self.host, local) if self.policy else set(local)
+
     def desired(self, vifs, extra_local: set[str] = frozenset()) -> HostState:
         if self.link is not None:
-            return self._desired_master(list(vifs), extra_local)
-        vifs = list(vifs)
+            state = self._desired_master(list(vifs), extra_local)
+        else:
+            state = self._desired_standalone(list(vifs), extra_local)
+        if self.router_netns is None:
+            return state
+        # a Router without legs still names the namespace, so apply() deletes this one
+        r = state.router or Router(self.router_netns)
+        return dataclasses.replace(state, router=dataclasses.replace(r, netns=self.router_netns))
+
+    def _desired_standalone(self, vifs, extra_local) -> HostState:
         ports = [v.port() for v in vifs]
         local = {v.tvd for v in vifs} | set(extra_local) | {t for t in self.lingering
                                                            if t in self.policy.tvds}
         extra = {self.host: local}
+        # the other hosts are segment peers for every TVD this host carries, VM-less routed
+        # ones included: a beta VM elsewhere is reached over beta's segment even from a host
+        # that only has alpha VMs (and peers that may carry beta but not alpha count too)
+        need = self._needed(local)
         for h in self.policy.hosts:
             if h != self.host:
-                extra[h] = {t for t in local if self._host_carries(h, t)}
+                extra[h] = {t for t in need if self._host_carries(h, t)}
         try:
             states = plan(self.policy, {self.host: ports}, extra)
         except PlanError as e:
@@ -148,7 +173,10 @@ class Proxy:
         if b is None:
             return HostState(host=self.host, underlay_peers=())
         local = {v.tvd for v in vifs} | set(extra_local) | self.lingering
-        segs = tuple(b.segments[t] for t in sorted(local) if t in b.segments)
+        # the master planned every TVD this host may carry; keep what the local ones need,
+        # by the same rule the planner applies in standalone mode
+        segs = tuple(b.segments[t] for t in sorted(self._needed(local)) if t in b.segments)
+        router, flows = routes.narrow(b.router, b.flows, {s.tvd for s in segs})
         nics = {getattr(s.uplink, "underlay_dev", None) or getattr(s.uplink, "phys_dev", None)
                 for s in segs if s.uplink is not None}
         return HostState(host=self.host, segments=segs,
@@ -156,14 +184,14 @@ class Proxy:
                                             key=lambda p: p.ifname)),
                          vlan_offload_off=tuple(n for n in b.vlan_offload_off if n in nics),
                          underlay_mtu={n: m for n, m in b.underlay_mtu.items() if n in nics},
-                         underlay_peers=b.underlay_peers)
+                         underlay_peers=b.underlay_peers, router=router, flows=flows)
 
     def converge(self, state: HostState, force: bool = False) -> None:
-        """apply() when the desired state differs from what we last applied (or when forced)."""
-        if not force and self.applied is not None and self.applied.segments == state.segments \
-                and self.applied.underlay_mtu == state.underlay_mtu \
-                and self.applied.underlay_peers == state.underlay_peers \
-                and self.applied.vlan_offload_off == state.vlan_offload_off:
+        """apply() when the desired state differs from what we last applied (or when forced).
+        Ports are left out of the comparison: vifs are plugged one by one (plug_vif); every
+        other field (segments, router legs, flow pairs, …) changes the kernel."""
+        if not force and self.applied is not None \
+                and dataclasses.replace(self.applied, ports=()) == dataclasses.replace(state, ports=()):
             return
         t0 = time.monotonic()
         try:
@@ -180,7 +208,8 @@ class Proxy:
 
     def release_segments(self) -> None:
         """Called under the lock after vifs went away: drop unused segments after the grace."""
-        in_use = {v.tvd for v in self.vifs.values()}
+        # a VM-less segment a remaining vif's routed component needs is in use, not lingering
+        in_use = self._needed({v.tvd for v in self.vifs.values()})
         if self.applied is not None:
             self.lingering |= {s.tvd for s in self.applied.segments} - in_use
         self.lingering -= in_use
@@ -199,7 +228,7 @@ class Proxy:
             self._collect()
 
     def _collect(self) -> None:
-        gone = sorted(self.lingering - {v.tvd for v in self.vifs.values()})
+        gone = sorted(self.lingering - self._needed({v.tvd for v in self.vifs.values()}))
         self.lingering = set()
         try:
             self.converge(self.desired(self.vifs.values()))
@@ -295,6 +324,7 @@ class Proxy:
         admission.check_tvd(self.policy, tvd)
         admission.check_not_left(reg, tvd, what)
         admission.check_host(self.policy, self.host, tvd)
+        admission.check_routed(self.policy, self.host, tvd)
         if uuid is not None:   # adopted vifs with no record: the VM was admitted before
             tvds = admission.vm_tvds(uuid, reg, vifs, extra=tvd, exclude_ifname=exclude)
             tvds = {t for t in tvds if t in self.policy.tvds} | {tvd}
@@ -411,7 +441,10 @@ class Proxy:
             out = {"host": self.host,
                    "vifs": [vars(self.vifs[k]) for k in sorted(self.vifs)],
                    "registrations": [self._reg_json(self.regs[k]) for k in sorted(self.regs)],
-                   "segments": segs}
+                   "segments": segs,
+                   # routed inter-TVD flows: the TVDs with a card in this host's router
+                   "router": [leg.tvd for leg in (self.applied.router.legs
+                                                  if self.applied and self.applied.router else ())]}
             if self.link is not None:
                 out["master"] = {"url": self.link.url,
                                  "generation": self.bundle.generation if self.bundle else None,

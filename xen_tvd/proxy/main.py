@@ -126,6 +126,11 @@ def run(args) -> int:
         proxy, start_threads = _master_proxy(args)
     else:
         proxy = Proxy(policy, args.host, args.state_dir, segment_grace=args.segment_grace)
+    if args.netns:
+        # the router namespace named as apply(netns=) names it for a host namespace
+        from xen_tvd.dataplane.model import HostState
+        from xen_tvd.dataplane.router import ns_name
+        proxy.router_netns = ns_name(HostState(args.host), os.path.basename(args.netns))
     proxy.startup()
     server = Server(args.socket, proxy)
     if args.master:

@@ -230,16 +230,28 @@ def test_spec_master_keys_parsed():
     assert control.denied_vms(spec) == {"x1"}
 
 
-def test_spec_master_mode_refuses_routed_flows(tmp_path):
-    """The master's bundle carries no routers yet: a routed-flows policy would come up with
-    every inter-TVD pair closed, so master mode refuses it at load time (fail closed, said)."""
-    from xen_tvd.lab.spec import SpecInvalid, load_lab
+
+def test_routed_flows_lab_in_master_mode(tmp_path):
+    """lab-flows.yaml (open, controlled and closed routed pairs over three hosts) with the
+    master deciding: the bundle carries routers and flow filters, so verify's exact matrix
+    (per port, both directions) holds as in direct mode."""
+    need_root_and_tools()
+    name = unique_name("f")
     with open(os.path.join(REPO, "xl-configs", "lab-flows.yaml")) as f:
         doc = yaml.safe_load(f)
-    doc["control"] = "master"
-    doc["policy"] = os.path.join(REPO, "xl-configs", "lab-flows-policy.yaml")
-    path = tmp_path / "flows-master.yaml"
+    doc.update(name=name, control="master",
+               policy=os.path.join(REPO, "xl-configs", "lab-flows-policy.yaml"))
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    with pytest.raises(SpecInvalid) as e:
-        load_lab(str(path))
-    assert "control: master does not carry routed inter-TVD flows yet (app->db" in str(e.value)
+    lab = Lab(str(path), name)
+    try:
+        lab.cli("up", check=True)
+        r = lab.cli("verify", "--json")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+        out = json.loads(r.stdout)
+        assert out["ok"] and out["control"]["ok"]
+        flows = {c["flow"] for c in out["cells"]}
+        assert {"open", "controlled", "closed", "same-tvd"} <= flows
+    finally:
+        r = lab_cli("down", "--name", name)
+        assert r.returncode == 0, r.stderr

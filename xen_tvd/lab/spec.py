@@ -122,16 +122,15 @@ def load_lab(path: str) -> tuple[LabSpec, Policy]:
         if rel is not None:
             policy_path = os.path.normpath(os.path.join(os.path.dirname(spec_path), rel))
             policy = _load_policy(policy_path, p(v), diags)
-    control, control_pos = "direct", None
+    control = "direct"
     if "control" in top:
         control = spec_control.parse_control(top["control"][1], path, diags) or control
-        control_pos = p(top["control"][1])
     vms: dict[str, VmSpec] = {}
     if "vms" not in top:
         diags.error(p(root), "missing key 'vms' (the lab's virtual machines)")
     else:
         vms = _vms(top["vms"][1], path, diags, policy)
-        spec_control.check_mode(control, vms, diags, policy, control_pos)
+        spec_control.check_mode(control, vms, diags)
     if diags.errors:
         raise SpecInvalid("\n".join(str(d) for d in diags.errors))
     assert policy is not None

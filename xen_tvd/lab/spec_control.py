@@ -73,18 +73,9 @@ def parse_properties(node, file, diags, policy: Policy | None, what: str) -> dic
     return out if ok else None
 
 
-def check_mode(control: str, vms: dict, diags, policy: Policy | None = None,
-               where=None) -> None:
-    """Evidence and expected refusals need a deciding master; routed flows need direct mode."""
+def check_mode(control: str, vms: dict, diags) -> None:
+    """Evidence and expected refusals need a deciding master."""
     if control == "master":
-        if policy is not None:
-            from xen_tvd.planner.routing import permitted_pairs
-            routed = [f"{f.src}->{f.dst}" for f in permitted_pairs(policy)]
-            if routed:
-                # the bundle does not carry routers and flow filters yet (docs/proxy-protocol.md):
-                # every inter-TVD pair would be closed and verify would fail on each of them
-                diags.error(where, "control: master does not carry routed inter-TVD flows yet "
-                                   f"({', '.join(routed)}); use control: direct for this policy")
         return
     for vm in vms.values():
         if vm.properties or vm.expect != "admitted":

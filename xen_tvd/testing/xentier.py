@@ -5,10 +5,12 @@
 
 One qemu boot (see docs/test-tiers.md, "Tier 3"):
 - Xen (Debian's xen-hypervisor-4.17-amd64, un-gzipped, multiboot via qemu -kernel) with a PV
-  dom0 running Debian's stock kernel. dom0's root is this machine's root over 9p, read-only,
-  with tmpfs overlays on /etc, /var and /tmp; a second 9p share (the results directory) is
-  read-write. Python and the project come from a read-only ext4 snapshot (the tier-2 trick,
-  xen_tvd.testing.vmtier: imports over 9p under emulation cost minutes).
+  dom0 running Debian's stock kernel, Xen booted with `spec-ctrl=eager-fpu` (lazy FPU
+  switching corrupted dom0 under TCG). dom0's root is this machine's root over 9p, read-only,
+  with tmpfs overlays; what dom0 runs during scenarios comes from a read-only ext4 image, its
+  results go to a second virtio disk read back after qemu exits. Python and the project are
+  in that image too (the tier-2 trick, xen_tvd.testing.vmtier: imports over 9p under
+  emulation cost minutes).
 - dom0's init (generated, bash) loads the Xen modules, starts xenstored, xen-init-dom0 and
   xenconsoled (guest consoles logged into the results directory), installs the project's
   hotplug/vif-tvd as /etc/xen/scripts/vif-tvd, starts `tvd-proxy run` with a policy whose
@@ -94,8 +96,22 @@ GUESTS = {
     "neg-denied":  ("10.9.0.5", "00:16:3e:7a:00:05", "vault", "xl"),
 }
 # qemu's TCG threading (TVD_XEN_TCG_THREAD overrides). thread=single did not remove the
-# corrupt code pages dom0 sees during concurrent domU creates (docs/test-tiers.md, Tier 3).
+# corrupt pages dom0 saw with lazy FPU switching (docs/test-tiers.md, Tier 3).
 TCG_THREAD = "multi"
+# qemu -cpu model (TVD_XEN_QEMU_CPU overrides).
+QEMU_CPU = "max,-smap,-smep"
+# Xen options that make the tier reliable under qemu 7.2 TCG (docs/test-tiers.md, Tier 3,
+# "Corrupt pages in dom0"). `spec-ctrl=eager-fpu`: Xen saves and restores every vCPU's
+# FPU/SSE/AVX state at each context switch instead of lazily (CR0.TS + #NM), which it does by
+# default on the AMD CPU model `-cpu max` presents. With lazy switching dom0 processes
+# segfaulted once domUs shared the CPUs with dom0; with eager switching no run did.
+XEN_RELIABILITY_ARGS = "spec-ctrl=eager-fpu"
+# dom0's credit2 weight (domUs keep the default 256): dom0's hotplug work (vif-tvd, tvd-proxy)
+# must finish within libxl's fixed 40 s while the domUs created just before it boot
+DOM0_WEIGHT = 2048
+# extra Xen options, appended after the ones above (TVD_XEN_ARGS; later options win, so
+# TVD_XEN_ARGS=spec-ctrl=eager-fpu=0 brings the failing lazy switching back for diagnosis)
+XEN_EXTRA_ARGS = ""
 ATTACH_MAC = "00:16:3e:7a:01:01"
 ATTACH_DENIED_MAC = "00:16:3e:7a:01:03"
 
@@ -316,6 +332,10 @@ for i in $(seq 100); do xenstore-read /local >/dev/null 2>&1 && break; sleep 0.2
 {xenlib}/xen-init-dom0 || die "xen-init-dom0"
 {xenlib}/xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir="$R/console" || die "xenconsoled"
 xl info > "$R/xl-info.txt" 2>&1 || die "xl info"
+# dom0 runs the hotplug path (vif-tvd, tvd-proxy) that libxl gives 40 s; under emulation on a
+# loaded host the booting domUs (equal credit2 weight) starved it past that (docs/test-tiers.md)
+xl sched-credit2 -d Domain-0 -w {dom0_weight} || die "dom0 scheduler weight"
+xl sched-credit2 -d Domain-0 >> "$R/xl-info.txt" 2>&1
 say xen-ready
 install -m 0755 {project}/hotplug/vif-tvd /etc/xen/scripts/vif-tvd || die "install vif-tvd"
 mkdir -p /var/lib/xen-tvd /run/xen-tvd
@@ -421,7 +441,7 @@ def write_dom0_init(work: Path, results: Path, python: str, units: list[Path], s
     text = DOM0_INIT.format(results=shlex.quote(str(results)), work=shlex.quote(str(work)), mark=MARK,
                             binds=binds, layer=layer, workunit=len(units) - 1, hostname=DOM0_HOSTNAME, xenlib=XEN_LIB,
                             project=shlex.quote(str(PROJECT)), python=shlex.quote(python),
-                            scenarios=",".join(scenarios), grace=grace)
+                            scenarios=",".join(scenarios), grace=grace, dom0_weight=DOM0_WEIGHT)
     p = work / "dom0-init"
     p.write_text(text)
     p.chmod(0o755)
@@ -432,7 +452,8 @@ def write_dom0_init(work: Path, results: Path, python: str, units: list[Path], s
 
 def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: str | None = None,
         python: str | None = None, timeout: float = 1800, memory: int = 3072, cpus: int = 2,
-        segment_grace: float = 5.0, tcg_thread: str | None = None, echo=None) -> XenResult:
+        segment_grace: float = 5.0, tcg_thread: str | None = None, qemu_cpu: str | None = None,
+        xen_args: str | None = None, echo=None) -> XenResult:
     """Boot Xen once, run `scenarios` in order inside dom0, return the result."""
     from xen_tvd.testing import vmtier
     t0 = time.monotonic()
@@ -486,15 +507,18 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     timings["prepare"] = time.monotonic() - t0
 
     serial = results / "serial.log"
+    cpus = int(os.environ.get("TVD_XEN_CPUS") or cpus)   # diagnostics: 1 = no cross-vCPU races
+    qemu_cpu = qemu_cpu or os.environ.get("TVD_XEN_QEMU_CPU") or QEMU_CPU
+    xen_args = xen_args if xen_args is not None else os.environ.get("TVD_XEN_ARGS", XEN_EXTRA_ARGS)
     xen_cmdline = (f"console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all "
-                   f"dom0_mem=1024M,max:1024M dom0_max_vcpus={cpus} smap=0 smep=0")
+                   f"dom0_mem=1024M,max:1024M dom0_max_vcpus={cpus} smap=0 smep=0 "
+                   f"{XEN_RELIABILITY_ARGS} {xen_args}").strip()
     dom0_cmdline = f"console=hvc0 earlyprintk=xen init={init}"
     for s in (dom0_cmdline, str(pre["kernel"]), str(work)):
         if "," in s:
             raise ValueError(f"no commas allowed in multiboot module strings: {s!r}")
     tcg_thread = tcg_thread or os.environ.get("TVD_XEN_TCG_THREAD") or TCG_THREAD
-    cpus = int(os.environ.get("TVD_XEN_CPUS") or cpus)   # diagnostics: 1 = no cross-vCPU races
-    cmd = ["qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread}", "-cpu", "max,-smap,-smep",
+    cmd = ["qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread}", "-cpu", qemu_cpu,
            "-m", str(memory), "-smp", str(cpus), "-display", "none", "-vga", "none",
            "-monitor", "none", "-serial", f"file:{serial}", "-no-reboot", "-nic", "none",
            "-kernel", str(work / "xen"), "-append", xen_cmdline,
@@ -668,28 +692,19 @@ class Dom0:
 
     # facts -------------------------------------------------------------------------------
     def proxy(self, op: str, **kw) -> dict:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(30)
-        try:
-            s.connect(self.socket)
-            s.sendall(json.dumps({"v": 1, "op": op, **kw}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                c = s.recv(65536)
-                if not c:
-                    break
-                buf += c
-        finally:
-            s.close()
-        return json.loads(buf)
+        """One request to dom0's tvd-proxy through the product's own client (this driver runs
+        the project's Python in dom0, so it is not limited to the stdlib like vif-tvd)."""
+        from xen_tvd.proxy import protocol
+        return protocol.request({"op": op, **kw}, path=self.socket, timeout=30)
 
     def wait_proxy(self, timeout=240) -> float:
+        from xen_tvd.proxy import protocol
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             try:
                 if self.proxy("ping").get("ok"):
                     return time.monotonic() - t0
-            except (OSError, ValueError):
+            except protocol.ProxyUnreachable:
                 pass
             time.sleep(0.5)
         raise RuntimeError("tvd-proxy did not answer ping within %ds (proxy.log)" % timeout)

@@ -52,24 +52,32 @@ def _ou(cert: x509.Certificate) -> list[str]:
     return [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
 
 
+def issued_cert(cert_pem, ca_cert, what: str, error: type[Exception]) -> x509.Certificate:
+    """`cert_pem` parsed, issued by the pinned CA and valid now; else `error` with one line
+    naming `what` ("bundle signer certificate", "VM certificate"). Shared by the bundle and
+    the VM-certificate checks so both refuse the same way."""
+    ca = as_cert(ca_cert)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode()
+                                              if isinstance(cert_pem, str) else cert_pem)
+    except (ValueError, TypeError):
+        raise error(f"{what} is not a PEM certificate") from None
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise error(f"{what} was not issued by the master's CA") from None
+    now = dt.datetime.now(dt.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise error(f"{what} is not valid now, expired or not yet valid (valid "
+                    f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+                    f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})")
+    return cert
+
+
 def check_signer(signer_pem, ca_cert) -> x509.Certificate:
     """The signer certificate if the pinned CA issued it, it is valid now and it is marked
     as the policy signer; else BundleRejected."""
-    ca = as_cert(ca_cert)
-    try:
-        signer = x509.load_pem_x509_certificate(signer_pem.encode()
-                                                if isinstance(signer_pem, str) else signer_pem)
-    except (ValueError, TypeError):
-        raise BundleRejected("bundle signer is not a PEM certificate") from None
-    try:
-        signer.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise BundleRejected("bundle signer certificate was not issued by the master's CA") from None
-    now = dt.datetime.now(dt.timezone.utc)
-    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
-        raise BundleRejected(f"bundle signer certificate is not valid now "
-                             f"(valid {signer.not_valid_before_utc:%Y-%m-%d} to "
-                             f"{signer.not_valid_after_utc:%Y-%m-%d})")
+    signer = issued_cert(signer_pem, ca_cert, "bundle signer certificate", BundleRejected)
     if SIGNER_OU not in _ou(signer):
         raise BundleRejected(f"bundle signer certificate lacks OU {SIGNER_OU}: "
                              "it is not the master's policy-signing certificate")

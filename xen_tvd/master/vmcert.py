@@ -7,14 +7,12 @@ Stable API for the proxy:
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid as uuidlib
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
-from xen_tvd.master.bundle import as_cert
+from xen_tvd.master.bundle import issued_cert
 from xen_tvd.master.ca import VM_OU, VM_PROPERTIES_OID, identity
 
 
@@ -37,20 +35,7 @@ def vm_uuid_of(cert: x509.Certificate) -> str | None:
 
 
 def vm_properties(cert_pem, ca_cert, vm_uuid: str, revoked_serials=()) -> dict[str, str]:
-    ca = as_cert(ca_cert)
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str)
-                                              else cert_pem)
-    except (ValueError, TypeError):
-        raise VmCertRejected("VM certificate is not a PEM certificate") from None
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise VmCertRejected("VM certificate was not issued by the master's CA") from None
-    now = dt.datetime.now(dt.timezone.utc)
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise VmCertRejected(f"VM certificate expired or not yet valid (valid to "
-                             f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})")
+    cert = issued_cert(cert_pem, ca_cert, "VM certificate", VmCertRejected)
     ou, cn, serial = identity(cert)
     if ou != VM_OU:
         raise VmCertRejected(f"certificate OU is {ou!r}, not {VM_OU}: not a VM certificate")

@@ -112,7 +112,12 @@ def test_underlay_table_follows_segments_and_peers(ns):
     assert sorted(sets["peers4"]) == ["10.0.0.2", "10.0.0.9"] and sets["peers6"] == ["fd00::2"]
     assert sets["vxlan_ports"] == [4789]
     rep = apply(HostState("h", underlay_peers=("10.0.0.2",)), netns=ns)   # no VXLAN segment left
-    assert any(c.startswith("deleted nftables table inet xen_tvd_underlay") for c in rep.changes)
+    table_gone = [i for i, c in enumerate(rep.changes)
+                  if c.startswith("deleted nftables table inet xen_tvd_underlay")]
+    vxlan_gone = [i for i, c in enumerate(rep.changes) if "vx" in c and c.startswith(("deleted", "removed"))]
+    assert table_gone and vxlan_gone, rep.changes
+    # the filter outlives the VXLAN device it guards: no moment accepts VXLAN from anyone
+    assert vxlan_gone[-1] < table_gone[0], rep.changes
     assert nftables.list_json(ns, "table", "inet", "xen_tvd_underlay") is None
 
 

@@ -144,10 +144,16 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
             # Port security and the underlay filter go in before any vif is attached or any
             # VXLAN device exists, so no frame ever crosses a bridge unfiltered.
             firewall.sync_ports(state, netns, ctx.changed)
-            firewall.sync_underlay(state, netns, ctx.changed)
+            # A filter that is no longer wanted is deleted only after _prune removed the VXLAN
+            # devices it guarded: deleting it first opened a window accepting VXLAN from anyone.
+            underlay_gone = firewall.underlay_wanted(state) is None
+            if not underlay_gone:
+                firewall.sync_underlay(state, netns, ctx.changed)
             # the flow filter is in place before a router leg can carry a packet
             flowfilter.sync(state, netns, _uplinks(state), ctx.changed)
             _prune(ctx, state, desired)
+            if underlay_gone:
+                firewall.sync_underlay(state, netns, ctx.changed)
             _underlay_mtus(ctx, state)
             bridges = {}
             for seg in state.segments:

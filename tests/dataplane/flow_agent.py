@@ -1,7 +1,7 @@
 """Runs inside a test VM namespace (stdlib only).
 
   listen PORT...                       TCP listeners; prints "ready", serves until stdin closes
-  connect IP PORT TIMEOUT              prints "ok" or "fail ..."
+  connect IP PORT TIMEOUT [SRC]        prints "ok" or "fail ..." (SRC: bind to that address)
   udp-echo PORT                        echo UDP datagrams back; prints "ready", then on stdin
                                        close the number of datagrams received
   udp-ask IP PORT TIMEOUT              send one datagram from an ephemeral port; prints "reply"
@@ -38,9 +38,10 @@ def listen(ports):
     sys.stdin.read()
 
 
-def connect(ip, port, timeout):
+def connect(ip, port, timeout, src=None):
     try:
-        socket.create_connection((ip, int(port)), timeout=float(timeout)).close()
+        socket.create_connection((ip, int(port)), timeout=float(timeout),
+                                 source_address=(src, 0) if src else None).close()
         print("ok")
     except OSError as e:
         print(f"fail {e}")

@@ -82,8 +82,9 @@ def build(mkns, tmp_path, policy_text: str = POLICY, vms=None, unpinned=()) -> R
         with ipr(ns) as i:
             i.link("set", index=i.link_lookup(ifname="eth0")[0], address=mac_of(vm))
         addr(ns, "eth0", ip)
-        gw = str(next(ipaddress.ip_network(pol.tvds[tvd].subnets[0]).hosts()))
-        sh(ns, "ip", "route", "add", "default", "via", gw)
+        if pol.tvds[tvd].subnets:   # a TVD without subnets is not routed: no gateway
+            gw = str(next(ipaddress.ip_network(pol.tvds[tvd].subnets[0]).hosts()))
+            sh(ns, "ip", "route", "add", "default", "via", gw)
         ports[host].append(VifPort(vif, tvd, mac=mac_of(vm),
                                    addresses=None if vm in unpinned else (ip,)))
     states = plan(pol, ports)

@@ -26,6 +26,12 @@ Rules grow with TVDs (two 12-rule chains per routed TVD) and permitted pairs (on
 controlled pair and side); subnets are map elements. Conntrack zone = TVD id per vSwitch (raw prerouting), so two TVDs
 reusing addresses outside the subnets never share a connection.
 
+External networks (paper 4.2) are in the plan like TVDs without a vSwitch (TvdSubnets with
+external=True): their subnets are map elements of every routed TVD's chains, so a TVD's half
+of a flow with an external (sender rules towards it, receiver rules from it) is enforced on the
+TVD's vSwitch like any pair, and a closed TVD's packets towards an external are dropped there.
+The external's own halves are enforced at its leg, in the router namespace (render_external).
+
 `bridge xen_tvd_gw` — the anycast gateway stays local: ARP requests for a gateway address and
 ARP replies from one (and ND solicitations/advertisements for it) never leave through the
 VXLAN/VLAN uplink, so every VM resolves its own host's router.
@@ -83,10 +89,13 @@ def render(fp: model.FlowPlan, bridges: dict[str, int]) -> str:
         parts.append(_set(f"all{v}", addr_t,
                           [str(n) for t in fp.tvds for n in nets[t.tvd] if n.version == v], True))
     orig, reply, chains = [], [], []
+    external = {t.tvd for t in fp.tvds if t.external}
     for p in fp.pairs:
-        if not p.open:
-            chains.append(_chain(f"s_{p.src_id}_{p.dst_id}", p.sender))
-            chains.append(_chain(f"r_{p.src_id}_{p.dst_id}", p.receiver))
+        if not p.open:   # an external's half is judged at its leg (render_external), not here
+            if p.src not in external:
+                chains.append(_chain(f"s_{p.src_id}_{p.dst_id}", p.sender))
+            if p.dst not in external:
+                chains.append(_chain(f"r_{p.src_id}_{p.dst_id}", p.receiver))
     for t in routed:
         tid = t.tvd_id
         orig.append(f'"{t.bridge}" : jump o_{tid}')
@@ -142,6 +151,69 @@ def render(fp: model.FlowPlan, bridges: dict[str, int]) -> str:
               '    ct direction reply iifname vmap @reply comment "@DIGEST@"\n'
               "    iifname vmap @orig\n"
               "  }\n")
+
+
+def render_external(exts: tuple[model.ExternalLeg, ...],
+                    fp: model.FlowPlan | None) -> tuple[str, str, str]:
+    """(sets, chains, forward-rules) of the router table for its external legs.
+
+    Per external E with id x, two chains entered from the router's forward hook:
+      xi_x (oifname = E's leg, towards E): replies of E -> T connections pass iff that flow
+        has `replies: true`; a new packet from TVD T passes as its pair T -> E says: accept
+        (open), E's receiver rules (controlled: E's integrity), or drop (no pair: closed);
+      xo_x (iifname = E's leg, from E): a source outside E's subnets is forged and dropped;
+        replies of T -> E connections pass iff `replies: true`; a new packet to T passes as
+        E -> T says: accept, E's sender rules (E's confidentiality), or drop.
+    The TVD's own halves are enforced at its vSwitch (render). Only permitted pairs have
+    elements, so everything else, the router's other legs included, falls through to drop.
+    """
+    if not exts or fp is None:
+        return "", "", ""
+    pairs = {(p.src, p.dst): p for p in fp.pairs}
+    tvds = [t for t in fp.tvds if not t.external]
+    sets, chains, jumps = [], [], []
+    for e in exts:
+        x = e.ext_id
+        nets = [ipaddress.ip_network(n) for n in e.subnets]
+        for v in (4, 6):
+            addr_t = "ipv4_addr" if v == 4 else "ipv6_addr"
+            into, rin, out, rout = [], [], [], []
+            for t in tvds:
+                to_e, from_e = pairs.get((t.tvd, e.external)), pairs.get((e.external, t.tvd))
+                for n in (str(n) for n in map(ipaddress.ip_network, t.subnets) if n.version == v):
+                    if to_e is not None:
+                        into.append(f"{n} : " + ("accept" if to_e.open
+                                                 else f"jump r_{to_e.src_id}_{to_e.dst_id}"))
+                        if to_e.replies:
+                            rout.append(f"{n} : accept")
+                    if from_e is not None:
+                        out.append(f"{n} : " + ("accept" if from_e.open
+                                                else f"jump s_{from_e.src_id}_{from_e.dst_id}"))
+                        if from_e.replies:
+                            rin.append(f"{n} : accept")
+            sets += [_set(f"xnet{v}_{x}", addr_t, [str(n) for n in nets if n.version == v], True),
+                     _set(f"xin{v}_{x}", f"{addr_t} : verdict", into, True),
+                     _set(f"xrin{v}_{x}", f"{addr_t} : verdict", rin, True),
+                     _set(f"xout{v}_{x}", f"{addr_t} : verdict", out, True),
+                     _set(f"xrout{v}_{x}", f"{addr_t} : verdict", rout, True)]
+        for p in fp.pairs:
+            if not p.open and p.dst == e.external:
+                chains.append(_chain(f"r_{p.src_id}_{p.dst_id}", p.receiver))
+            if not p.open and p.src == e.external:
+                chains.append(_chain(f"s_{p.src_id}_{p.dst_id}", p.sender))
+        li, lo = [f"  chain xi_{x} {{"], [f"  chain xo_{x} {{"]
+        for v, ip in ((4, "ip"), (6, "ip6")):
+            li += [f"    {ip} daddr != @xnet{v}_{x} drop",
+                   f"    ct direction reply {ip} saddr vmap @xrin{v}_{x}",
+                   f"    ct direction original {ip} saddr vmap @xin{v}_{x}"]
+            lo += [f"    {ip} saddr != @xnet{v}_{x} drop",
+                   f"    ct direction reply {ip} daddr vmap @xrout{v}_{x}",
+                   f"    ct direction original {ip} daddr vmap @xout{v}_{x}"]
+        chains.append("\n".join(li + ["    drop", "  }"]) + "\n")
+        chains.append("\n".join(lo + ["    drop", "  }"]) + "\n")
+        jumps.append(f'    oifname "{e.ifname}" goto xi_{x}\n'
+                     f'    iifname "{e.ifname}" goto xo_{x}\n')
+    return "".join(sets), "".join(chains), "".join(jumps)
 
 
 def render_gw(legs: tuple[model.RouterLeg, ...], uplinks: list[str]) -> str:

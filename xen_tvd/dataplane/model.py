@@ -77,12 +77,29 @@ class RouterLeg:
 
 
 @dataclass(frozen=True)
+class ExternalLeg:
+    """The router's card on a non-virtualized network (paper 4.2): a macvlan on the Dom0 NIC
+    `nic`, moved into the router namespace as `ifname`. A macvlan rather than the NIC itself,
+    so Dom0 keeps its NIC (and its own addresses on it); in private mode it cannot talk to
+    the NIC's other macvlans or to Dom0's stack on that NIC."""
+    external: str
+    ext_id: int                   # its identity in chain names (above every TVD/zone id)
+    nic: str                      # Dom0 device on the external network
+    ifname: str                   # in the router namespace (<= 15 chars)
+    mac: str                      # locally administered, per host and external
+    address: str                  # "198.51.100.2/24"
+    subnets: tuple[str, ...]      # the external's subnets (its identity)
+    gateway: str | None = None    # next hop for the subnets outside `address`'s network
+
+
+@dataclass(frozen=True)
 class Router:
     """The host's router namespace. `netns` is its name in Dom0; apply() run for a host that
     is itself a named namespace (the lab) uses "<that namespace>-rtr" instead, so several
     hosts on one machine never share one."""
     netns: str
     legs: tuple[RouterLeg, ...] = ()
+    externals: tuple[ExternalLeg, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,7 @@ class TvdSubnets:
     tvd_id: int
     subnets: tuple[str, ...]
     bridge: str | None = None
+    external: bool = False        # an external network (no vSwitch; its leg is in the router)
 
 
 @dataclass(frozen=True)

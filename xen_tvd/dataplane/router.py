@@ -14,6 +14,17 @@ Name: Router.netns ("tvd-rtr-<host>") in Dom0; "<host netns>-rtr" when apply() r
 that is itself a named namespace (the lab, tests), so hosts sharing a machine never share one.
 Idempotent: everything is compared before it is written; a router with no legs is deleted with
 its namespace (its veth ends go with it; the host-side ends are owned devices pruned by apply).
+
+External legs (gateways to non-virtualized networks, paper 4.2): `ext-<name>`, a macvlan
+(private mode) on the Dom0 NIC the policy names, created straight into the router namespace.
+Not the NIC itself: on a real Dom0 that NIC also carries Dom0's own traffic, and a macvlan
+child neither sees Dom0's addresses on it nor lets Dom0 reach the router through it. It holds
+the host's address on the external network; the external's subnets outside that address's
+network are routed via the policy's `gateway`. The external must route the TVD subnets back
+to that address (there is no NAT: the flow filter identifies traffic by address). What may
+cross the leg is judged here, statefully (this namespace's conntrack): the external's halves
+of its flows (receiver rules towards it, sender rules from it) and replies per `replies:`;
+the TVDs' halves stay at their vSwitches (flowfilter.py).
 """
 from __future__ import annotations
 
@@ -27,7 +38,7 @@ import subprocess
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import common, model, nftables
+from . import common, flowfilter, model, nftables
 from .common import Ctx
 from .netlink import LEG_PREFIX, IFNAMSIZ_MAX, Link, Links, describe, doing, open_ipr
 from .report import DataplaneError
@@ -50,6 +61,9 @@ ROUTER_SYSCTLS = {
     "net/ipv6/conf/all/forwarding": "1",
     "net/ipv6/conf/all/accept_ra": "0",
     "net/ipv6/conf/default/accept_ra": "0",
+    # answer ARP only for the address of the receiving leg: an external network must not
+    # learn the TVDs' gateway addresses (the router is reachable there by its leg address)
+    "net/ipv4/conf/all/arp_ignore": "1",
 }
 
 
@@ -61,6 +75,31 @@ def ns_name(state: model.HostState, netns: str | None) -> str:
 
 def alias(leg: model.RouterLeg) -> str:
     return f"{model.OWNER_ALIAS_PREFIX}router-leg={leg.tvd}"
+
+
+def ext_alias(ext: model.ExternalLeg) -> str:
+    # the NIC is in the alias so that a plan moving the external to another NIC rebuilds it
+    return f"{model.OWNER_ALIAS_PREFIX}external={ext.external} nic={ext.nic}"
+
+
+def _validate_external(ext: model.ExternalLeg, seen: set[str]) -> None:
+    if not _PEER_RE.match(ext.ifname) or ext.ifname == "lo" or ext.ifname in seen:
+        raise DataplaneError(f"external leg {ext.ifname!r}: not a valid, unique interface name")
+    seen.add(ext.ifname)
+    if not _PEER_RE.match(ext.nic):
+        raise DataplaneError(f"external leg {ext.ifname}: NIC {ext.nic!r} is not an interface name")
+    if not _MAC_RE.match(ext.mac) or int(ext.mac[:2], 16) & 1:
+        raise DataplaneError(f"external leg {ext.ifname}: MAC {ext.mac!r} is not a unicast MAC")
+    try:
+        net = ipaddress.ip_interface(ext.address).network
+        gw = ipaddress.ip_address(ext.gateway) if ext.gateway else None
+        subnets = [ipaddress.ip_network(n) for n in ext.subnets]
+    except ValueError as e:
+        raise DataplaneError(f"external leg {ext.ifname}: {e}") from None
+    far = [n for n in subnets if not (n.version == net.version and n.subnet_of(net))]
+    if far and gw is None:
+        raise DataplaneError(f"external {ext.external}: subnets {', '.join(map(str, far))} lie "
+                             f"outside {net} and no gateway is given to reach them")
 
 
 def validate(state: model.HostState) -> None:
@@ -95,6 +134,8 @@ def validate(state: model.HostState) -> None:
             if n in seen:
                 raise DataplaneError(f"router leg name {n} used twice")
             seen.add(n)
+    for ext in r.externals:
+        _validate_external(ext, seen)
 
 
 def desired_devices(state: model.HostState) -> dict[str, tuple[str, model.RouterLeg]]:
@@ -167,13 +208,15 @@ def sync(ctx: Ctx, state: model.HostState, bridges: dict[str, Link]) -> None:
                 addrs.setdefault(a["index"], []).append(a)
         for leg in r.legs:
             _leg(ctx, rctx, name, leg, bridges[leg.tvd], state.segment(leg.tvd).mtu, addrs)
-        wanted = {leg.peer for leg in r.legs} | {"lo"}
+        present = {ext.ifname for ext in r.externals if _external(ctx, rctx, name, ext, addrs)}
+        _external_routes(rctx, [e for e in r.externals if e.ifname in present])
+        wanted = {leg.peer for leg in r.legs} | present | {"lo"}
         for link in list(rctx.links.by_name.values()):
             if link.name not in wanted:   # the namespace is ours alone: nothing else belongs
                 with doing(f"deleting stray {link.name} in router namespace {name}"):
                     ripr.link("del", index=link.index)
                 ctx.changed(f"router {name}: deleted stray interface {link.name}")
-    _rp_table(name, r, ctx.changed)
+    _rp_table(name, r, state.flows, ctx.changed)
 
 
 def _paired(port: Link | None, peer: Link | None) -> bool:
@@ -207,6 +250,68 @@ def _leg(ctx: Ctx, rctx: Ctx, name: str, leg: model.RouterLeg, br: Link, mtu: in
     port = common.set_mtu(ctx, port, mtu)
     port = common.set_master(ctx, port, br)
     common.set_up(ctx, port)
+
+
+def _external(ctx: Ctx, rctx: Ctx, name: str, ext: model.ExternalLeg,
+              addrs: dict[int, list]) -> bool:
+    """The external leg matches the plan; False (with a warning) when its NIC is missing, in
+    which case the leg is left out: no leg, no path to the external (fail closed)."""
+    nic = ctx.links.get(ext.nic)
+    cur = rctx.links.get(ext.ifname)
+    if nic is None:
+        ctx.report.warnings.append(f"external {ext.external}: NIC {ext.nic} not found in "
+                                   f"{ctx.where}; no leg to it in router {name}")
+        return False
+    if cur is not None and (cur.kind != "macvlan" or cur.alias != ext_alias(ext)):
+        # another kind, or a leg on another NIC: rebuilt (the old one must not keep a path)
+        with doing(f"deleting {ext.ifname} in router namespace {name}"):
+            rctx.ipr.link("del", index=cur.index)
+        rctx.links.forget(ext.ifname)
+        rctx.changed(f"router {name}: deleted external leg {ext.ifname} (not as planned)")
+        cur = None
+    if cur is None:
+        addrs = {}
+        with doing(f"creating external leg {name}/{ext.ifname} on {ext.nic}"):
+            ctx.ipr.link("add", ifname=ext.ifname, kind="macvlan", link=nic.index,
+                         macvlan_mode="private", address=ext.mac,
+                         net_ns_fd=os.path.join(nftables.NETNS_DIR, name))
+        ctx.changed(f"created external leg {ext.ifname} on {ext.nic} for {ext.external}")
+        cur = rctx.require(ext.ifname)
+    cur = common.set_alias(rctx, cur, ext_alias(ext))
+    _mac(rctx, cur, ext.mac)
+    _addresses(rctx, cur, (ext.address,), addrs.get(cur.index, []))
+    common.set_up(rctx, cur)
+    return True
+
+
+def _external_routes(rctx: Ctx, exts: list[model.ExternalLeg]) -> None:
+    """Static routes for external subnets beyond the leg's own network, via its gateway; any
+    other gateway route in the namespace goes (the router has no default route by design)."""
+    want: dict[str, tuple[str, int]] = {}
+    for ext in exts:
+        net = ipaddress.ip_interface(ext.address).network
+        idx = rctx.links.get(ext.ifname).index
+        for n in map(ipaddress.ip_network, ext.subnets):
+            if not (n.version == net.version and n.subnet_of(net)):
+                want[str(n)] = (str(ext.gateway), idx)
+    have: dict[str, tuple[str, int]] = {}
+    for fam in (2, 10):
+        with doing(f"reading routes in {rctx.where}"):
+            for rt in rctx.ipr.get_routes(family=fam, table=254):
+                gw = rt.get("RTA_GATEWAY")
+                if gw is None:
+                    continue   # connected and kernel routes are the legs' own
+                dst = f"{rt.get('RTA_DST') or ('0.0.0.0' if fam == 2 else '::')}/{rt['dst_len']}"
+                have[dst] = (gw, rt.get("RTA_OIF"))
+                if want.get(dst) != have[dst]:
+                    with doing(f"deleting route {dst} via {gw} in {rctx.where}"):
+                        rctx.ipr.route("del", dst=dst, gateway=gw, table=254)
+                    rctx.changed(f"router: deleted route {dst} via {gw}")
+    for dst, (gw, idx) in sorted(want.items()):
+        if have.get(dst) != (gw, idx):
+            with doing(f"adding route {dst} via {gw} in {rctx.where}"):
+                rctx.ipr.route("replace", dst=dst, gateway=gw, oif=idx, table=254)
+            rctx.changed(f"router: route {dst} via {gw}")
 
 
 def _mac(rctx: Ctx, link: Link, mac: str) -> None:
@@ -247,9 +352,11 @@ def _addresses(rctx: Ctx, link: Link, gateways: tuple[str, ...], addrs: list) ->
 
 # ---- the router's own table: reverse path, and nothing but forwarding between legs ----------
 
-def render_rtr(r: model.Router) -> tuple[str, str]:
+def render_rtr(r: model.Router, fp: model.FlowPlan | None = None) -> tuple[str, str]:
     legs = ", ".join(f'"{leg.peer}"' for leg in r.legs)
+    ext_sets, ext_chains, ext_jumps = flowfilter.render_external(r.externals, fp)
     body = (f"  set legs {{ type ifname; elements = {{ {legs} }}; }}\n"
+            + ext_sets + ext_chains +
             "  chain prerouting {\n"
             "    type filter hook prerouting priority raw; policy accept;\n"
             '    ip6 saddr :: accept comment "@DIGEST@"\n'
@@ -258,6 +365,7 @@ def render_rtr(r: model.Router) -> tuple[str, str]:
             "  chain forward {\n"
             "    type filter hook forward priority filter; policy drop;\n"
             "    iifname @legs oifname @legs accept\n"
+            + ext_jumps +
             "  }\n"
             "  chain input {\n"
             "    type filter hook input priority filter; policy drop;\n"
@@ -270,8 +378,8 @@ def render_rtr(r: model.Router) -> tuple[str, str]:
     return f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n{body}}}\n", digest
 
 
-def _rp_table(name: str, r: model.Router, changed) -> None:
-    script, digest = render_rtr(r)
+def _rp_table(name: str, r: model.Router, fp: model.FlowPlan | None, changed) -> None:
+    script, digest = render_rtr(r, fp)
     objs = nftables.list_json(name, "table", RTR_FAMILY, RTR_TABLE)
     have = None
     for o in objs or []:

@@ -96,9 +96,13 @@ def plan(policy: Policy, ports: dict[str, list[VifPort]],
     for host in carried:
         if host not in policy.hosts:
             raise PlanError(f"host '{host}' is not in the policy's capability model (hosts:)")
-    routed = routing.routed_tvds(policy, carried)
+    try:
+        routed = routing.routed_tvds(policy, carried)
+    except routing.RoutingError as e:
+        raise PlanError(str(e)) from None
     for host, tvds in routed.items():
-        carried[host].update(tvds)   # a router leg needs the TVD's segment, VMs or not
+        # a router leg needs the TVD's segment, VMs or not (externals have no segment)
+        carried[host].update(t for t in tvds if t in policy.tvds)
 
     hosts_of: dict[str, list[str]] = {}
     for host, tvds in sorted(carried.items()):

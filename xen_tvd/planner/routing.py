@@ -12,28 +12,57 @@ filter plan. Design: docs/flow-control-design.md.
   replies included.
 - The flow filter of a host knows every TVD with subnets (closed ones included, so traffic
   claiming their addresses is recognised) and the permitted pairs among its routed TVDs.
+- External networks (policy `externals:`, paper 4.2) are nodes of that graph like TVDs. A
+  host's router gets an external leg for every external of its components, on the Dom0 NIC
+  the host lists for it. A host whose router serves a component with an external but has no
+  NIC on it is refused (PlanError): by the anycast argument above, any VM of the component
+  may end up using this host's router, which could then not reach the external. Routing it
+  through another host's router instead would need per-host leg addresses and an inter-router
+  path that the design does not have; refusing keeps "what reaches the external" explicit.
 """
 from __future__ import annotations
 
 import hashlib
 
-from xen_tvd.dataplane.model import (FlowPlan, FlowRule, PairFilter, Router, RouterLeg,
-                                     TvdSubnets)
+from xen_tvd.dataplane.model import (ExternalLeg, FlowPlan, FlowRule, PairFilter, Router,
+                                     RouterLeg, TvdSubnets)
 from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
 
 ROUTER_NS_PREFIX = "tvd-rtr-"
 LEG_PORT_PREFIX = "tvr-"      # host side, a port of the TVD's vSwitch
 LEG_PEER_PREFIX = "leg-"      # router side
+EXT_PREFIX = "ext-"           # an external leg, in the router namespace
+# External ids (chain names) start above every TVD id (VLAN 1..4094) and every conntrack zone
+# flowfilter gives a TVD without subnets (4096 + n, n < 4094).
+EXTERNAL_ID_BASE = 8192
+
+
+class RoutingError(Exception):
+    """A routed flow cannot be carried on these hosts; the message says what to change."""
+
+
+def _subnets_of(policy: Policy, name: str) -> tuple[str, ...]:
+    t = policy.tvds.get(name) or policy.externals.get(name)
+    return t.subnets if t is not None else ()
+
+
+def node_id(policy: Policy, name: str) -> int:
+    """A TVD's id is its VLAN id; an external's is EXTERNAL_ID_BASE + its sorted position."""
+    if name in policy.tvds:
+        return policy.tvds[name].vlan
+    return EXTERNAL_ID_BASE + sorted(policy.externals).index(name)
 
 
 def permitted_pairs(policy: Policy) -> list:
-    """Open/controlled flows whose two TVDs both have subnets (only those can be routed)."""
+    """Open/controlled flows whose two ends (TVDs, or a TVD and an external) both have subnets
+    (only those can be routed)."""
     out = []
     for f in policy.flows:
         if f.kind is FlowKind.CLOSED or DUMMY_TVD in (f.src, f.dst):
             continue
-        a, b = policy.tvds.get(f.src), policy.tvds.get(f.dst)
-        if a is not None and b is not None and a.subnets and b.subnets:
+        if f.src in policy.externals and f.dst in policy.externals:
+            continue   # the verifier refuses these: no TVD router between two externals
+        if _subnets_of(policy, f.src) and _subnets_of(policy, f.dst):
             out.append(f)
     return sorted(out, key=lambda f: (f.src, f.dst))
 
@@ -61,10 +90,24 @@ def components(policy: Policy) -> dict[str, frozenset[str]]:
 
 
 def routed_tvds(policy: Policy, carried: dict[str, set[str]]) -> dict[str, set[str]]:
-    """host -> the TVDs its router gets a leg for (empty set: no router)."""
+    """host -> the TVDs and externals its router gets a leg for (empty set: no router).
+    Raises RoutingError for a host that would serve an external it has no NIC on."""
     comp = components(policy)
-    return {h: set().union(*(comp[t] for t in tvds if t in comp)) if tvds else set()
-            for h, tvds in carried.items()}
+    out = {h: set().union(*(comp[t] for t in tvds if t in comp)) if tvds else set()
+           for h, tvds in carried.items()}
+    for h, names in sorted(out.items()):
+        host = policy.hosts.get(h)
+        for e in sorted(n for n in names if n in policy.externals):
+            if host is not None and host.external_on(e) is not None:
+                continue
+            near = sorted(n for n in comp[e] if n in policy.tvds and n in carried[h])
+            raise RoutingError(
+                f"host '{h}' carries TVD {', '.join(near)}, which can reach external '{e}' "
+                f"(flows in its component: {', '.join(sorted(n for n in comp[e] if n != e))}),"
+                f" but has no NIC on '{e}': its router may serve any VM of those TVDs (anycast "
+                f"gateway) and could not reach '{e}'; add hosts.{h}.externals: [{{external: "
+                f"{e}, nic: NIC, address: ADDR/LEN}}] or place those VMs on a host that has one")
+    return out
 
 
 def leg_mac(host: str, tvd: str) -> str:
@@ -73,16 +116,28 @@ def leg_mac(host: str, tvd: str) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in h[:5])
 
 
+def external_ifname(name: str) -> str:
+    n = EXT_PREFIX + name
+    return n if len(n) <= 15 else EXT_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:11]
+
+
 def router(policy: Policy, host: str, tvds: set[str], bridge_of) -> Router | None:
     if not tvds:
         return None
+    exts = []
+    for name in sorted(n for n in tvds if n in policy.externals):
+        nic = policy.hosts[host].external_on(name)
+        exts.append(ExternalLeg(external=name, ext_id=node_id(policy, name), nic=nic.nic,
+                                ifname=external_ifname(name), mac=leg_mac(host, "ext/" + name),
+                                address=nic.address, subnets=policy.externals[name].subnets,
+                                gateway=nic.gateway))
     legs = []
-    for name in sorted(tvds):
+    for name in sorted(n for n in tvds if n in policy.tvds):
         t = policy.tvds[name]
         legs.append(RouterLeg(tvd=name, tvd_id=t.vlan, bridge=bridge_of(name),
                               port=f"{LEG_PORT_PREFIX}{t.vlan}", peer=f"{LEG_PEER_PREFIX}{t.vlan}",
                               mac=leg_mac(host, name), gateways=t.gateways, subnets=t.subnets))
-    return Router(netns=ROUTER_NS_PREFIX + host, legs=tuple(legs))
+    return Router(netns=ROUTER_NS_PREFIX + host, legs=tuple(legs), externals=tuple(exts))
 
 
 def _rules(rules) -> tuple[FlowRule, ...]:
@@ -95,7 +150,11 @@ def flow_plan(policy: Policy, tvds: set[str], bridge_of) -> FlowPlan | None:
     subnets = tuple(TvdSubnets(t.name, t.vlan, t.subnets,
                                bridge_of(t.name) if t.name in tvds else None)
                     for t in sorted(policy.tvds.values(), key=lambda t: t.name) if t.subnets)
-    pairs = tuple(PairFilter(f.src, f.dst, policy.tvds[f.src].vlan, policy.tvds[f.dst].vlan,
+    # externals are recognised by address everywhere (so a closed TVD's traffic to them is
+    # dropped on its vSwitch), whether or not this host has a leg on them
+    subnets += tuple(TvdSubnets(e.name, node_id(policy, e.name), e.subnets, external=True)
+                     for e in sorted(policy.externals.values(), key=lambda e: e.name))
+    pairs = tuple(PairFilter(f.src, f.dst, node_id(policy, f.src), node_id(policy, f.dst),
                              f.kind is FlowKind.OPEN, _rules(f.sender), _rules(f.receiver),
                              f.replies)
                   for f in permitted_pairs(policy) if f.src in tvds and f.dst in tvds)

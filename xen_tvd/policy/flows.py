@@ -187,7 +187,9 @@ class _Graph:
 
 def find_indirect_flows(policy: Policy) -> list[IndirectFlow]:
     """One shortest chain per closed ordered pair that information can still cross."""
-    names = sorted(policy.tvds)
+    # an external network is a node like a TVD: TVD a -> corp -> TVD b is a chain, since
+    # anything the external receives it may send on wherever the policy lets it
+    names = sorted(policy.tvds) + sorted(policy.externals)
     if policy.dummy_policy is FlowKind.OPEN or any(DUMMY_TVD in (f.src, f.dst)
                                                    for f in policy.flows):
         names.append(DUMMY_TVD)

@@ -120,6 +120,27 @@ class HostNic:
 
 
 @dataclass(frozen=True)
+class External:
+    """A non-virtualized network a TVD may have a gateway to (paper 4.2). Not a TVD: no VLAN,
+    VNI or members; only its subnets, which identify its traffic (disjoint from every TVD's)
+    and are what a host's router reaches through its external leg."""
+    name: str
+    subnets: tuple[str, ...]
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class HostExternal:
+    """A host's Dom0 NIC on an external network: the router's external leg is a macvlan on
+    `nic` with `address` (CIDR); subnets of the external outside that address's network are
+    routed via `gateway`."""
+    external: str
+    nic: str
+    address: str                      # "198.51.100.2/24"
+    gateway: str | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     address: str                      # management / primary underlay address
@@ -127,6 +148,10 @@ class Host:
     properties: dict[str, str] = field(default_factory=dict, hash=False)  # prop -> assurance
     nics: tuple[HostNic, ...] = ()
     pos: Pos | None = field(default=None, compare=False)
+    externals: tuple[HostExternal, ...] = ()
+
+    def external_on(self, external: str) -> HostExternal | None:
+        return next((e for e in self.externals if e.external == external), None)
 
     def nic_on(self, network: str) -> HostNic | None:
         for n in self.nics:
@@ -149,3 +174,5 @@ class Policy:
     networks: dict[str, Network] = field(default_factory=dict)
     hosts: dict[str, Host] = field(default_factory=dict)
     source: str = ""
+    # gateways to non-virtualized networks; flows may name them like TVDs
+    externals: dict[str, External] = field(default_factory=dict)

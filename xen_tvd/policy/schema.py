@@ -13,7 +13,8 @@ import yaml
 
 from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.model import (ASSURANCE_KINDS, DUMMY_TVD, FUNCTIONAL_CAPABILITIES,
-                                  PROTECTION_GOALS, Flow, FlowKind, Host, HostNic,
+                                  PROTECTION_GOALS, External, Flow, FlowKind, Host,
+                                  HostExternal, HostNic,
                                   MembershipRequirement, Network, Policy, Property, Rule, Tvd)
 from xen_tvd.yamlschema import Reader
 
@@ -23,7 +24,7 @@ PROTOS = ("tcp", "udp", "icmp", "icmpv6", "any")
 VNI_FROM_VLAN = 10000  # default vni = 10000 + vlan, so vlan 100 <-> vni 10100
 
 TOP_KEYS = {"version": True, "properties": False, "tvds": True, "flows": False, "dummy": False,
-            "shared-membership": False, "networks": False, "hosts": False}
+            "shared-membership": False, "networks": False, "hosts": False, "externals": False}
 PROPERTY_KEYS = {"dominates": False, "excludes": False, "description": False}
 TVD_KEYS = {"vlan": True, "vni": False, "protection": False, "membership": False,
             "multicast-group": False, "tx-checksum-offload": False, "session-seconds": False,
@@ -34,7 +35,9 @@ FLOW_KEYS = {"from": True, "to": True, "policy": True, "allow": False, "sender":
 NETWORK_KEYS = {"subnet": True, "vlan-capable": False, "multicast": False, "trusted-for": False,
                 "mtu": False, "max-mtu": False, "description": False}
 HOST_KEYS = {"address": True, "capabilities": True, "properties": False, "nics": False,
-             "description": False}
+             "externals": False, "description": False}
+EXTERNAL_KEYS = {"subnets": True, "description": False}
+HOST_EXTERNAL_KEYS = {"external": True, "nic": True, "address": True, "gateway": False}
 
 
 def default_multicast_group(vni: int) -> str:
@@ -68,11 +71,13 @@ class PolicyReader(Reader):
         shared = (tuple(self.shared(top["shared-membership"][1]))
                   if "shared-membership" in top else ())
         networks = self.networks(top["networks"][1]) if "networks" in top else {}
+        externals = self.externals(top["externals"][1], tvds) if "externals" in top else {}
+        self._externals = externals
         hosts = self.hosts(top["hosts"][1]) if "hosts" in top else {}
-        self.check_refs(props, tvds, networks)
+        self.check_refs(props, tvds, networks, externals)
         self.check_unique(tvds, dummy_vlans, hosts, networks)
         return Policy(1, props, tvds, flows, dummy_kind, dummy_vlans, shared, networks, hosts,
-                      self.file)
+                      self.file, externals)
 
     def properties(self, node) -> dict[str, Property]:
         out = {}
@@ -150,12 +155,13 @@ class PolicyReader(Reader):
                             self.pos(kn), subnets, gateways, **knobs)
         return out
 
-    def routing(self, body, tvd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """`subnets` and `gateway` of a TVD -> (subnets, one gateway interface per subnet)."""
+    def subnets(self, body, owner: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """`subnets` of a TVD or an external (`owner`: "TVD 'x'" / "external 'x'"); each one
+        is remembered for the disjointness check across all of them."""
         nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for item in (self.sequence(body["subnets"][1], f"subnets of TVD '{tvd}'") or []
+        for item in (self.sequence(body["subnets"][1], f"subnets of {owner}") or []
                      if "subnets" in body else []):
-            v = self.string(item, f"subnet of TVD '{tvd}'")
+            v = self.string(item, f"subnet of {owner}")
             if v is None:
                 continue
             try:
@@ -163,19 +169,24 @@ class PolicyReader(Reader):
             except ValueError as e:
                 hint = ("; write the network address, e.g. "
                         f"{ipaddress.ip_network(v, strict=False)}") if "host bits" in str(e) else ""
-                self.err(item, f"subnet '{v}' of TVD '{tvd}' is not an IP network like "
+                self.err(item, f"subnet '{v}' of {owner} is not an IP network like "
                                f"10.1.0.0/24 or fd00:1::/64 ({e}){hint}")
                 continue
             if net.num_addresses < 4:
-                self.err(item, f"subnet {net} of TVD '{tvd}' is too small: it needs room for a "
+                self.err(item, f"subnet {net} of {owner} is too small: it needs room for a "
                                "gateway and VMs (IPv4 /30 or larger, IPv6 /126 or larger)")
                 continue
             if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified:
-                self.err(item, f"subnet {net} of TVD '{tvd}' is not a unicast range a router "
+                self.err(item, f"subnet {net} of {owner} is not a unicast range a router "
                                "can serve (multicast, loopback, link-local or unspecified)")
                 continue
             nets.append(net)
-            self._subnet_nodes = getattr(self, "_subnet_nodes", []) + [(tvd, net, item)]
+            self._subnet_nodes = getattr(self, "_subnet_nodes", []) + [(owner, net, item)]
+        return nets
+
+    def routing(self, body, tvd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """`subnets` and `gateway` of a TVD -> (subnets, one gateway interface per subnet)."""
+        nets = self.subnets(body, f"TVD '{tvd}'")
         gws = {net: next(net.hosts()) for net in nets}   # default: first host address
         if "gateway" in body:
             gn = body["gateway"][1]
@@ -356,6 +367,82 @@ class PolicyReader(Reader):
             yield tuple(n for n, _ in names)
 
     # ---------------------------------------------------------------------------------------
+    def externals(self, node, tvds: dict[str, Tvd]) -> dict[str, External]:
+        out = {}
+        for name, kn, vn in self.items(node, "externals"):
+            if self.name(kn, "external name") is None:
+                continue
+            if name == DUMMY_TVD or name in tvds:
+                # flows name both the same way, so one name must mean one thing
+                self.err(kn, f"external '{name}' has the name of a "
+                             f"{'reserved dummy ' if name == DUMMY_TVD else ''}TVD; flows name "
+                             "TVDs and externals alike, so rename the external")
+                continue
+            body = self.mapping(vn, f"external '{name}'", EXTERNAL_KEYS)
+            if body is None:
+                continue
+            nets = self.subnets(body, f"external '{name}'")
+            if "description" in body:
+                self.string(body["description"][1], "description")
+            sn = body.get("subnets", (None, None))[1]
+            if isinstance(sn, yaml.SequenceNode) and not sn.value:
+                self.err(sn, f"external '{name}' needs at least one subnet: its subnets are "
+                             "how its traffic is recognised and what its leg routes to")
+            out[name] = External(name, tuple(str(n) for n in nets), self.pos(kn))
+        return out
+
+    def host_externals(self, node, host: str) -> list[HostExternal]:
+        out = []
+        for item in self.sequence(node, f"externals of host '{host}'") or []:
+            b = self.mapping(item, "external NIC", HOST_EXTERNAL_KEYS)
+            if not b or not all(k in b for k in ("external", "nic", "address")):
+                continue
+            ext = self.name(b["external"][1], "external")
+            self.ref("external", ext, b["external"][1], f"host '{host}'")
+            dev = self.string(b["nic"][1], "nic", IFNAME_RE,
+                              "a Linux interface name of at most 15 characters")
+            a = self.string(b["address"][1], "external address")
+            try:
+                iface = ipaddress.ip_interface(a) if a else None
+            except ValueError:
+                iface = None
+            if a and (iface is None or "/" not in a):
+                self.err(b["address"][1], f"address '{a}' of host '{host}' on external "
+                                          f"'{ext}' must be an address with prefix, like "
+                                          "198.51.100.2/24")
+                iface = None
+            gw = None
+            if "gateway" in b:
+                g = self.string(b["gateway"][1], "gateway")
+                try:
+                    gwa = ipaddress.ip_address(g) if g else None
+                except ValueError:
+                    gwa = None
+                if g and (gwa is None or iface is None or gwa not in iface.network
+                          or gwa == iface.ip):
+                    self.err(b["gateway"][1], f"gateway '{g}' of host '{host}' on external "
+                                              f"'{ext}' must be another address inside "
+                                              f"{iface.network if iface else 'its address'}"
+                                              " (the next hop towards the external's other "
+                                              "subnets)")
+                    continue
+                gw = str(gwa) if gwa else None
+            known = getattr(self, "_externals", {}).get(ext)
+            if known is not None and iface is not None and known.subnets and not any(
+                    iface.ip in ipaddress.ip_network(n) for n in known.subnets):
+                self.err(b["address"][1], f"address {iface} of host '{host}' on external "
+                                          f"'{ext}' is inside none of its subnets "
+                                          f"({', '.join(known.subnets)}); the leg must sit on "
+                                          "the external network")
+                continue
+            if ext and dev and iface is not None:
+                if any(e.external == ext for e in out):
+                    self.err(item, f"host '{host}' lists external '{ext}' twice; one NIC "
+                                   "per external and host")
+                    continue
+                out.append(HostExternal(ext, dev, str(iface), gw))
+        return out
+
     def networks(self, node) -> dict[str, Network]:
         out = {}
         for name, kn, vn in self.items(node, "networks"):
@@ -423,11 +510,14 @@ class PolicyReader(Reader):
                     a = self.address(nb["address"][1], "nic address")
                     if net and dev and a:
                         nics.append((HostNic(net, dev, a), item))
+            exts = (self.host_externals(body["externals"][1], name)
+                    if "externals" in body else [])
             if addr is None:
                 continue
             self._addr_nodes = getattr(self, "_addr_nodes", []) + [(name, addr, body["address"][1])]
             self._nic_nodes = getattr(self, "_nic_nodes", []) + [(name, n, i) for n, i in nics]
-            out[name] = Host(name, addr, caps, props, tuple(n for n, _ in nics), self.pos(kn))
+            out[name] = Host(name, addr, caps, props, tuple(n for n, _ in nics), self.pos(kn),
+                             tuple(exts))
         return out
 
     def address(self, node, what: str) -> str | None:
@@ -441,11 +531,14 @@ class PolicyReader(Reader):
             return None
 
     # ---------------------------------------------------------------------------------------
-    def check_refs(self, props, tvds, networks) -> None:
-        known = {"property": props, "tvd": {**tvds, DUMMY_TVD: None}, "network": networks}
+    def check_refs(self, props, tvds, networks, externals) -> None:
+        # a flow end ("tvd" refs) may name a TVD, the dummy TVD or an external network
+        known = {"property": props, "tvd": {**tvds, DUMMY_TVD: None, **externals},
+                 "network": networks, "external": externals}
         for kind, name, node, context in self.refs:
             if name not in known[kind]:
-                self.err(node, f"unknown {kind} '{name}' in {context}", "unknown-name")
+                what = "TVD or external" if kind == "tvd" and externals else kind
+                self.err(node, f"unknown {what} '{name}' in {context}", "unknown-name")
 
     def check_subnets_disjoint(self) -> None:
         """A packet's TVD is derived from its address (design item 4): overlap would make that
@@ -454,11 +547,11 @@ class PolicyReader(Reader):
         for tvd, net, node in getattr(self, "_subnet_nodes", []):
             for other_tvd, other, onode in seen:
                 if net.version == other.version and net.overlaps(other):
-                    owner = "itself" if other_tvd == tvd else f"TVD '{other_tvd}'"
-                    self.err(node, f"subnet {net} of TVD '{tvd}' overlaps {other} of {owner} "
-                                   f"(line {self.pos(onode).line}); TVD subnets must be disjoint "
-                                   "because a packet's TVD is read from its address",
-                             "subnet-overlap")
+                    owner = "itself" if other_tvd == tvd else other_tvd
+                    self.err(node, f"subnet {net} of {tvd} overlaps {other} of {owner} "
+                                   f"(line {self.pos(onode).line}); TVD and external subnets "
+                                   "must be disjoint because a packet's TVD is read from its "
+                                   "address", "subnet-overlap")
                     break
             else:
                 seen.append((tvd, net, node))

@@ -68,6 +68,11 @@ def check_flows(policy: Policy, diags: Collector) -> None:
         if f.kind is FlowKind.CONTROLLED and not matrix.rules(f.src, f.dst):
             diags.warning(f.pos, f"controlled flow {f.src} -> {f.dst} passes nothing: its "
                                  "sender and receiver rules share no service", "empty-controlled")
+        ext = [n for n in (f.src, f.dst) if n in policy.externals]
+        if ext and f.kind is not FlowKind.CLOSED and (len(ext) == 2 or DUMMY_TVD in (f.src, f.dst)):
+            diags.error(f.pos, f"{f.kind.value} flow {f.src} -> {f.dst} has no TVD router to "
+                               "carry it: a flow with an external needs a TVD at its other end; "
+                               "make it closed or remove it", "external-without-tvd")
         if DUMMY_TVD in (f.src, f.dst) and f.kind is FlowKind.CONTROLLED:
             diags.error(f.pos, "the dummy TVD enforces no policy of its own, so a controlled "
                                "flow with it has no sender/receiver to enforce one side",
@@ -77,7 +82,8 @@ def check_flows(policy: Policy, diags: Collector) -> None:
         # anchor: the first hop's entry, else the source TVD, else the target (the dummy TVD
         # has no node of its own), else the file
         first = ind.edges[0].flow
-        anchors = (first, policy.tvds.get(ind.src), policy.tvds.get(ind.dst))
+        anchors = (first, policy.tvds.get(ind.src), policy.externals.get(ind.src),
+                   policy.tvds.get(ind.dst), policy.externals.get(ind.dst))
         pos = next((a.pos for a in anchors if a is not None and a.pos is not None),
                    Pos(policy.source, 1, 1))
         hops = "; ".join(e.describe() for e in ind.edges)

@@ -411,22 +411,6 @@ class PolicyReader(Reader):
                                           f"'{ext}' must be an address with prefix, like "
                                           "198.51.100.2/24")
                 iface = None
-            gw = None
-            if "gateway" in b:
-                g = self.string(b["gateway"][1], "gateway")
-                try:
-                    gwa = ipaddress.ip_address(g) if g else None
-                except ValueError:
-                    gwa = None
-                if g and (gwa is None or iface is None or gwa not in iface.network
-                          or gwa == iface.ip):
-                    self.err(b["gateway"][1], f"gateway '{g}' of host '{host}' on external "
-                                              f"'{ext}' must be another address inside "
-                                              f"{iface.network if iface else 'its address'}"
-                                              " (the next hop towards the external's other "
-                                              "subnets)")
-                    continue
-                gw = str(gwa) if gwa else None
             known = getattr(self, "_externals", {}).get(ext)
             if known is not None and iface is not None and known.subnets and not any(
                     iface.ip in ipaddress.ip_network(n) for n in known.subnets):
@@ -434,6 +418,28 @@ class PolicyReader(Reader):
                                           f"'{ext}' is inside none of its subnets "
                                           f"({', '.join(known.subnets)}); the leg must sit on "
                                           "the external network")
+                continue
+            gw = None
+            if "gateway" in b and iface is not None:
+                g = self.string(b["gateway"][1], "gateway")
+                try:
+                    gwa = ipaddress.ip_address(g) if g else None
+                except ValueError:
+                    gwa = None
+                if g and (gwa is None or gwa not in iface.network or gwa == iface.ip):
+                    self.err(b["gateway"][1], f"gateway '{g}' of host '{host}' on external "
+                                              f"'{ext}' must be another address inside "
+                                              f"{iface.network} (the next hop towards the "
+                                              "external's other subnets)")
+                    continue
+                gw = str(gwa) if gwa else None
+            far = [n for n in (known.subnets if known and iface is not None else ())
+                   if ipaddress.ip_network(n).version != iface.version
+                   or not ipaddress.ip_network(n).subnet_of(iface.network)]
+            if far and gw is None:
+                self.err(item, f"host '{host}' reaches external '{ext}' on {iface.network}, but "
+                               f"its subnet(s) {', '.join(far)} lie beyond it: add 'gateway: "
+                               "ADDRESS' (the next hop on that network)")
                 continue
             if ext and dev and iface is not None:
                 if any(e.external == ext for e in out):

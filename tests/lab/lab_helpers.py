@@ -1,6 +1,7 @@
 """Helpers for the lab tests: run the lab CLI, write specs under unique lab names."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,6 +50,28 @@ def write_spec(tmp_dir: str, name: str, vms: dict | None = None) -> str:
 
 def unique_name(tag: str) -> str:
     return f"t{tag}{uuid.uuid4().hex[:5]}"
+
+
+@contextlib.contextmanager
+def running_lab(spec_file: str, policy_file: str, tag: str, tmp_dir: str):
+    """A copy of a shipped lab spec under a unique name, up for the duration; down after,
+    leaving no namespace behind."""
+    need_root_and_tools()
+    name = unique_name(tag)
+    with open(spec_file) as f:
+        doc = yaml.safe_load(f)
+    doc["name"], doc["policy"] = name, policy_file
+    spec = os.path.join(tmp_dir, f"{name}.yaml")
+    with open(spec, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    lab = Lab(spec, name)
+    try:
+        lab.cli("up", check=True)
+        yield lab
+    finally:
+        r = lab_cli("down", "--name", name)
+        assert r.returncode == 0, r.stderr
+        assert not [n for n in os.listdir("/run/netns") if n.startswith(name + "-")]
 
 
 class Lab:

@@ -10,8 +10,7 @@ import sys
 import time
 
 import pytest
-import yaml
-from lab_helpers import REPO, Lab, lab_cli, need_root_and_tools, unique_name
+from lab_helpers import REPO, running_lab
 
 from xen_tvd.lab.isolation import flood_and_sniff
 from xen_tvd.planner.routing import leg_mac
@@ -35,22 +34,8 @@ CONTROLLED = {("web", "app"), ("app", "db"), ("db", "app")}
 
 @pytest.fixture(scope="module")
 def flows_lab(tmp_path_factory):
-    need_root_and_tools()
-    name = unique_name("f")
-    with open(FLOWS_SPEC) as f:
-        doc = yaml.safe_load(f)
-    doc["name"], doc["policy"] = name, FLOWS_POLICY
-    spec = str(tmp_path_factory.mktemp("lab") / f"{name}.yaml")
-    with open(spec, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
-    lab = Lab(spec, name)
-    try:
-        lab.cli("up", check=True)
+    with running_lab(FLOWS_SPEC, FLOWS_POLICY, "f", str(tmp_path_factory.mktemp("lab"))) as lab:
         yield lab
-    finally:
-        r = lab_cli("down", "--name", name)
-        assert r.returncode == 0, r.stderr
-        assert not [n for n in os.listdir("/run/netns") if n.startswith(name + "-")]
 
 
 def _policy():

@@ -44,3 +44,36 @@ def test_nic_address_must_be_a_host_in_its_tvds_subnets(tmp_path, address, fragm
         load_lab(str(p))
     [line] = str(e.value).splitlines()
     assert line.startswith(f"{p}:3:") and fragment in line, line
+
+
+GW_POLICY = os.path.join(REPO, "xl-configs", "lab-gateway-policy.yaml")
+
+
+def test_gateway_spec_wires_the_external_lan_to_its_host_only():
+    spec, policy = load_lab(os.path.join(REPO, "xl-configs", "lab-gateway.yaml"))
+    topo = build(spec, policy)
+    assert topo.bridges["external:corp"] == "x-corp"
+    assert [(w.ifname, w.network, w.address) for w in topo.hosts["h1"].wires] == [
+        ("eth0", "lan", "10.77.1.11/24"), ("eth1", "external:corp", "")]
+    assert [w.network for w in topo.hosts["h2"].wires] == ["lan"]
+    assert topo.vms["corp1"].nics[0].vif == "xm-corp1"    # a port of the corp switch
+    assert topo.hosts["h2"].router_ns is None
+
+
+@pytest.mark.parametrize("vm, fragment", [
+    ("{host: h2, nics: [{tvd: corp, address: 198.51.100.10/24}]}",
+     "host 'h2' has no NIC on external 'corp'"),
+    ("{host: h1, nics: [{tvd: corp, address: 198.51.100.2/24}]}",
+     "is the address of host 'h1' on external 'corp'"),
+    ("{host: h1, nics: [{tvd: corp, address: 192.0.2.5/24}]}",
+     "outside the subnets of external 'corp' (198.51.100.0/24)"),
+    ("{host: h1, nics: [{tvd: corp, address: 198.51.100.10/24}, "
+     "{tvd: app, address: 10.120.0.9/24}]}", "has exactly one NIC"),
+])
+def test_machines_on_an_external_are_checked(tmp_path, vm, fragment):
+    p = tmp_path / "spec.yaml"
+    p.write_text(f"policy: {GW_POLICY}\nvms:\n  v1: {vm}\n")
+    with pytest.raises(SpecInvalid) as e:
+        load_lab(str(p))
+    [line] = str(e.value).splitlines()
+    assert line.startswith(f"{p}:3:") and fragment in line, line

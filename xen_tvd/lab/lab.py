@@ -175,7 +175,8 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
         master = spec.control == "master"
         ports = {h: [] for h in topo.hosts}
         for vm in topo.vms.values():
-            ports.setdefault(vm.host, []).extend(_vif_port(n) for n in vm.nics)
+            ports.setdefault(vm.host, []).extend(_vif_port(n) for n in vm.nics
+                                                 if n.tvd not in policy.externals)
         try:
             states = {} if master else plan(policy, ports)
         except PlanError as e:  # the planner refuses: the lab cannot be built as asked
@@ -200,6 +201,9 @@ def up(spec: LabSpec, policy: Policy, log: Log = lambda s: None) -> UpReport:
             _vm_base(vm)
             hs = states.get(vm.host) or HostState(vm.host)
             for nic in vm.nics:
+                if nic.tvd in policy.externals:
+                    _external_machine(topo, vm, nic, policy)
+                    continue
                 _vm_nic(vm, nic, host)
                 _vm_gateway(vm, nic, policy)
                 if master:
@@ -253,7 +257,7 @@ def _fabric(topo: Topology) -> None:
         nsutil.ensure_veth(w.ns, w.ifname, fab, w.fabric_port)
         nsutil.set_link(fab, w.fabric_port, mtu=w.mtu, master=topo.bridges[w.network], up=True)
         nsutil.set_link(w.ns, w.ifname, mtu=w.mtu, up=True)
-        nsutil.ensure_addresses(w.ns, w.ifname, [w.address])
+        nsutil.ensure_addresses(w.ns, w.ifname, [w.address] if w.address else [])
     if topo.router_ns:
         nsutil.sysctl(topo.router_ns, "net/ipv4/ip_forward", "1")
         # the WAN router forwards unicast only: no multicast routing daemon, no mroute table
@@ -295,6 +299,23 @@ def _vm_gateway(vm: LabVm, nic: LabNic, policy: Policy) -> None:
     if len(vm.nics) == 1 and gws:
         nsutil.ensure_route(vm.ns, "0.0.0.0/0", gateway=str(ipaddress.ip_interface(gws[0]).ip),
                             dev=nic.eth)
+
+
+def _external_machine(topo: Topology, vm: LabVm, nic: LabNic, policy: Policy) -> None:
+    """A machine on an external network: plugged into that network's switch, and routing the
+    TVD subnets to its host's external leg, as the external network's own router would be
+    told to (no NAT: TVD addresses are routed). What stops it is the flow policy, not this."""
+    from xen_tvd.lab.topology import external_net
+    nsutil.ensure_veth(topo.fabric_ns, nic.vif, vm.ns, nic.eth)
+    nsutil.set_link(topo.fabric_ns, nic.vif, master=topo.bridges[external_net(nic.tvd)], up=True)
+    nsutil.set_link(vm.ns, nic.eth, address=nic.mac, up=True)
+    nsutil.ensure_addresses(vm.ns, nic.eth, [nic.address])
+    leg = policy.hosts[vm.host].external_on(nic.tvd)
+    via = str(ipaddress.ip_interface(leg.address).ip)
+    for t in sorted(policy.tvds.values(), key=lambda t: t.name):
+        for n in t.subnets:
+            if ipaddress.ip_network(n).version == 4:
+                nsutil.ensure_route(vm.ns, n, gateway=via, dev=nic.eth)
 
 
 def _vif_port(nic) -> "VifPort":
@@ -471,6 +492,8 @@ def _status(name: str) -> dict:
             if vm.host != hname:
                 continue
             for nic in vm.nics:
+                if not nic.vif.startswith("vif"):
+                    continue   # a machine on an external network: on its LAN, not a vif here
                 l = next((x for x in links if x.get_attr("IFLA_IFNAME") == nic.vif), None)
                 v = {"name": nic.vif, "vm": vm.name, "domid": vm.domid, "eth": nic.eth,
                      "tvd": nic.tvd, "address": nic.address, "mac": nic.mac,

@@ -268,6 +268,7 @@ def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpe
                     nic = _nic(item, devid, file, diags, policy, f"{what} nic {devid}", seen_addr)
                     if nic is not None:
                         nics.append(nic)
+        _external_machine(name, host, nics, policy, p(v), diags)
         props = expect = None
         if "properties" in f:
             props = spec_control.parse_properties(f["properties"][1], file, diags, policy, what)
@@ -288,6 +289,37 @@ def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpe
     return vms
 
 
+def _external_machine(name: str, host: str | None, nics: list[NicSpec], policy: Policy | None,
+                      pos: Pos, diags: Collector) -> None:
+    """A NIC naming an external makes the VM a machine on that external network (a server on
+    the corp LAN), wired to the LAN of `host`'s external NIC, not a vif: it is in no TVD."""
+    exts = [n for n in nics if policy is not None and n.tvd in policy.externals]
+    if not exts:
+        return
+    if len(nics) > 1:
+        diags.error(exts[0].pos or pos, f"VM {name}: a machine on external {exts[0].tvd!r} has "
+                                        "exactly one NIC (it is in no TVD); split it into "
+                                        "several machines")
+        return
+    nic = exts[0]
+    h = policy.hosts.get(host) if host else None
+    hx = h.external_on(nic.tvd) if h else None
+    if h is not None and hx is None:
+        diags.error(nic.pos or pos, f"VM {name}: host {host!r} has no NIC on external "
+                                    f"{nic.tvd!r} (policy hosts.{host}.externals); put the "
+                                    "machine on a host that has one")
+    elif hx is not None and ipaddress.ip_interface(nic.address).ip not in \
+            ipaddress.ip_interface(hx.address).network:
+        diags.error(nic.pos or pos, f"VM {name}: address {nic.address} is not on "
+                                    f"{ipaddress.ip_interface(hx.address).network}, the LAN of "
+                                    f"host {host!r}'s NIC on external {nic.tvd!r}")
+    elif hx is not None and ipaddress.ip_interface(nic.address).ip == \
+            ipaddress.ip_interface(hx.address).ip:
+        diags.error(nic.pos or pos, f"VM {name}: address {nic.address} is the address of "
+                                    f"host {host!r} on external {nic.tvd!r} (the router's "
+                                    "leg there)")
+
+
 def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
     p = lambda n: pos_of(n, file)  # noqa: E731
     if not isinstance(node, yaml.MappingNode):
@@ -305,9 +337,11 @@ def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
         tvd = _str(tn, file, diags, f"{what}: tvd")
         if tvd is None:
             ok = False
-        elif policy is not None and tvd not in policy.tvds:
+        elif policy is not None and tvd not in policy.tvds and tvd not in policy.externals:
             known = ", ".join(sorted(policy.tvds)) or "none"
-            diags.error(p(tn), f"{what}: TVD {tvd!r} is not defined by the policy (TVDs: {known})")
+            exts = f"; externals: {', '.join(sorted(policy.externals))}" if policy.externals else ""
+            diags.error(p(tn), f"{what}: TVD {tvd!r} is not defined by the policy (TVDs: "
+                               f"{known}{exts})")
             ok = False
     if "address" not in f:
         diags.error(p(node), f"{what}: missing key 'address' (IPv4 with prefix, e.g. "
@@ -336,10 +370,12 @@ def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
             else:
                 ip = str(iface.ip)
                 t = policy.tvds.get(tvd) if policy is not None and tvd else None
-                nets = [ipaddress.ip_network(n) for n in (t.subnets if t else ())]
+                x = policy.externals.get(tvd) if policy is not None and tvd else None
+                nets = [ipaddress.ip_network(n) for n in (t or x).subnets] if (t or x) else []
                 if nets and not any(iface.ip in n for n in nets):
-                    diags.error(p(an), f"{what}: address {ip} is outside the subnets of TVD "
-                                       f"{tvd!r} ({', '.join(map(str, nets))}); its router and "
+                    diags.error(p(an), f"{what}: address {ip} is outside the subnets of "
+                                       f"{'external' if x else 'TVD'} {tvd!r} "
+                                       f"({', '.join(map(str, nets))}); its router and "
                                        "flow filter identify the TVD by address")
                     ok = False
                 elif any(iface.ip == ipaddress.ip_interface(g).ip for g in (t.gateways if t else ())):

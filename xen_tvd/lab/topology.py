@@ -8,6 +8,11 @@
     <name>-h-<host>-rtr  the host's TVD router (created and configured by the dataplane's
                          apply(); the lab only creates and marks the namespace), for hosts
                          whose VMs are in a TVD with a router card
+External networks (policy `externals:`): one more switch `x-<external>` in the fabric
+namespace, "network" `external:<name>`; each lab host with a NIC on it gets a wire without an
+address (the address belongs to the router's external leg, a macvlan the dataplane puts on
+that NIC), and a spec VM whose NIC names the external is a machine on that LAN: its eth0 is
+a veth whose other end (LabNic.vif) is a port of that switch, not a vif of the host.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ from xen_tvd.lab.spec import LabSpec
 from xen_tvd.policy.model import Policy
 
 IFNAMSIZ = 15
+EXTERNAL_NET = "external:"    # prefix of an external LAN's key in Topology.bridges
+
+
+def external_net(name: str) -> str:
+    return EXTERNAL_NET + name
 
 
 class TopologyError(Exception):
@@ -134,6 +144,9 @@ def build(spec: LabSpec, policy: Policy) -> Topology:
     used_br: set[str] = set()
     bridges = {n: _short(f"br-{n}", f"br{i}", used_br) for i, n in enumerate(sorted(nets))}
     bridge_mtu = {n: nets[n].mtu for n in nets}
+    for i, x in enumerate(sorted(policy.externals)):
+        bridges[external_net(x)] = _short(f"x-{x}", f"x{i}", used_br)
+        bridge_mtu[external_net(x)] = 1500
     multi = len(nets) > 1
     router_addr: dict[str, str] = {}
     used_ports: set[str] = set()
@@ -175,6 +188,9 @@ def build(spec: LabSpec, policy: Policy) -> Topology:
                 continue
             wires.append(Wire(ns, nic.nic, _short(f"{hname}-{nic.nic}", f"p{hi}n{ni}", used_ports),
                               nic.network, str(ip), net.mtu))
+        for xi, hx in enumerate(host.externals):
+            wires.append(Wire(ns, hx.nic, _short(f"{hname}-{hx.nic}", f"p{hi}x{xi}", used_ports),
+                              external_net(hx.external), "", 1500))
         attached = {w.network for w in wires}
         routes = []
         if multi and wires:
@@ -190,9 +206,11 @@ def build(spec: LabSpec, policy: Policy) -> Topology:
                                f"{ns}-rtr" if routed else None)
     used_mac: set[str] = set()
     vms: dict[str, LabVm] = {}
-    for vname, vm in spec.vms.items():
+    for vi, (vname, vm) in enumerate(spec.vms.items()):
         nics = tuple(LabNic(vname, n.devid, n.tvd, n.address, f"eth{n.devid}",
-                            f"vif{vm.domid}.{n.devid}", vm_mac(spec.name, vname, n.devid, used_mac))
+                            _short(f"xm-{vname}", f"xm{vi}", used_ports)
+                            if n.tvd in policy.externals else f"vif{vm.domid}.{n.devid}",
+                            vm_mac(spec.name, vname, n.devid, used_mac))
                      for n in vm.nics)
         vms[vname] = LabVm(vname, vm.host, vm.domid, names["vm"] + vname, nics)
     if problems:

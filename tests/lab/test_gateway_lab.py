@@ -1,0 +1,77 @@
+"""The gateway lab (xl-configs/lab-gateway.yaml) end to end on the host kernel: TVDs with a
+gateway to a non-virtualized network "corp" (a namespace LAN on h1's NIC eth1), governed by
+the flow policy like any pair. Brought up once for the module."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from lab_helpers import REPO, running_lab
+from test_flows_lab import _blast
+
+SPEC = os.path.join(REPO, "xl-configs", "lab-gateway.yaml")
+POLICY = os.path.join(REPO, "xl-configs", "lab-gateway-policy.yaml")
+
+# Written out by hand from lab-gateway-policy.yaml (not computed by the code under test):
+# the TCP ports probed for controlled pairs (each rule range's edges +-1) ...
+PORTS = {21, 22, 23, 442, 443, 444, 8442, 8443, 8444, 5431, 5432, 5433}
+# ... and what must answer, per (src, dst); every other probe must not
+ANSWERS = {
+    ("app", "web"): {"icmp", "tcp"},          # open
+    ("app", "corp"): {"tcp:443"},             # 8443: app's half only; 22: corp's half only
+    ("corp", "app"): {"tcp:5432"},            # the external initiates only this, only to app
+}
+CONTROLLED = {("app", "corp"), ("corp", "app")}
+VMS = {"web1": "web", "app1": "app", "mgmt1": "mgmt", "mgmt2": "mgmt", "corp1": "corp",
+       "corp2": "corp"}
+
+
+@pytest.fixture(scope="module")
+def gw_lab(tmp_path_factory):
+    with running_lab(SPEC, POLICY, "g", str(tmp_path_factory.mktemp("lab"))) as lab:
+        yield lab
+
+
+def test_exact_matrix_including_the_external(gw_lab):
+    r = gw_lab.cli("verify", "--json")
+    m = json.loads(r.stdout)
+    assert r.returncode == 0 and m["ok"], [c for c in m["cells"] if not c["ok"]]
+    assert m["pairs"] == len(VMS) * (len(VMS) - 1)
+    wrong = []
+    for c in m["cells"]:
+        pair = (c["src_tvd"], c["dst_tvd"])
+        assert pair == (VMS[c["src"].split("/")[0]], VMS[c["dst"].split("/")[0]])
+        keys = {"icmp", "tcp", "arp"} | ({f"tcp:{p}" for p in PORTS} if pair in CONTROLLED else set())
+        if set(c["results"]) != keys:
+            wrong.append(f"{c['src']} -> {c['dst']}: probed {sorted(c['results'])}")
+            continue
+        answer = set(keys) if pair[0] == pair[1] else ANSWERS.get(pair, set())
+        got = {k for k, v in c["results"].items() if v}
+        if got != answer:
+            wrong.append(f"{c['src']}({pair[0]}) -> {c['dst']}({pair[1]}): answered "
+                         f"{sorted(got)}, want {sorted(answer)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_external_leg_is_on_the_host_with_the_nic_only(gw_lab):
+    import subprocess
+    rtr = f"{gw_lab.name}-h-h1-rtr"
+    out = subprocess.run(["ip", "netns", "exec", rtr, "ip", "-o", "-d", "link"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "ext-corp@" in out and "macvlan" in out
+    assert not os.path.exists(f"/run/netns/{gw_lab.name}-h-h2-rtr")   # mgmt only: no card
+
+
+def test_a_closed_tvd_cannot_reach_the_external_even_spoofing_an_allowed_source(gw_lab):
+    # web -> corp is closed (web has a card: app -> web is open), app -> corp is controlled:
+    # web1 claims app1's address towards corp1 (udp, to its gateway MAC on h1)
+    # positive control: app1 itself, same frames (udp 9999, allowed by both halves), arrives
+    sent, got = _blast(gw_lab, "app1", "h1", "app", "10.120.0.11", "corp1", "198.51.100.10", 0.3)
+    assert sent > 0 and got > 0
+    sent, got = _blast(gw_lab, "web1", "h1", "web", "10.120.0.11", "corp1", "198.51.100.10")
+    print(f"web1 spoofing app1 towards corp1: sent {sent}, arrived {got}")
+    assert sent > 1000 and got == 0
+    sent, got = _blast(gw_lab, "web1", "h1", "web", "10.110.0.11", "corp1", "198.51.100.10")
+    print(f"web1 (own address) towards corp1: sent {sent}, arrived {got}")
+    assert sent > 1000 and got == 0

@@ -205,6 +205,7 @@ def test_closed_tvd_cannot_reach_the_external_by_spoofing(mkns, tmp_path):
         assert sent > 1000 and got == 0
         # honest source of its own: closed pair, dropped as well
         sent, got = _blast_to_corp(rig, "d1", "10.4.0.11")
+        print(f"d1 (own address) towards corp: sent {sent}, arrived {got}")
         assert sent > 1000 and got == 0
         # without h1's flow filter the router still drops both: reverse path for the spoofed
         # source, and the external leg's own filter (no d -> corp pair) for the honest one

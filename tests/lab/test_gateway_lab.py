@@ -10,6 +10,8 @@ import pytest
 from lab_helpers import REPO, running_lab
 from test_flows_lab import _blast
 
+from xen_tvd.lab.isolation import flood_and_sniff
+
 SPEC = os.path.join(REPO, "xl-configs", "lab-gateway.yaml")
 POLICY = os.path.join(REPO, "xl-configs", "lab-gateway-policy.yaml")
 
@@ -75,3 +77,17 @@ def test_a_closed_tvd_cannot_reach_the_external_even_spoofing_an_allowed_source(
     sent, got = _blast(gw_lab, "web1", "h1", "web", "10.110.0.11", "corp1", "198.51.100.10")
     print(f"web1 (own address) towards corp1: sent {sent}, arrived {got}")
     assert sent > 1000 and got == 0
+
+
+@pytest.mark.parametrize("src_vm", ["web1", "app1", "corp1"])
+def test_floods_cross_neither_into_nor_out_of_the_external(gw_lab, src_vm):
+    from xen_tvd.policy import load_policy
+    sent, results = flood_and_sniff(gw_lab.topology(), load_policy(POLICY), src_vm)
+    leaked = {r.nic.key: r.marked for r in results if not r.same_tvd and r.total}
+    assert not leaked, leaked
+    same = [r for r in results if r.same_tvd]
+    assert all(r.end_seen for r in same)          # the positive control arrived
+    assert src_vm != "corp1" or same              # corp2 shares corp1's LAN
+    assert sum(sent["sent"].values()) > 100
+    print(f"flood from {src_vm}: sent {sum(sent['sent'].values())} marked frames towards "
+          f"{sum(not r.same_tvd for r in results)} foreign NICs, arrived 0")

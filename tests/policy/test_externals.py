@@ -85,3 +85,19 @@ def test_indirect_flow_through_an_external_is_found(tmp_path):
 def test_policies_without_externals_are_unchanged(tmp_path):
     pol, diags = check_text(tmp_path, "version: 1\ntvds:\n  a: {vlan: 5}\n")
     assert diags == [] and pol.externals == {} and pol.hosts == {}
+
+
+def test_show_and_graph_list_the_external_and_the_open_dummy_does_not_reach_it(tmp_path):
+    from xen_tvd.policy.flows import FlowMatrix
+    from xen_tvd.policy.model import FlowKind
+    from xen_tvd.policy.render import matrix_text, to_dot
+    import dataclasses
+    pol, _ = check_text(tmp_path, BASE)
+    pol = dataclasses.replace(pol, dummy_policy=FlowKind.OPEN)   # (the verifier would object)
+    m = FlowMatrix(pol)
+    assert m.kind("corp", "dummy") is FlowKind.CLOSED and m.kind("dummy", "corp") is FlowKind.CLOSED
+    assert m.kind("a", "dummy") is FlowKind.OPEN
+    rows = {l.split("|")[0].strip(): [c.strip() for c in l.split("|")[1:]]
+            for l in matrix_text(pol).splitlines()[2:7]}
+    assert rows["a"] == ["1", "0", "P[a,corp]", "1"] and rows["corp"] == ["0", "0", "1", "0"]
+    assert '"corp" [label="corp (external)\\n198.51.100.0/24, 203.0.113.0/24"' in to_dot(pol)

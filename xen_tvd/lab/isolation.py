@@ -56,8 +56,9 @@ def flood_and_sniff(topo: Topology, policy, src_vm: str, src_eth: str = "eth0",
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise LabError(f"sniffer on {key} did not start: {p.stderr.read().strip()}")
-        vlans = sorted({policy.tvds[t].vlan for t in {n.tvd for n in foreign}}
-                       | {policy.tvds[src.tvd].vlan})
+        # machines on an external network have no VLAN of their own to forge tags with
+        vlans = sorted({policy.tvds[t].vlan for t in {n.tvd for n in foreign} | {src.tvd}
+                        if t in policy.tvds})
         cmd = ["flood", "--dev", src.eth, "--magic", magic, "--count", str(count),
                "--src-ip", src.ip]
         for n in foreign:

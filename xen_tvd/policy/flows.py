@@ -40,6 +40,10 @@ class FlowMatrix:
         if src == dst:
             return FlowKind.OPEN
         if DUMMY_TVD in (src, dst) and (src, dst) not in self._flows:
+            # the dummy TVD's default covers TVDs only (as in information_edges): an external
+            # network is not a VLAN of any Dom0, so nothing connects it to the dummy's VLANs
+            if src in self.policy.externals or dst in self.policy.externals:
+                return FlowKind.CLOSED
             return self.policy.dummy_policy
         f = self._flows.get((src, dst))
         return f.kind if f else FlowKind.CLOSED

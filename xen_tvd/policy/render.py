@@ -20,7 +20,7 @@ def _cell(matrix: FlowMatrix, a: str, b: str) -> str:
 def matrix_text(policy: Policy, color: bool = False) -> str:
     """Rows: sender TVD; columns: receiver TVD. 1 open, 0 closed, P[x,y] controlled."""
     m = FlowMatrix(policy)
-    names = sorted(policy.tvds) + [DUMMY_TVD]
+    names = sorted(policy.tvds) + sorted(policy.externals) + [DUMMY_TVD]
     cells = [[_cell(m, a, b) for b in names] for a in names]
     w0 = max(len("from \\ to"), *(len(n) for n in names))
     widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
@@ -39,6 +39,10 @@ def matrix_text(policy: Policy, color: bool = False) -> str:
     lines.append("")
     lines.append("1 = open, 0 = closed, P[x,y] = controlled (sender side enforced by x for its "
                  "confidentiality, receiver side by y for its integrity)")
+    if policy.externals:
+        lines.append("external networks (not TVDs): " + "; ".join(
+            f"{x.name} = {', '.join(x.subnets)}" for x in sorted(policy.externals.values(),
+                                                                key=lambda x: x.name)))
     lines.append(f"dummy = VLANs outside every TVD{' ' + str(list(policy.dummy_vlans)) if policy.dummy_vlans else ''}: "
                  f"{policy.dummy_policy.value} to every TVD")
     for f in sorted(policy.flows, key=lambda f: (f.src, f.dst)):
@@ -62,6 +66,9 @@ def to_dot(policy: Policy) -> str:
     for t in sorted(policy.tvds.values(), key=lambda t: t.name):
         label = f"{t.name}\\nVLAN {t.vlan} / VNI {t.vni}\\n{', '.join(sorted(t.protection))}"
         out.append(f"  {_q(t.name)} [label=\"{label}\"];")
+    for x in sorted(policy.externals.values(), key=lambda x: x.name):
+        label = f"{x.name} (external)\\n{', '.join(x.subnets)}"   # names/CIDRs: no quotes
+        out.append(f"  {_q(x.name)} [label=\"{label}\", shape=box3d, style=solid];")
     if policy.dummy_policy is FlowKind.OPEN:
         out.append(f'  {_q(DUMMY_TVD)} [label="dummy (outside every TVD)", style=dashed];')
         for t in sorted(policy.tvds):

@@ -53,7 +53,6 @@ crash at any point leaves either the old or the new ruleset and the next apply c
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import socket
@@ -64,7 +63,6 @@ from .report import DataplaneError
 
 FAMILY, TABLE = "bridge", "xen_tvd"
 UL_FAMILY, UL_TABLE = "inet", "xen_tvd_underlay"
-DIGEST_PREFIX = "xen-tvd:rules="
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -119,8 +117,7 @@ CHAINS = """\
 
 def _skeleton() -> tuple[str, str]:
     body = "".join(f"  set {n} {{ {t}; }}\n" for n, t in SETS.items()) + CHAINS
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    return body.replace("@DIGEST@", DIGEST_PREFIX + digest), digest
+    return nftables.stamp(body)
 
 
 SKELETON, DIGEST = _skeleton()
@@ -259,18 +256,13 @@ def read(netns: str | None, only: str | None = None) -> Current | None:
     objs = nftables.list_json(netns, "table", FAMILY, TABLE)
     if objs is None:
         return None
-    digest = None
     els: Elements = {k: set() for k in SETS}
     for o in objs:
         if "set" in o and o["set"]["name"] in SETS:
             s = o["set"]
             els[s["name"]] = {_norm(s["name"], e) for e in s.get("elem", [])
                               if only is None or _key(e) == only}
-        elif "rule" in o and o["rule"].get("chain") == "prerouting":
-            c = o["rule"].get("comment") or ""
-            if c.startswith(DIGEST_PREFIX):
-                digest = c[len(DIGEST_PREFIX):]
-    return Current(digest, els)
+    return Current(nftables.digest_in(objs, chain="prerouting"), els)
 
 
 def _diff_script(cur: Elements, want: Elements) -> tuple[str, int, int]:
@@ -366,21 +358,13 @@ def render_underlay(v4: set[str], v6: set[str], ports: set[int], groups: set[str
             "    udp dport @vxlan_ports fib daddr type local ip6 saddr != @peers6 drop\n"
             "    udp dport @vxlan_ports ip daddr @groups4 ip saddr != @peers4 drop\n"
             "  }\n")
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    body = body.replace("@DIGEST@", DIGEST_PREFIX + digest)
-    t = f"{UL_FAMILY} {UL_TABLE}"
-    return f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n{body}}}\n", digest
+    body, digest = nftables.stamp(body)
+    return nftables.replace_table(UL_FAMILY, UL_TABLE, body), digest
 
 
 def _underlay_digest(netns: str | None) -> str | None | bool:
     objs = nftables.list_json(netns, "table", UL_FAMILY, UL_TABLE)
-    if objs is None:
-        return False
-    for o in objs:
-        c = o.get("rule", {}).get("comment") or ""
-        if c.startswith(DIGEST_PREFIX):
-            return c[len(DIGEST_PREFIX):]
-    return None
+    return False if objs is None else nftables.digest_in(objs)
 
 
 def sync_underlay(state: model.HostState, netns: str | None, changed) -> None:

@@ -38,14 +38,12 @@ VXLAN/VLAN uplink, so every VM resolves its own host's router.
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 
 from . import model, nftables
 
 FAMILY, TABLE = "inet", "xen_tvd_flows"
 GW_FAMILY, GW_TABLE = "bridge", "xen_tvd_gw"
-DIGEST_PREFIX = "xen-tvd:rules="
 # br_netfilter must hand bridged IP to the inet hooks, or the filter would see nothing.
 BRNF_SYSCTLS = {"net/bridge/bridge-nf-call-iptables": "1",
                 "net/bridge/bridge-nf-call-ip6tables": "1"}
@@ -237,9 +235,7 @@ def render_gw(legs: tuple[model.RouterLeg, ...], uplinks: list[str]) -> str:
 
 
 def _table(family: str, table: str, body: str, digest: str) -> str:
-    t = f"{family} {table}"
-    return (f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n"
-            + body.replace("@DIGEST@", DIGEST_PREFIX + digest) + "}\n")
+    return nftables.replace_table(family, table, nftables.stamp(body, digest)[0])
 
 
 def script(state: model.HostState, uplinks: list[str]) -> tuple[str, str]:
@@ -247,7 +243,7 @@ def script(state: model.HostState, uplinks: list[str]) -> tuple[str, str]:
     bridges = {s.bridge: _tvd_id(state, s.tvd) for s in state.segments}
     flows = render(state.flows, bridges)
     gw = render_gw(state.router.legs if state.router else (), uplinks)
-    digest = hashlib.sha256((flows + "\x00" + gw).encode()).hexdigest()[:16]
+    digest = nftables.digest_of(flows + "\x00" + gw)
     return (_table(FAMILY, TABLE, flows, digest) + _table(GW_FAMILY, GW_TABLE, gw, digest),
             digest)
 
@@ -266,13 +262,7 @@ def current_digest(netns: str | None) -> str | None | bool:
     # only the chain that carries the digest: listing the whole table as JSON costs seconds
     # at 100 TVDs (35,000 rules, 40,000 elements), and a converged rerun must stay cheap
     objs = nftables.list_json(netns, "chain", FAMILY, TABLE, "forward")
-    if objs is None:
-        return False
-    for o in objs:
-        c = o.get("rule", {}).get("comment") or ""
-        if c.startswith(DIGEST_PREFIX):
-            return c[len(DIGEST_PREFIX):]
-    return None
+    return False if objs is None else nftables.digest_in(objs)
 
 
 def sync(state: model.HostState, netns: str | None, uplinks: list[str], changed) -> None:
@@ -300,4 +290,4 @@ def remove(netns: str | None, changed) -> None:
         cmds.append(f"delete table {GW_FAMILY} {GW_TABLE}\n")
     if cmds:
         nftables.run(netns, "".join(cmds), "deleting the inter-TVD flow filter")
-        changed(f"deleted the inter-TVD flow filter (no routed TVD here)")
+        changed("deleted the inter-TVD flow filter (no routed TVD here)")

@@ -9,6 +9,7 @@ A named namespace is entered with `nsenter --net=/run/netns/NAME` in the child o
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,37 @@ from .netlink import where
 from .report import DataplaneError
 
 NETNS_DIR = "/run/netns"
+# Every table we own carries a digest of its rules in one rule comment, so a converged rerun
+# compares one string instead of the whole ruleset (nft 1.0.6's JSON has no table comments).
+DIGEST_PREFIX = "xen-tvd:rules="
+DIGEST_MARK = "@DIGEST@"
+
+
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stamp(body: str, digest: str | None = None) -> tuple[str, str]:
+    """`body` with its DIGEST_MARK comment filled in (by default with the digest of `body`)."""
+    digest = digest or digest_of(body)
+    return body.replace(DIGEST_MARK, DIGEST_PREFIX + digest), digest
+
+
+def replace_table(family: str, table: str, body: str) -> str:
+    """nft input that creates or replaces `family table` with `body` in one transaction (the
+    empty `table` line makes the delete valid when it does not exist yet)."""
+    t = f"{family} {table}"
+    return f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n{body}}}\n"
+
+
+def digest_in(objs: list[dict] | None, chain: str | None = None) -> str | None:
+    """The digest a listed table (or only its `chain`) carries; None when there is none."""
+    for o in objs or ():
+        r = o.get("rule", {})
+        c = r.get("comment") or ""
+        if c.startswith(DIGEST_PREFIX) and (chain is None or r.get("chain") == chain):
+            return c[len(DIGEST_PREFIX):]
+    return None
 
 
 def _argv(netns: str | None, args: list[str]) -> list[str]:

@@ -28,7 +28,6 @@ the TVDs' halves stay at their vSwitches (flowfilter.py).
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -45,7 +44,6 @@ from .report import DataplaneError
 
 KIND = "veth"
 RTR_FAMILY, RTR_TABLE = "inet", "xen_tvd_rtr"
-DIGEST_PREFIX = "xen-tvd:rules="
 IFA_F_NODAD = 0x02
 _PEER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -372,21 +370,14 @@ def render_rtr(r: model.Router, fp: model.FlowPlan | None = None) -> tuple[str, 
             "    iifname lo accept\n"
             "    meta l4proto { icmp, ipv6-icmp } accept\n"
             "  }\n")
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    body = body.replace("@DIGEST@", DIGEST_PREFIX + digest)
-    t = f"{RTR_FAMILY} {RTR_TABLE}"
-    return f"table {t} {{}}\ndelete table {t}\ntable {t} {{\n{body}}}\n", digest
+    body, digest = nftables.stamp(body)
+    return nftables.replace_table(RTR_FAMILY, RTR_TABLE, body), digest
 
 
 def _rp_table(name: str, r: model.Router, fp: model.FlowPlan | None, changed) -> None:
     script, digest = render_rtr(r, fp)
     objs = nftables.list_json(name, "table", RTR_FAMILY, RTR_TABLE)
-    have = None
-    for o in objs or []:
-        c = o.get("rule", {}).get("comment") or ""
-        if c.startswith(DIGEST_PREFIX):
-            have = c[len(DIGEST_PREFIX):]
-    if have != digest:
+    if nftables.digest_in(objs) != digest:
         nftables.run(name, script, f"loading the router table in {name}")
         changed(f"router {name}: {'created' if objs is None else 'replaced'} table "
                 f"{RTR_FAMILY} {RTR_TABLE}")

@@ -339,3 +339,30 @@ def test_port_that_cannot_be_configured_is_left_detached_others_still_attached(n
     bad = link(ns, "vifbad.0")
     assert bad["master"] is None and not bad["up"]
     assert link(ns, "vif1.0")["master"] == "tvd-alpha" and link(ns, "vif1.0")["up"]
+
+
+def test_segment_that_cannot_be_built_is_removed_whole_and_the_others_still_apply(ns):
+    """alpha's VXLAN device cannot take MTU 1500 on a 1500 underlay (the stand-in for any
+    uplink the kernel refuses, such as a VLAN without 8021q): no tvd-alpha bridge may stay
+    behind to take vifs that reach nothing, alpha's vif stays detached, beta still comes up,
+    and the error says what failed. Rerunning changes nothing; fixing the plan repairs it."""
+    underlay(ns)
+    veth(ns, "vif1.0", "g1")
+    veth(ns, "vif2.0", "g2")
+    ports = (("vif1.0", "alpha"), ("vif2.0", "beta"))
+    beta = vx_segment("beta", 200, "10.0.0.1")
+    broken = state(vx_segment("alpha", 100, "10.0.0.1", mtu=1500), beta, ports=ports)
+    for attempt in range(2):
+        with pytest.raises(DataplaneError) as ei:
+            apply(broken, netns=ns)
+        msg = str(ei.value)
+        assert "\n" not in msg and "MTU 1500 on tvx-alpha" in msg
+        assert "segment(s) alpha removed" in msg and "other segments are applied" in msg
+        assert link(ns, "tvd-alpha") is None and link(ns, "tvx-alpha") is None
+        assert link(ns, "vif1.0")["master"] is None
+        assert_segment(ns, beta, ports=("vif2.0",))
+        assert any("vif1.0 left detached" in w for w in ei.value.report.warnings)
+    fixed = state(vx_segment("alpha", 100, "10.0.0.1"), beta, ports=ports)
+    apply(fixed, netns=ns)
+    assert_segment(ns, fixed.segments[0], ports=("vif1.0",))
+    assert_converged(fixed, ns)

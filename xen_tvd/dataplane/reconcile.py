@@ -5,7 +5,9 @@ that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer
   1. validate everything (names, conflicts with devices we do not own, underlays) - no writes
   2. fail closed: detach strays from our bridges; delete owned devices no longer desired or
      whose immutable parameters changed
-  3. underlay MTUs, then per segment: bridge, uplink (create/recreate, MTU, enslave, up, FDB)
+  3. underlay MTUs, then per segment: bridge, uplink (create/recreate, MTU, enslave, up, FDB);
+     a segment that fails here is deleted whole (no bridge without its uplink), its vifs stay
+     detached, the other segments are still applied, and apply() raises at the end
   4. ports: attach each existing VifPort; absent ones are reported, not errors
      (port security and the underlay VXLAN filter, firewall.py, are synced right after 1.,
      and so is the inter-TVD flow filter, flowfilter.py, when the plan routes any TVD here)
@@ -15,6 +17,8 @@ that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer
 Every write is preceded by a comparison, so a converged host sees zero changes.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from . import bridge, common, firewall, flowfilter, model, offload, router, vlan, vxlan
 from .common import Ctx
@@ -131,6 +135,23 @@ def _uplink(ctx: Ctx, seg: model.Segment, br: Link) -> None:
     p.sync(ctx, seg, link)
 
 
+def _discard(ctx: Ctx, seg: model.Segment) -> None:
+    """Delete what exists of a segment that failed to build (its vifs fall off the bridge)."""
+    p = uplink_plugin(seg)
+    for name in ([p.ifname(seg)] if p is not None else []) + [seg.bridge]:
+        link = ctx.links.get(name)
+        if link is not None and link.owned:
+            common.delete(ctx, link, f"segment {seg.tvd} could not be built")
+
+
+def _without_legs_of(state: model.HostState, failed: dict[str, str]) -> model.HostState:
+    """No router leg into a segment that does not exist: its TVD gets no routed path."""
+    if not failed or state.router is None:
+        return state
+    legs = tuple(leg for leg in state.router.legs if leg.tvd not in failed)
+    return dataclasses.replace(state, router=dataclasses.replace(state.router, legs=legs))
+
+
 def _uplinks(state: model.HostState) -> list[str]:
     return [p.ifname(seg) for seg in state.segments if (p := uplink_plugin(seg)) is not None]
 
@@ -155,11 +176,23 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
             if underlay_gone:
                 firewall.sync_underlay(state, netns, ctx.changed)
             _underlay_mtus(ctx, state)
-            bridges = {}
+            bridges, failed = {}, {}
             for seg in state.segments:
-                bridges[seg.tvd] = br = bridge.ensure(ctx, seg)
-                _uplink(ctx, seg, br)
+                try:
+                    br = bridge.ensure(ctx, seg)
+                    _uplink(ctx, seg, br)
+                    bridges[seg.tvd] = br
+                except DataplaneError as e:
+                    # one segment that cannot be built (say, no 8021q for its VLAN) must not
+                    # keep the others down, and must not stay half-built: a bridge without its
+                    # uplink would take vifs that then reach none of their TVD's other hosts
+                    failed[seg.tvd] = str(e)
+                    _discard(ctx, seg)
             for port in state.ports:
+                if port.tvd in failed:
+                    report.warnings.append(f"{port.ifname} left detached: segment {port.tvd} "
+                                           f"could not be built")
+                    continue
                 link = ctx.links.get(port.ifname)
                 if link is None:
                     report.missing_ports.append(port.ifname)
@@ -170,16 +203,21 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
                     # One broken vif must not keep the other VMs offline; it is left detached.
                     report.warnings.append(str(e))
             for seg in state.segments:  # ports could have pulled an auto-MTU bridge down
-                common.set_mtu(ctx, ctx.require(seg.bridge), seg.mtu)
+                if seg.tvd not in failed:
+                    common.set_mtu(ctx, ctx.require(seg.bridge), seg.mtu)
             for nic in state.vlan_offload_off:
                 link = ctx.links.get(nic)
                 if link is None:
                     report.warnings.append(f"NIC {nic} not found in {ctx.where}; VLAN offload not changed")
                 else:
                     offload.ensure_vlan_offload_off(ctx, link)
-            router.sync(ctx, state, bridges)
+            router.sync(ctx, _without_legs_of(state, failed), bridges)
             if state.flows is None:
                 flowfilter.remove(netns, ctx.changed)
+            if failed:
+                raise DataplaneError("; ".join(failed[t] for t in sorted(failed)) +
+                                     f" (segment(s) {', '.join(sorted(failed))} removed, their "
+                                     f"vifs left detached; the other segments are applied)")
         except DataplaneError as e:
             e.report = report  # what was changed before the failure, for logs
             raise

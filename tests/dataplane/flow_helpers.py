@@ -108,8 +108,8 @@ def tcp_ok(rig: Rig, src: str, dst: str, port: int, timeout: float = 1.0) -> boo
     return r.stdout.strip() == "ok"
 
 
-def ping_ok(rig: Rig, src: str, dst: str) -> bool:
-    return sh(rig.vms[src], "ping", "-n", "-q", "-c", "1", "-W", "1", rig.ip(dst),
+def ping_ok(rig: Rig, src: str, dst: str, timeout: float = 1.0) -> bool:
+    return sh(rig.vms[src], "ping", "-n", "-q", "-c", "1", "-W", str(timeout), rig.ip(dst),
               check=False).returncode == 0
 
 

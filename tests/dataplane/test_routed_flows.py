@@ -74,27 +74,40 @@ def test_router_legs_tables_idempotence_and_cleanup(mkns, tmp_path):
     assert not any(os.path.exists(f"/run/netns/{_rtr(rig, h)}") for h in rig.hosts)
 
 
+def _want(s: str, d: str) -> tuple[bool, ...]:
+    ts, td = VMS[s][1], VMS[d][1]
+    return EVERYTHING if ts == td else EXPECTED.get((ts, td), NOTHING)
+
+
 def test_exact_reachability_matrix(rig):
     listeners = [Bg(rig, vm, "listen", *map(str, TCP_PORTS)) for vm in VMS]
     try:
         pairs = [(s, d) for s, d in itertools.permutations(VMS, 2)]
 
-        def probe(pair):
+        def probe(pair, timeout=1.0):
             s, d = pair
-            return pair, (ping_ok(rig, s, d), *(tcp_ok(rig, s, d, p) for p in TCP_PORTS))
+            return pair, (ping_ok(rig, s, d, timeout),
+                          *(tcp_ok(rig, s, d, p, timeout) for p in TCP_PORTS))
         with ThreadPoolExecutor(12) as ex:
             got = dict(ex.map(probe, pairs))
+        # Twelve probes at once under emulation (tier 2, qemu TCG) time out on open paths: on
+        # 6.1 three allowed cells failed that way, and all 30 cells were exact when probed one
+        # by one. So a cell where an allowed probe got nothing is probed once more, alone and
+        # with 5 s; answers of both rounds count, so a forbidden probe that answers in either
+        # round still fails the test.
+        again = [pair for pair, res in got.items()
+                 if any(w and not r for w, r in zip(_want(*pair), res))]
+        for pair in again:
+            second = probe(pair, timeout=5.0)[1]
+            got[pair] = tuple(a or b for a, b in zip(got[pair], second))
     finally:
         for l in listeners:
             l.stop()
-    wrong = []
-    for (s, d), res in got.items():
-        ts, td = VMS[s][1], VMS[d][1]
-        want = EVERYTHING if ts == td else EXPECTED.get((ts, td), NOTHING)
-        if res != want:
-            wrong.append(f"{s}({ts}) -> {d}({td}): got {res}, want {want}")
+    wrong = [f"{s}({VMS[s][1]}) -> {d}({VMS[d][1]}): got {res}, want {_want(s, d)}"
+             for (s, d), res in got.items() if res != _want(s, d)]
     assert not wrong, "\n".join(wrong)
     assert len(got) == 30
+    print(f"30 cells exact; {len(again)} probed a second time: {again}")
 
 
 def test_receiver_host_enforces_its_rules_when_the_sender_host_filter_is_gone(rig):
@@ -117,6 +130,59 @@ def test_receiver_host_enforces_its_rules_when_the_sender_host_filter_is_gone(ri
     finally:
         for l in listeners:
             l.stop()
+
+
+def _gateway_mac(rig, vm: str) -> str | None:
+    gw = {"a": "10.1.0.1", "b": "10.2.0.1", "c": "10.3.0.1"}[VMS[vm][1]]
+    out = sh(rig.vms[vm], "ip", "neigh", "show", gw, "dev", "eth0").stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+
+def _own_gateway(rig, vm: str) -> None:
+    """Pin the VM's gateway entry to its own host's leg, as the anycast design intends."""
+    host, tvd = VMS[vm][0], VMS[vm][1]
+    gw = {"a": "10.1.0.1", "b": "10.2.0.1", "c": "10.3.0.1"}[tvd]
+    sh(rig.vms[vm], "ip", "neigh", "replace", gw, "lladdr", leg_mac(rig, host, tvd), "dev",
+       "eth0", "nud", "permanent")
+
+
+def test_answers_routed_by_the_other_host_pass_both_filters(rig):
+    """Every VM's packets are routed by its own host, so a connection between hosts is routed
+    on one host each way: a2 -> c1 on h2, c1's answer on h1, which meets it on a's vSwitch
+    after routing it. Found on 6.1 (tier 2): with a conntrack zone per vSwitch, h1 dropped that
+    answer; it had passed only while ARP moved both VMs to one host's router."""
+    for vm in VMS:
+        if VMS[vm][1] != "d":
+            _own_gateway(rig, vm)
+    listeners = [Bg(rig, vm, "listen", *map(str, TCP_PORTS)) for vm in ("a1", "c1", "b2", "c2")]
+    try:
+        for s, d in (("a2", "c1"), ("a1", "c2")):      # controlled a -> c, both directions of hosts
+            assert ping_ok(rig, s, d, 2) and tcp_ok(rig, s, d, 22, 2), (s, d)
+            assert not tcp_ok(rig, s, d, 80) and not tcp_ok(rig, s, d, 8080), (s, d)
+        assert ping_ok(rig, "a1", "b2", 2)               # open a -> b, h1 -> h2
+        assert all(tcp_ok(rig, "a1", "b2", p, 2) for p in TCP_PORTS)
+        assert not ping_ok(rig, "c1", "a2") and not tcp_ok(rig, "b2", "a1", 22)   # closed stays
+    finally:
+        for l in listeners:
+            l.stop()
+
+
+def test_router_arp_does_not_move_a_remote_vms_gateway(rig):
+    """h1's router must ARP for a2 (on h2) to deliver c1's answers. With the gateway address as
+    sender, that request taught a2 that its gateway is h1's leg (Linux updates the entry of a
+    request's sender once its lock time, 1 s, has passed). On the uplink it is a 0.0.0.0
+    probe now, and a2 keeps using its own host's router."""
+    mine = leg_mac(rig, "h2", "a")
+    assert ping_ok(rig, "a2", "c2", 2)                # both on h2: a2 resolves its gateway
+    assert _gateway_mac(rig, "a2") == mine
+    time.sleep(1.5)                                   # past the neighbour lock time
+    sh(_rtr(rig, "h1"), "ip", "neigh", "flush", "all")
+    assert ping_ok(rig, "a2", "c1", 2)                # c1's answer: h1's router ARPs for a2
+    with ipr(_rtr(rig, "h1")) as i:
+        learnt = {n.get_attr("NDA_DST") for n in i.get_neighbours(family=2)
+                  if n.get_attr("NDA_LLADDR")}
+    assert rig.ip("a2") in learnt                      # it did ask, and got the answer
+    assert _gateway_mac(rig, "a2") == mine, "a2's gateway moved to another host's router"
 
 
 def test_replies_false_lets_the_datagram_in_and_nothing_back(rig):

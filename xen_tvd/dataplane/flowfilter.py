@@ -23,8 +23,17 @@ hosts thus each enforce their half; a receiver never depends on the sender's hos
   - traffic touching no TVD subnet (DHCP from 0.0.0.0, link-local, multicast) stays inside
     the segment: the router routes only between the TVD subnets.
 Rules grow with TVDs (two 12-rule chains per routed TVD) and permitted pairs (one chain per
-controlled pair and side); subnets are map elements. Conntrack zone = TVD id per vSwitch (raw prerouting), so two TVDs
-reusing addresses outside the subnets never share a connection.
+controlled pair and side); subnets are map elements.
+Conntrack zones (raw prerouting, per vSwitch): every vSwitch with a router leg shares ONE zone
+(ROUTED_ZONE). Each VM's packets are routed by its own host (anycast gateway), so a routed
+connection between hosts is asymmetric: a2 (h2) -> c1 (h1) is routed on h2 and reaches h1 on
+c's vSwitch, c1's answer is routed on h1 and leaves on a's vSwitch. With a zone per vSwitch,
+h1 met that answer on a's vSwitch in a zone that never saw the request and dropped it (ICMP
+"invalid", TCP judged as a new c -> a connection); it worked only while ARP had made both
+directions use one host's router (below). Routed TVDs' subnets are disjoint (the policy
+verifier's subnet-overlap error) and traffic touching no subnet gets the same verdict in both
+directions, so sharing the zone merges nothing two TVDs could tell apart. A vSwitch without a
+leg keeps a zone of its own (its TVD id), so TVDs reusing addresses never share a connection.
 
 External networks (paper 4.2) are in the plan like TVDs without a vSwitch (TvdSubnets with
 external=True): their subnets are map elements of every routed TVD's chains, so a TVD's half
@@ -34,7 +43,11 @@ The external's own halves are enforced at its leg, in the router namespace (rend
 
 `bridge xen_tvd_gw` — the anycast gateway stays local: ARP requests for a gateway address and
 ARP replies from one (and ND solicitations/advertisements for it) never leave through the
-VXLAN/VLAN uplink, so every VM resolves its own host's router.
+VXLAN/VLAN uplink, so every VM resolves its own host's router. The router's own ARP requests
+for remote VMs must cross (it delivers answers to them), but with the gateway address as
+sender they taught every remote VM that its gateway lives at THIS host's leg MAC (a VM
+updates its entry for the sender of a request for its address); on the uplink their sender
+address is set to 0.0.0.0, an RFC 5227 probe, which VMs answer without learning anything.
 """
 from __future__ import annotations
 
@@ -45,6 +58,9 @@ from . import model, nftables
 FAMILY, TABLE = "inet", "xen_tvd_flows"
 GW_FAMILY, GW_TABLE = "bridge", "xen_tvd_gw"
 # br_netfilter must hand bridged IP to the inet hooks, or the filter would see nothing.
+# the shared conntrack zone of routed vSwitches: VLAN id 4095 is reserved, so no TVD id (1..4094)
+# and no zone of a TVD without subnets (4096 + n) is ever this
+ROUTED_ZONE = 4095
 BRNF_SYSCTLS = {"net/bridge/bridge-nf-call-iptables": "1",
                 "net/bridge/bridge-nf-call-ip6tables": "1"}
 
@@ -71,7 +87,8 @@ def _set(name: str, typ: str, els: list[str], interval: bool = False) -> str:
 
 
 def render(fp: model.FlowPlan, bridges: dict[str, int]) -> str:
-    """The `inet xen_tvd_flows` table body. `bridges`: every TVD vSwitch here -> TVD id.
+    """The `inet xen_tvd_flows` table body. `bridges`: every TVD vSwitch here -> its
+    conntrack zone.
 
     Per routed TVD T two chains, o_T (original direction) and p_T (replies), entered by one
     hash lookup on the vSwitch name; each judges with single-field interval maps of subnets
@@ -229,6 +246,7 @@ def render_gw(legs: tuple[model.RouterLeg, ...], uplinks: list[str]) -> str:
               "    type filter hook postrouting priority filter; policy accept;\n"
               '    oifname != @uplinks accept comment "@DIGEST@"\n'
               "    arp operation request arp daddr ip @gw4 drop\n"
+              "    arp operation request arp saddr ip @gw4 arp saddr ip set 0.0.0.0\n"
               "    arp operation reply arp saddr ip @gw4 drop\n"
               "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,64,128 @gw6 drop\n"
               "  }\n")
@@ -240,7 +258,9 @@ def _table(family: str, table: str, body: str, digest: str) -> str:
 
 def script(state: model.HostState, uplinks: list[str]) -> tuple[str, str]:
     """Both tables as one nft input (one transaction) and their joint digest."""
-    bridges = {s.bridge: _tvd_id(state, s.tvd) for s in state.segments}
+    routed = {t.tvd for t in state.flows.tvds if t.bridge}
+    bridges = {s.bridge: ROUTED_ZONE if s.tvd in routed else _tvd_id(state, s.tvd)
+               for s in state.segments}
     flows = render(state.flows, bridges)
     gw = render_gw(state.router.legs if state.router else (), uplinks)
     digest = nftables.digest_of(flows + "\x00" + gw)

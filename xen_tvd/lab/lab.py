@@ -529,6 +529,8 @@ def _port(l) -> dict:
     if d["kind"] == "vxlan" and data is not None:
         d.update(vni=data.get_attr("IFLA_VXLAN_ID"), group=data.get_attr("IFLA_VXLAN_GROUP"),
                  local=data.get_attr("IFLA_VXLAN_LOCAL"))
+    elif d["kind"] == "vlan" and data is not None:
+        d.update(vid=data.get_attr("IFLA_VLAN_ID"))
     return d
 
 

@@ -42,17 +42,18 @@ class CapabilityError(Exception):
     """The administrator's capability file is unusable; one line saying what to fix."""
 
 
+def probe(name: str, timeout: float = 10.0) -> bool:
+    """One functional probe (PROBES[name]) in a throw-away network namespace."""
+    try:
+        r = subprocess.run(["unshare", "--net", "--", "sh", "-c", PROBES[name]],
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
 def detect_functional(timeout: float = 10.0) -> list[str]:
-    found = []
-    for name, cmd in PROBES.items():
-        try:
-            r = subprocess.run(["unshare", "--net", "--", "sh", "-c", cmd], capture_output=True,
-                               stdin=subprocess.DEVNULL, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if r.returncode == 0:
-            found.append(name)
-    return found
+    return [name for name in PROBES if probe(name, timeout)]
 
 
 def _str(d: dict, key: str, where: str, required: bool = True) -> str | None:

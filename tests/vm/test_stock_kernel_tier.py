@@ -1,10 +1,11 @@
 """Tier 2 from the normal suite: boot Debian's stock 6.1 kernel under qemu (TCG) and run the
-VLAN transport tests there (this host kernel has no 8021q, so tier 1 skips them), plus one
-dishonest-VM test per attack kind of port security and the underlay filter (nftables on 6.1,
-br_netfilter loaded) - vmtier.DEFAULT_SELECTION.
+VLAN transport tests there (this host kernel has no 8021q, so tier 1 skips them), the VLAN lab
+with `tvdctl lab verify`, one dishonest-VM test per attack kind of port security, the
+underlay filter, and the routed inter-TVD flow filter (nftables on 6.1, br_netfilter loaded)
+- vmtier.DEFAULT_SELECTION.
 
-The inner run fails a VLAN / port-security / underlay-filter test that skips (a skip there
-proves nothing).
+The inner run fails a VLAN / port-security / underlay-filter / routed-flows test that skips
+(a skip there proves nothing).
 A missing kernel/qemu/virtme-ng fails under CI=true and skips with the exact reason elsewhere.
 Takes several minutes (emulated CPU): deselect with `-m "not vmtier"` for a quick local run.
 Results: junit.xml, vm.log and guest.sh in the test's tmp dir (path printed on failure).

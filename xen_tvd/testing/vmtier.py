@@ -55,9 +55,20 @@ DEFAULT_SELECTION = (
     "tests/dataplane/test_port_security.py::test_vif_that_declared_no_addresses_fails_closed",
     # forged VXLAN from a rogue underlay host, unicast and to the groups, with a no-filter control
     "tests/dataplane/test_underlay_filter.py::test_forged_vxlan_from_the_underlay_is_dropped_before_decapsulation",
+    # the 802.1Q lab (VLAN segments next to VXLAN, routed gamma -> delta): uplinks per TVD,
+    # NIC VLAN offloads, `tvdctl lab verify`'s exact matrix, floods with every foreign VID
+    "tests/lab/test_vlan_lab.py::test_vlan_lab_transport_per_tvd_and_nic_offloads",
+    "tests/lab/test_vlan_lab.py::test_vlan_lab_exact_reachability_matrix",
+    "tests/lab/test_vlan_lab.py::test_vlan_lab_floods_reach_no_other_tvd",
+    # routed inter-TVD flows through the stateful filter (br_netfilter, conntrack zones):
+    # every probe of the open/controlled/closed matrix, answers routed by the other host
+    # (asymmetric paths of the anycast gateway), and the receiver host's half alone
+    "tests/dataplane/test_routed_flows.py::test_exact_reachability_matrix",
+    "tests/dataplane/test_routed_flows.py::test_answers_routed_by_the_other_host_pass_both_filters",
+    "tests/dataplane/test_routed_flows.py::test_receiver_host_enforces_its_rules_when_the_sender_host_filter_is_gone",
 )
 # Node ids containing these must not skip inside the VM: the kernel there has what they need.
-DEFAULT_FORBID_SKIP = ("vlan", "port_security", "underlay_filter")
+DEFAULT_FORBID_SKIP = ("vlan", "port_security", "underlay_filter", "routed_flows")
 # br_netfilter is loaded on purpose: real Dom0s often have it (Docker, libvirt), and it changes
 # how bridge-family nft chains are traversed on 6.1 (see ../shared/notes/test-tiers.md).
 DEFAULT_MODULES = ("8021q", "vxlan", "bridge", "br_netfilter", "veth", "nf_tables",

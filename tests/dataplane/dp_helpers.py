@@ -168,3 +168,39 @@ class Sniffer:
 
     def close(self):
         self.sock.close()
+
+
+class FakeNicDriver:
+    """Stands in for a NIC driver behind SIOCETHTOOL (xen_tvd.dataplane.ethtool), for feature
+    states veth cannot show. `feats`: name -> ethtool.Feature; names in `stay_inactive` become
+    requested but not active when turned on (xen-netback masks some until the frontend
+    connects). install() patches the ethtool module; offload_ctx() is a Ctx for offload.py."""
+
+    def __init__(self, feats: dict, stay_inactive: tuple[str, ...] = ()):
+        self.feats, self.stay_inactive, self.calls = dict(feats), stay_inactive, []
+
+    def get(self, fd, name):
+        return dict(self.feats)
+
+    def set(self, fd, name, wanted):
+        from xen_tvd.dataplane.ethtool import Feature
+        self.calls.append(dict(wanted))
+        for n, on in wanted.items():
+            f = self.feats[n]
+            if f.available:
+                self.feats[n] = Feature(f.available, on and n not in self.stay_inactive, f.fixed, on)
+
+    def install(self, monkeypatch) -> "FakeNicDriver":
+        from xen_tvd.dataplane import ethtool
+        monkeypatch.setattr(ethtool, "get_features", self.get)
+        monkeypatch.setattr(ethtool, "set_features", self.set)
+        return self
+
+
+def offload_ctx():
+    """(ctx, changes, warnings): the parts of dataplane.common.Ctx that offload.py uses."""
+    from types import SimpleNamespace
+    changes, warnings = [], []
+    ctx = SimpleNamespace(ipr=SimpleNamespace(fileno=lambda: -1), where="dom0",
+                          changed=changes.append, report=SimpleNamespace(warnings=warnings))
+    return ctx, changes, warnings

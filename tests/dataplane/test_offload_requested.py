@@ -10,49 +10,31 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from dp_helpers import FakeNicDriver, offload_ctx
 from xen_tvd.dataplane import ethtool, offload
 
 F = ethtool.Feature
 
 
-class FakeNetback:
+class FakeNetback(FakeNicDriver):
     """tx-checksum-ipv6 is available and requested but inactive until the frontend connects."""
 
     def __init__(self):
-        self.feats = {
+        super().__init__({
             "tx-checksum-ipv4": F(available=True, active=True, fixed=False, requested=True),
             "tx-checksum-ipv6": F(available=True, active=False, fixed=False, requested=True),
             "tx-checksum-ip-generic": F(available=False, active=False, fixed=True, requested=False),
             "tx-checksum-sctp": F(available=False, active=False, fixed=True, requested=False),
-        }
-        self.calls = []
-
-    def get(self, fd, name):
-        return dict(self.feats)
-
-    def set(self, fd, name, wanted):
-        self.calls.append(dict(wanted))
-        for n, on in wanted.items():
-            f = self.feats[n]
-            self.feats[n] = F(f.available, on and n != "tx-checksum-ipv6", f.fixed, on)
+        }, stay_inactive=("tx-checksum-ipv6",))
 
     def frontend_connects(self):
         f = self.feats["tx-checksum-ipv6"]
         self.feats["tx-checksum-ipv6"] = F(f.available, f.requested, f.fixed, f.requested)
 
 
-def _ctx():
-    changes = []
-    ctx = SimpleNamespace(ipr=SimpleNamespace(fileno=lambda: -1), where="dom0",
-                          changed=changes.append)
-    return ctx, changes
-
-
 def test_off_clears_requested_but_inactive_features(monkeypatch):
-    nb = FakeNetback()
-    monkeypatch.setattr(ethtool, "get_features", nb.get)
-    monkeypatch.setattr(ethtool, "set_features", nb.set)
-    ctx, changes = _ctx()
+    nb = FakeNetback().install(monkeypatch)
+    ctx, changes, _ = offload_ctx()
     offload.ensure_tx_csum(ctx, SimpleNamespace(name="vif1.0"), on=False)
     assert nb.calls == [{"tx-checksum-ipv4": False, "tx-checksum-ipv6": False}]
     nb.frontend_connects()
@@ -61,10 +43,8 @@ def test_off_clears_requested_but_inactive_features(monkeypatch):
 
 
 def test_off_is_idempotent_once_nothing_is_requested(monkeypatch):
-    nb = FakeNetback()
-    monkeypatch.setattr(ethtool, "get_features", nb.get)
-    monkeypatch.setattr(ethtool, "set_features", nb.set)
-    ctx, changes = _ctx()
+    nb = FakeNetback().install(monkeypatch)
+    ctx, changes, _ = offload_ctx()
     offload.ensure_tx_csum(ctx, SimpleNamespace(name="vif1.0"), on=False)
     offload.ensure_tx_csum(ctx, SimpleNamespace(name="vif1.0"), on=False)
     assert len(nb.calls) == 1 and len(changes) == 1

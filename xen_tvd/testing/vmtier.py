@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -75,6 +74,13 @@ DEFAULT_MODULES = ("8021q", "vxlan", "bridge", "br_netfilter", "veth", "nf_table
                    "nft_chain_nat", "nf_conntrack", "nft_ct", "nft_reject_bridge", "sch_ingress",
                    "ip_gre", "macvlan")
 MARK = "@@vmtier"
+# Two virtio-net NICs on a qemu hub of their own (no host backend, so nothing leaves qemu):
+# a wire between two NICs with a real driver, for the VLAN tests (offloads, VLAN filter, the
+# driver's tagging). The guest finds them by MAC and exports their names in TVD_VM_WIRE.
+WIRE_MACS = ("52:54:00:7d:00:01", "52:54:00:7d:00:02")
+WIRE_QEMU_OPTS = [opt for i, m in enumerate(WIRE_MACS)
+                  for opt in ("-netdev", f"hubport,id=tvdwire{i},hubid=7",
+                              "-device", f"virtio-net-pci,netdev=tvdwire{i},mac={m}")]
 
 
 class MissingPrerequisite(RuntimeError):
@@ -241,6 +247,13 @@ if [ -n "{image}" ]; then
     # a results dir inside a snapshotted tree is now hidden under the image: put it back
     [ -e "$R/guest.sh" ] || mount --bind /run/vmtier/results "$R" || {{ echo "{mark} results dir hidden"; exit 97; }}
 fi
+modprobe virtio_net 2>/dev/null
+wire=""
+for mac in {wire_macs}; do
+    for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$mac" ] && wire="$wire ${{d##*/}}"; done
+done
+export TVD_VM_WIRE="${{wire# }}"
+echo "{mark} wire NICs: $TVD_VM_WIRE"
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TMPDIR=/tmp HOME=/tmp CI="${{CI:-}}"
 export PATH={pathprefix}:/usr/sbin:/usr/bin:/sbin:/bin
 cd {project}
@@ -264,6 +277,7 @@ def write_guest_script(results: Path, python: str, project: Path, pytest_args: l
     script = GUEST_SCRIPT.format(
         results=shlex.quote(str(results)), mark=MARK, modules=" ".join(modules),
         image="1" if units else "", binds=binds, project=shlex.quote(str(project)),
+        wire_macs=" ".join(WIRE_MACS),
         pathprefix=shlex.quote(str(Path(python).parent)), python=shlex.quote(python),
         forbid=" ".join(f"--vm-forbid-skip={shlex.quote(f)}" for f in forbid_skip),
         pytest_args=" ".join(shlex.quote(a) for a in pytest_args))
@@ -321,8 +335,7 @@ def run(pytest_args: list[str] | None = None, *, results_dir: str | Path | None 
 
     cmd = [str(vng), "-r", str(kpath), "--disable-kvm", "-m", memory, "-p", str(cpus),
            f"--rwdir={results}", "--cwd", str(project)]
-    if qemu_opts:
-        cmd.append("--qemu-opts=" + " ".join(qemu_opts))
+    cmd.append("--qemu-opts=" + " ".join(qemu_opts + WIRE_QEMU_OPTS))
     cmd += ["--", f"bash {shlex.quote(str(script))}"]
     env = dict(os.environ)
     env["PATH"] = f"{vng.parent}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"

@@ -210,11 +210,26 @@ def sync(ctx: Ctx, state: model.HostState, bridges: dict[str, Link]) -> None:
         _external_routes(rctx, [e for e in r.externals if e.ifname in present])
         wanted = {leg.peer for leg in r.legs} | present | {"lo"}
         for link in list(rctx.links.by_name.values()):
+            if _kernel_fallback(link):
+                continue
             if link.name not in wanted:   # the namespace is ours alone: nothing else belongs
                 with doing(f"deleting stray {link.name} in router namespace {name}"):
                     ripr.link("del", index=link.index)
                 ctx.changed(f"router {name}: deleted stray interface {link.name}")
     _rp_table(name, r, state.flows, ctx.changed)
+
+
+# Fallback tunnel devices the kernel puts into every new namespace while a tunnel module is
+# loaded (net.core.fb_tunnels_only_for_init_net=0, the default): seen on Debian's 6.1 with
+# ip_gre loaded (tier 2). Deleting one is a silent no-op (ip_tunnel_dellink skips it), so
+# "deleting the stray" never converged; they are created down and no route uses them.
+KERNEL_FALLBACK = {"tunl0": "ipip", "gre0": "gre", "gretap0": "gretap", "erspan0": "erspan",
+                   "ip_vti0": "vti", "ip6_vti0": "vti6", "sit0": "sit", "ip6tnl0": "ip6tnl",
+                   "ip6gre0": "ip6gre"}
+
+
+def _kernel_fallback(link: Link) -> bool:
+    return KERNEL_FALLBACK.get(link.name) == link.kind
 
 
 def _paired(port: Link | None, peer: Link | None) -> bool:

@@ -31,7 +31,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from xen_tvd.dataplane import apply, flowfilter, nftables  # noqa: E402
-from xen_tvd.dataplane.model import HostState, VifPort  # noqa: E402
+from xen_tvd.desired.model import HostState, VifPort  # noqa: E402
 from xen_tvd.planner import plan  # noqa: E402
 from xen_tvd.policy.model import (Flow, FlowKind, Host, HostNic, Network, Policy,  # noqa: E402
                                   Rule, Tvd)

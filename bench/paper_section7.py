@@ -1,21 +1,35 @@
 #!/usr/bin/env python3
 """Reproduce the paper's section 7 measurements on network namespaces (run as root).
 
-Four VM-to-VM paths, each built fresh in its own namespaces:
-  baseline      plain Linux bridge, no xen-tvd ("standard Xen bridged" in the paper)
-  tvd-same      xen-tvd vSwitch, both VMs on one host (planner + dataplane.apply + plug_vif)
-  tvd-vxlan     xen-tvd across two hosts over VXLAN (planner + dataplane)
-  ...+csum      the same with the TVD's `tx-checksum-offload: true` (the default turns vif tx
-                checksum offload off, paper 6.2, which also turns off TSO on the vif)
-  plain-l2      two hosts whose bridges are joined by a bare veth "wire" (no encapsulation)
+VM-to-VM paths, each built fresh in its own namespaces:
+  baseline        plain Linux bridge, no xen-tvd ("standard Xen bridged" in the paper)
+  tvd-same        xen-tvd vSwitch, both VMs on one host, the TVD's settings as shipped
+                  (planner + dataplane.apply + plug_vif)
+  tvd-same-csumoff  the same with `tx-checksum-offload: false` (the per-TVD opt-out, paper 6.2:
+                  vif tx checksum offload off, which also turns off TSO on the vif)
+  tvd-same-routed the same host path in a TVD with subnets and a permitted flow to another TVD:
+                  the host gets a router and the stateful inter-TVD flow filter, which every
+                  bridged frame of the TVD meets too (br_netfilter)
+  plain-l2        two hosts whose bridges are joined by a bare veth "wire" (no encapsulation)
+  tvd-vxlan       xen-tvd across two hosts over VXLAN, underlay MTU 1500 (VMs get 1450)
+  tvd-vxlan-csumoff  the same with the opt-out
+  tvd-vxlan-jumbo xen-tvd over VXLAN on an underlay whose MTU may be raised (`max-mtu`), so
+                  the planner raises it and VMs keep 1500
+Same-host paths are compared with `baseline`, cross-host ones with `plain-l2`.
 
-For each path: ping RTT min/avg/max/mdev over --pings pings (as the paper's Table 3) and TCP
-throughput with iperf3. Paths are measured in interleaved rounds (A B C D A B C D ...) so
-machine noise spreads over all of them; the report gives the median over rounds and the ratio
-to the baseline (same-host) or to plain L2 (cross-host). No timed asserts anywhere: this is a
-measurement, not a test.
+For each path: ping RTT min/avg/max/mdev over --pings pings (as the paper's Table 3), TCP
+throughput with iperf3, and small-packet rate: 64-byte UDP payloads sent by trafgen
+(netsniff-ng) from one CPU as fast as it can, packets/s that arrived at the receiving VM. Paths are measured in
+interleaved rounds (A B C D A B C D ...) so machine noise spreads over all of them; the report
+gives the median over rounds and the ratios. No timed asserts anywhere: this is a measurement,
+not a test.
 
-Usage: python3 bench/paper_section7.py [--rounds 3] [--pings 300] [--seconds 3] [--json OUT]
+--tree LABEL=DIR adds every xen-tvd path again, built by the xen-tvd source tree DIR (e.g. a
+`git worktree` of the commit before a change), labelled `LABEL:path`, in the same interleaved
+rounds: before/after figures measured side by side in one run.
+
+Usage: python3 bench/paper_section7.py [--rounds 3] [--pings 300] [--seconds 3]
+                                       [--paths a,b,..] [--tree LABEL=DIR] [--json OUT]
 """
 from __future__ import annotations
 
@@ -23,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,24 +45,30 @@ import tempfile
 import time
 import uuid
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+if "PYTHONPATH" not in os.environ:   # --tree runs the attach step with another tree first
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xen_tvd.dataplane import apply, plug_vif  # noqa: E402
-from xen_tvd.dataplane.model import VifPort  # noqa: E402
-from xen_tvd.planner import plan  # noqa: E402
-from xen_tvd.policy import load_policy  # noqa: E402
-
-POLICY = """
+def policy_text(max_mtu: int = 1500) -> str:
+    return f"""
 version: 1
 tvds:
-  alpha: {vlan: 100}                              # xen-tvd default: vif tx-csum offload off
-  beta: {vlan: 200, tx-checksum-offload: true}    # same, offload left on
+  alpha: {{vlan: 100}}                              # xen-tvd as shipped
+  beta: {{vlan: 200, tx-checksum-offload: false}}   # the per-TVD opt-out
+  gamma: {{vlan: 300, subnets: [192.168.77.0/24]}}   # routed: a flow to delta
+  delta: {{vlan: 400, subnets: [192.168.78.0/24]}}
+flows:
+  - {{from: gamma, to: delta, policy: open}}
 networks:
-  lan: {subnet: 10.99.0.0/24, multicast: true, mtu: 1500}
+  lan: {{subnet: 10.99.0.0/24, multicast: true, mtu: 1500, max-mtu: {max_mtu}}}
 hosts:
-  h1: {address: 10.99.0.1, capabilities: [ethernet, ip], nics: [{network: lan, nic: eth0, address: 10.99.0.1}]}
-  h2: {address: 10.99.0.2, capabilities: [ethernet, ip], nics: [{network: lan, nic: eth0, address: 10.99.0.2}]}
+  h1: {{address: 10.99.0.1, capabilities: [ethernet, ip], nics: [{{network: lan, nic: eth0, address: 10.99.0.1}}]}}
+  h2: {{address: 10.99.0.2, capabilities: [ethernet, ip], nics: [{{network: lan, nic: eth0, address: 10.99.0.2}}]}}
 """
+
+
+SAME_HOST = ("baseline", "tvd-same", "tvd-same-csumoff", "tvd-same-routed")
+KINDS = ["baseline", "tvd-same", "tvd-same-csumoff", "tvd-same-routed", "plain-l2", "tvd-vxlan",
+         "tvd-vxlan-csumoff", "tvd-vxlan-jumbo"]
 VM_IP = {1: "192.168.77.1", 2: "192.168.77.2"}
 
 
@@ -91,6 +112,7 @@ class Topology:
     def close(self) -> None:
         for n in reversed(self.namespaces):
             sh("ip", "netns", "del", n, check=False)
+            sh("ip", "netns", "del", f"{n}-rtr", check=False)   # a routed host's router
 
 
 def plain_bridge(host: str, members: list[str]) -> None:
@@ -101,8 +123,25 @@ def plain_bridge(host: str, members: list[str]) -> None:
     sh("ip", "link", "set", "br0", "up", ns=host)
 
 
-def tvd_attach(policy, placement: dict[str, list[str]], host_ns: dict[str, str],
-               vm_ns: dict[str, str], tvd: str) -> None:
+def tvd_attach(max_mtu: int, placement: dict[str, list[str]], host_ns: dict[str, str],
+               vm_ns: dict[str, str], tvd: str, tree: str | None = None) -> None:
+    """Plan, apply and plug with this checkout's xen-tvd, or (tree) in a subprocess that
+    imports the xen-tvd of another source tree."""
+    if tree is not None:
+        args = json.dumps([max_mtu, placement, host_ns, vm_ns, tvd])
+        r = subprocess.run([sys.executable, __file__, "--attach", args],
+                           env={**os.environ, "PYTHONPATH": tree}, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"attach with {tree} failed: {r.stderr.strip()[-2000:]}")
+        return
+    from xen_tvd.dataplane import apply, plug_vif
+    from xen_tvd.desired.model import VifPort
+    from xen_tvd.planner import plan
+    from xen_tvd.policy import load_policy
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(policy_text(max_mtu))
+        f.flush()
+        policy = load_policy(f.name)
     ports = {h: [VifPort(v, tvd) for v in vifs] for h, vifs in placement.items()}
     states = plan(policy, ports)
     for h, state in states.items():
@@ -115,18 +154,21 @@ def tvd_attach(policy, placement: dict[str, list[str]], host_ns: dict[str, str],
                                                            str(mtu), ns=vm))
 
 
-def build(kind: str, policy) -> tuple[Topology, str, str]:
+def build(path: str, trees: dict[str, str]) -> tuple[Topology, str, str]:
+    label, _, kind = path.rpartition(":")
+    tree = trees[label] if label else None
     t = Topology(kind)
-    tvd = "beta" if kind.endswith("+csum") else "alpha"
+    tvd = {"csumoff": "beta", "routed": "gamma"}.get(kind.rsplit("-", 1)[-1], "alpha")
+    max_mtu = 9000 if kind.endswith("-jumbo") else 1500
     try:
-        if kind in ("baseline", "tvd-same", "tvd-same+csum"):
+        if kind in SAME_HOST:
             h = t.ns("h1")
             v1, v2 = t.vm(h, 1), t.vm(h, 2)
             if kind == "baseline":
                 plain_bridge(h, ["vif1.0", "vif2.0"])
             else:
-                tvd_attach(policy, {"h1": ["vif1.0", "vif2.0"]}, {"h1": h},
-                           {"vif1.0": v1, "vif2.0": v2}, tvd)
+                tvd_attach(max_mtu, {"h1": ["vif1.0", "vif2.0"]}, {"h1": h},
+                           {"vif1.0": v1, "vif2.0": v2}, tvd, tree)
         else:
             h1, h2 = t.ns("h1"), t.ns("h2")
             if kind == "plain-l2":
@@ -137,15 +179,15 @@ def build(kind: str, policy) -> tuple[Topology, str, str]:
             else:
                 t.wire(h1, h2, "10.99.0.1", "10.99.0.2")
                 v1, v2 = t.vm(h1, 1), t.vm(h2, 2)
-                tvd_attach(policy, {"h1": ["vif1.0"], "h2": ["vif2.0"]},
-                           {"h1": h1, "h2": h2}, {"vif1.0": v1, "vif2.0": v2}, tvd)
+                tvd_attach(max_mtu, {"h1": ["vif1.0"], "h2": ["vif2.0"]},
+                           {"h1": h1, "h2": h2}, {"vif1.0": v1, "vif2.0": v2}, tvd, tree)
         # warm up: ARP and (for VXLAN) FDB learning
         for _ in range(50):
             if sh("ping", "-c1", "-W1", VM_IP[2], ns=v1, check=False).returncode == 0:
                 break
             time.sleep(0.1)
         else:
-            raise RuntimeError(f"{kind}: VM1 cannot reach VM2")
+            raise RuntimeError(f"{path}: VM1 cannot reach VM2")
         return t, v1, v2
     except BaseException:
         t.close()
@@ -155,30 +197,62 @@ def build(kind: str, policy) -> tuple[Topology, str, str]:
 PING_RE = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
 
-def iperf(v1: str, v2: str, seconds: int) -> float:
-    """TCP throughput VM1 -> VM2 in Gbit/s; retries while the one-shot server starts."""
+def iperf(v1: str, v2: str, seconds: int, *client_args: str) -> dict:
+    """One iperf3 run VM1 -> VM2 (its JSON `end`); retries while the one-shot server starts."""
     for _ in range(20):
         server = subprocess.Popen(["ip", "netns", "exec", v2, "iperf3", "-s", "-1"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.2)
-            r = sh("iperf3", "-c", VM_IP[2], "-t", str(seconds), "-J", ns=v1, check=False)
+            r = sh("iperf3", "-c", VM_IP[2], "-t", str(seconds), "-J", *client_args, ns=v1,
+                   check=False)
             result = json.loads(r.stdout or "{}")
-            if r.returncode == 0 and "sum_received" in result.get("end", {}):
-                return result["end"]["sum_received"]["bits_per_second"] / 1e9
+            end = result.get("end", {})
+            if r.returncode == 0 and ("sum_received" in end or "sum" in end):
+                return end
         finally:
             server.kill()
             server.wait()
     raise RuntimeError(f"iperf3 never completed: {result.get('error', r.stderr)}")
 
 
-def measure(kind: str, policy, pings: int, seconds: int) -> dict:
-    t, v1, v2 = build(kind, policy)
+TRAFGEN = """{{ eth(da={da}, sa={sa}, type=0x0800),
+  ipv4(saddr={src}, daddr={dst}, ttl=64), udp(sport=9, dport=9), fill(0x00, 64) }}
+"""
+
+
+def _counter(ns: str, name: str) -> int:
+    return int(sh("cat", f"/sys/class/net/eth0/statistics/{name}", ns=ns).stdout)
+
+
+def udp_pps(v1: str, v2: str, seconds: int) -> float:
+    """64-byte UDP payloads from VM1 as fast as one CPU can send them (trafgen, a packet-mmap
+    ring: no per-packet syscall, so the path's own per-packet cost dominates): packets/s that
+    reached VM2's NIC."""
+    if shutil.which("trafgen") is None:
+        raise RuntimeError("trafgen not found (apt-get install netsniff-ng)")
+    mac = {ns: sh("cat", "/sys/class/net/eth0/address", ns=ns).stdout.strip() for ns in (v1, v2)}
+    # VM2 drops them at its NIC's ingress (counted by then): its UDP stack answering each one
+    # with ICMP port unreachable would put its own cost, the same on every path, into the rate
+    sh("nft", "-f", "-", ns=v2, input="table netdev sink {\n chain in { type filter hook "
+       "ingress device eth0 priority 0; udp dport 9 drop; }\n}\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg") as f:
+        f.write(TRAFGEN.format(da=mac[v2], sa=mac[v1], src=VM_IP[1], dst=VM_IP[2]))
+        f.flush()
+        before, t0 = _counter(v2, "rx_packets"), time.monotonic()
+        sh("timeout", "-s", "INT", str(seconds), "trafgen", "--dev", "eth0", "--conf", f.name,
+           "--cpus", "1", "-q", ns=v1, check=False)
+        return (_counter(v2, "rx_packets") - before) / (time.monotonic() - t0)
+
+
+def measure(path: str, trees: dict[str, str], pings: int, seconds: int) -> dict:
+    t, v1, v2 = build(path, trees)
     try:
         out = sh("ping", "-q", "-c", str(pings), "-i", "0.002", VM_IP[2], ns=v1).stdout
         mn, avg, mx, mdev = map(float, PING_RE.search(out).groups())
-        gbps = iperf(v1, v2, seconds)
-        return {"rtt_min": mn, "rtt_avg": avg, "rtt_max": mx, "rtt_mdev": mdev, "gbps": gbps}
+        gbps = iperf(v1, v2, seconds)["sum_received"]["bits_per_second"] / 1e9
+        return {"rtt_min": mn, "rtt_avg": avg, "rtt_max": mx, "rtt_mdev": mdev, "gbps": gbps,
+                "kpps": udp_pps(v1, v2, seconds) / 1e3}
     finally:
         t.close()
 
@@ -188,31 +262,46 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pings", type=int, default=300)
     ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--paths", default=",".join(KINDS), help="comma-separated subset of the paths")
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
+                    help="also measure the xen-tvd paths built by the source tree DIR")
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--attach", help=argparse.SUPPRESS)   # internal: tvd_attach for --tree
     args = ap.parse_args()
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(POLICY)
-    policy = load_policy(f.name)
-    os.unlink(f.name)
-    kinds = ["baseline", "tvd-same", "tvd-same+csum", "plain-l2", "tvd-vxlan", "tvd-vxlan+csum"]
-    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    if args.attach:
+        tvd_attach(*json.loads(args.attach))
+        return 0
+    kinds = [k for k in args.paths.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        ap.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    trees = dict(t.split("=", 1) for t in args.tree)
+    paths = kinds + [f"{label}:{k}" for label in trees for k in kinds if k.startswith("tvd-")]
+    runs: dict[str, list[dict]] = {k: [] for k in paths}
     for r in range(args.rounds):
-        for k in kinds:
-            runs[k].append(measure(k, policy, args.pings, args.seconds))
-            print(f"round {r + 1} {k:14s} rtt avg {runs[k][-1]['rtt_avg']:.3f} ms "
-                  f"{runs[k][-1]['gbps']:.2f} Gbit/s", file=sys.stderr)
-    med = {k: {m: statistics.median(x[m] for x in runs[k]) for m in runs[k][0]} for k in kinds}
-    ref = {k: ("baseline" if k in ("baseline", "tvd-same", "tvd-same+csum") else "plain-l2")
-           for k in kinds}
-    print(f"{'path':14s} {'rtt min/avg/max/mdev (ms)':>30s} {'Gbit/s':>8s} {'RTT ratio':>10s} "
-          f"{'tput ratio':>10s}")
-    for k in kinds:
-        m, b = med[k], med[ref[k]]
+        for k in paths:
+            runs[k].append(measure(k, trees, args.pings, args.seconds))
+            m = runs[k][-1]
+            print(f"round {r + 1} {k:24s} rtt avg {m['rtt_avg']:.3f} ms {m['gbps']:.2f} Gbit/s "
+                  f"{m['kpps']:.0f} kpps", file=sys.stderr)
+    med = {k: {m: statistics.median(x[m] for x in runs[k]) for m in runs[k][0]} for k in paths}
+
+    def ref(path: str) -> str | None:
+        kind = path.rpartition(":")[2]
+        want = "baseline" if kind in SAME_HOST else "plain-l2"
+        return want if want in med else None
+
+    print(f"{'path':24s} {'rtt min/avg/max/mdev (ms)':>30s} {'Gbit/s':>7s} {'kpps':>6s} "
+          f"{'RTT ratio':>9s} {'tput ratio':>10s} {'pps ratio':>9s}")
+    for k in paths:
+        m, r = med[k], ref(k)
         rtt = f"{m['rtt_min']:.3f}/{m['rtt_avg']:.3f}/{m['rtt_max']:.3f}/{m['rtt_mdev']:.3f}"
-        print(f"{k:14s} {rtt:>30s} {m['gbps']:8.2f} {m['rtt_avg'] / b['rtt_avg']:10.3f} "
-              f"{m['gbps'] / b['gbps']:10.3f}")
-    print(f"(median of {args.rounds} interleaved rounds, {args.pings} pings and "
-          f"{args.seconds}s iperf3 each; tvd-same vs baseline, tvd-vxlan vs plain-l2)")
+        ratios = (f"{m['rtt_avg'] / med[r]['rtt_avg']:9.3f} {m['gbps'] / med[r]['gbps']:10.3f} "
+                  f"{m['kpps'] / med[r]['kpps']:9.3f}") if r else ""
+        print(f"{k:24s} {rtt:>30s} {m['gbps']:7.2f} {m['kpps']:6.0f} {ratios}")
+    print(f"(median of {args.rounds} interleaved rounds, {args.pings} pings, {args.seconds}s "
+          f"iperf3 TCP and {args.seconds}s of 64-byte UDP from trafgen each; same-host paths vs baseline, "
+          f"cross-host vs plain-l2)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rounds": runs, "median": med}, f, indent=2)

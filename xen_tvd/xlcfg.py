@@ -1,42 +1,56 @@
-"""xl.cfg reader/writer (the grammar of Xen's libxlu_cfg_l.l / libxlu_cfg_y.y), with the TVD keys.
+"""xl.cfg exactly as Xen 4.17's libxlu reads it (tools/libs/util/libxlu_cfg_l.l, libxlu_cfg_y.y,
+libxlu_cfg.c), plus the file handed to xl. tests/xlcfg holds it against the real libxlutil.
 
-    settings := (setting (NEWLINE | ';'))*          comments run from '#' to end of line
-    setting  := IDENT ('=' | '+=') value
-    value    := STRING | NUMBER | '[' [value (',' value)* [',']] ']'   (a list may span lines)
-    STRING   := "..." or '...' with C escapes (\\n \\t \\\\ \\" \\' \\xHH \\OOO)
-    NUMBER   := decimal, 0x hex or 0 octal integer (a float is kept as written)
+    file     := { [setting] (NEWLINE | ';') } [setting]        the last setting may end the file
+    setting  := IDENT ('=' | '+=') value                      the value starts on the same line
+    value    := ATOM | '[' NL* [value NL* {',' NL* value NL*} [',' NL*]] ']'
+    IDENT    := [a-z][a-z0-9._]*         lower case only; dots are part of it (vif.default.script)
+    ATOM     := NUMBER | STRING          both are text to libxlu; a getter interprets it
+    NUMBER   := [0-9][0-9a-fx]*          kept as written: 2f, 0x200, 1e5 (no '.', no 'X')
+    STRING   := "..." or '...' on one line, escapes \\" \\' \\\\ \\a \\b \\f \\n \\r \\t \\v; \\x is an
+                error in 4.17; a digit escape is dropped with the two characters after it
+    NEWLINE  := '\\n' | '#' ... '\\n'       a comment needs its newline; blanks are space and tab
+                                         only, so a CRLF line end is an error outside a comment
 
-Errors are `FILE:LINE:COL: error: message` (XlCfgError). Values: str, int, or list of them.
+libxlu's lexer ends quietly when the very last byte of the file starts no token (`x = 1\\r`,
+a lone `#`): such a byte is ignored here too, with a warning. `key += value` appends to the key's
+previous value (string to string, list to list). Errors: XlCfgError, `FILE:LINE:COL: error: msg`.
+Limits (libxlu has none): MAX_BYTES of text, lists nested MAX_DEPTH deep, no NUL byte (libxlu
+asserts on one inside a string).
 
-TVD keys (xl ignores unknown top-level keys; tvdctl reads them, docs/xl.md):
-    tvd = "alpha"               every vif in TVD alpha
-    tvd = ["alpha", "gamma"]    one TVD per vif, in vif order
-    vswitch = "tvd-alpha"       optional; must be the TVD's vSwitch (one per TVD and host)
-    tvd_properties = ["signed-kernel:trust", ...]   the VM's properties[:assurance] for M(t)
-    vif = ['bridge=tvd:alpha']  per-vif choice in a key xl keeps (the migration-safe encoding)
+The TVD keys and the config handed to xl: xen_tvd/xlmembership.py.
 """
 from __future__ import annotations
 
-import os
+import bisect
+import errno
 import re
 from dataclasses import dataclass, field
 
-IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-NUMBER_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-TVD_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-SCRIPT = "vif-tvd"
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 64
+LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
+IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyz")
+IDENT_CHARS = IDENT_START | frozenset("0123456789._")
+DIGITS = frozenset("0123456789")
+NUMBER_CHARS = DIGITS | frozenset("abcdefx")
+C_SPACE = " \t\n\v\f\r"                    # isspace() in the C locale (strtol, strtoul)
+ESCAPES = {'"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+           "t": "\t", "v": "\v"}
 
 
 class XlCfgError(Exception):
-    def __init__(self, path: str, line: int, col: int, msg: str) -> None:
-        self.path, self.line, self.col, self.msg = path, line, col, msg
+    """`code` is the errno libxlu's getters return for the same problem (EINVAL, ERANGE)."""
+
+    def __init__(self, path: str, line: int, col: int, msg: str, code: int = errno.EINVAL) -> None:
+        self.path, self.line, self.col, self.msg, self.code = path, line, col, msg, code
         super().__init__(f"{path}:{line}:{col}: error: {msg}")
 
 
 @dataclass
 class Setting:
     key: str
-    value: object
+    value: object          # str, or a list of values; after `+=`, the joined value
     line: int
     col: int
     append: bool = False
@@ -46,331 +60,347 @@ class Setting:
 class XlConfig:
     path: str
     settings: list[Setting] = field(default_factory=list)
-
-    def get(self, key: str, default=None):
-        """The effective value (last assignment wins; `+=` extends a list)."""
-        val, found = default, False
-        for s in self.settings:
-            if s.key != key:
-                continue
-            if s.append and found and isinstance(val, list):
-                val = val + (s.value if isinstance(s.value, list) else [s.value])
-            else:
-                val, found = s.value, True
-        return val
+    text: str = ""                       # as read (bytes that are not UTF-8: surrogateescape)
+    dropped_last: bool = False           # the last character was ignored (see module doc)
+    warnings: list[str] = field(default_factory=list)
 
     def setting(self, key: str) -> Setting | None:
-        hits = [s for s in self.settings if s.key == key]
-        return hits[-1] if hits else None
+        for s in reversed(self.settings):
+            if s.key == key:
+                return s
+        return None
 
-    def set(self, key: str, value) -> None:
-        self.settings = [s for s in self.settings if s.key != key]
-        self.settings.append(Setting(key, value, 0, 0))
+    def get(self, key: str, default=None):
+        """The value xl sees (the last assignment, `+=` applied): a str or a list."""
+        s = self.setting(key)
+        return default if s is None else s.value
+
+    def get_string(self, key: str) -> str | None:
+        """xlu_cfg_get_string: None when unset; a list is an error."""
+        s = self.setting(key)
+        if s is not None and not isinstance(s.value, str):
+            raise self.error(s, f"{key} must be a single value, not a list")
+        return None if s is None else s.value
+
+    def get_long(self, key: str) -> int | None:
+        """xlu_cfg_get_long: strtol(value, base 0) must take the whole value; not after `+=`."""
+        text = self.get_string(key)
+        if text is None:
+            return None
+        s = self.setting(key)
+        if s.append:
+            raise self.error(s, f"{key}: xl does not take a number set with +=")
+        value, used = strtol(text)
+        if used and (value < LONG_MIN or value > LONG_MAX):
+            raise self.error(s, f"{key} = {text!r} is out of range", errno.ERANGE)
+        if not used or used != len(text):
+            raise self.error(s, f"{key} = {text!r} is not a number")
+        return value
+
+    def get_list(self, key: str) -> list | None:
+        """xlu_cfg_get_list: None when unset; a single value is an error."""
+        s = self.setting(key)
+        if s is not None and not isinstance(s.value, list):
+            raise self.error(s, f"{key} must be a list [...], not a single value")
+        return None if s is None else s.value
+
+    def error(self, s: Setting, msg: str, code: int = errno.EINVAL) -> XlCfgError:
+        return XlCfgError(self.path, s.line, s.col, msg, code)
 
     def dumps(self) -> str:
-        return "".join(f"{s.key} {'+=' if s.append else '='} {format_value(s.value)}\n"
-                       for s in self.settings)
+        """The settings re-serialised (one per line). Not what xl gets: see with_overrides."""
+        return "".join(f"{s.key} = {format_value(s.value)}\n" for s in self.settings)
+
+    def with_overrides(self, overrides: dict[str, object], note: str = "") -> str:
+        """The text xl reads: the file as written, then assignments that win over it (libxlu
+        keeps the last assignment), so the user's text is never re-serialised."""
+        text = self.text[:-1] if self.dropped_last else self.text
+        if text and not text.endswith("\n"):
+            text += "\n"
+        if note:
+            text += "".join(f"# {line}\n" for line in note.splitlines())
+        return text + "".join(f"{k} = {format_value(v)}\n" for k, v in overrides.items())
 
 
-class _Lexer:
+def strtol(text: str, base: int = 0) -> tuple[int, int]:
+    """C strtol/strtoul digits (C locale): (value, characters used); used == 0: no number."""
+    i, n = 0, len(text)
+    while i < n and text[i] in C_SPACE:
+        i += 1
+    sign = 1
+    if i < n and text[i] in "+-":
+        sign = -1 if text[i] == "-" else 1
+        i += 1
+    if base == 0:
+        if text[i:i + 2] in ("0x", "0X") and text[i + 2:i + 3] and text[i + 2] in "0123456789abcdefABCDEF":
+            base, i = 16, i + 2
+        else:
+            base = 8 if text[i:i + 1] == "0" else 10
+    start = i
+    digits = "0123456789abcdefABCDEF" if base == 16 else "0123456789"[:base]
+    while i < n and text[i] in digits:
+        i += 1
+    if i == start:
+        return 0, 0
+    return sign * int(text[start:i], base), i
+
+
+class _Source:
     def __init__(self, path: str, text: str) -> None:
-        self.path, self.text, self.i, self.line, self.col = path, text, 0, 1, 1
+        self.path, self.text = path, text
+        self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
 
-    def err(self, msg: str, line: int | None = None, col: int | None = None):
-        raise XlCfgError(self.path, line or self.line, col or self.col, msg)
+    def pos(self, offset: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self.starts, offset)
+        return line, offset - self.starts[line - 1] + 1
 
-    def peek(self) -> str:
-        return self.text[self.i] if self.i < len(self.text) else ""
+    def error(self, offset: int, msg: str) -> XlCfgError:
+        return XlCfgError(self.path, *self.pos(offset), msg)
 
-    def advance(self, n: int = 1) -> str:
-        s = self.text[self.i:self.i + n]
-        for c in s:
-            if c == "\n":
-                self.line, self.col = self.line + 1, 1
-            else:
-                self.col += 1
-        self.i += n
-        return s
-
-    def skip(self, newlines: bool) -> None:
-        while True:
-            c = self.peek()
-            if c in (" ", "\t", "\r") or (newlines and c == "\n"):
-                self.advance()
-            elif c == "#":
-                while self.peek() not in ("", "\n"):
-                    self.advance()
-            else:
-                return
-
-    def string(self) -> str:
-        quote = self.advance()
-        line, col = self.line, self.col - 1
-        out = []
-        while True:
-            c = self.peek()
-            if c == "":
-                self.err("unterminated string", line, col)
-            if c == "\n":
-                self.err("newline inside a string (close the quote on the same line)", line, col)
-            self.advance()
-            if c == quote:
-                return "".join(out)
-            if c != "\\":
-                out.append(c)
-                continue
-            eline, ecol = self.line, self.col - 1
-            e = self.advance()
-            simple = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
-                      "\\": "\\", '"': '"', "'": "'"}
-            if e in simple:
-                out.append(simple[e])
-            elif e == "x":
-                h = ""
-                while len(h) < 2 and self.peek() and self.peek() in "0123456789abcdefABCDEF":
-                    h += self.advance()
-                if not h:
-                    self.err("\\x must be followed by hex digits")
-                out.append(chr(int(h, 16)))
-            elif e in "01234567":
-                o = e
-                while len(o) < 3 and self.peek() and self.peek() in "01234567":
-                    o += self.advance()
-                out.append(chr(int(o, 8)))
-            elif e == "":
-                self.err("unterminated string", line, col)
-            else:
-                self.err(f"unknown escape \\{e} in string", eline, ecol)
-
-
-def loads(text: str, path: str = "<string>") -> XlConfig:
-    lx = _Lexer(path, text)
-    cfg = XlConfig(path)
-
-    def value(depth: int):
-        lx.skip(newlines=depth > 0)
-        c = lx.peek()
-        line, col = lx.line, lx.col
-        if c in ('"', "'"):
-            return lx.string()
-        if c == "[":
-            if depth >= 8:
-                lx.err("lists nested too deeply")
-            lx.advance()
-            items = []
-            while True:
-                lx.skip(newlines=True)
-                if lx.peek() == "]":
-                    lx.advance()
-                    return items
-                if lx.peek() == "":
-                    lx.err("unterminated list: expected ']'", line, col)
-                items.append(value(depth + 1))
-                lx.skip(newlines=True)
-                c = lx.peek()
-                if c == ",":
-                    lx.advance()
-                elif c == "]":
-                    lx.advance()
-                    return items
-                elif c == "":
-                    lx.err("unterminated list: expected ']'", line, col)
-                else:
-                    lx.err(f"expected ',' or ']' in list, found {c!r}")
-        m = NUMBER_RE.match(lx.text, lx.i)
-        if m and c.isdigit():
-            tok = lx.advance(len(m.group()))
-            if tok.lower().startswith("0x"):
-                return int(tok, 16)
-            if re.fullmatch(r"0[0-7]+", tok):
-                return int(tok, 8)
-            return int(tok) if tok.isdigit() else tok
-        if c in ("", "\n", ";"):
-            lx.err("missing value after '='")
-        lx.err(f"expected a string, number or list, found {c!r} (strings need quotes)")
-
-    while True:
-        lx.skip(newlines=True)
-        if lx.peek() == ";":
-            lx.advance()
-            continue
-        if lx.peek() == "":
-            return cfg
-        line, col = lx.line, lx.col
-        m = IDENT_RE.match(lx.text, lx.i)
-        if not m:
-            lx.err(f"expected a setting name, found {lx.peek()!r}")
-        key = lx.advance(len(m.group()))
-        lx.skip(newlines=False)
-        append = False
-        if lx.text.startswith("+=", lx.i):
-            append = True
-            lx.advance(2)
-        elif lx.peek() == "=":
-            lx.advance()
-        else:
-            lx.err(f"expected '=' after {key}")
-        val = value(0)
-        cfg.settings.append(Setting(key, val, line, col, append))
-        lx.skip(newlines=False)
-        c = lx.peek()
-        if c in ("\n", ";"):
-            lx.advance()
-        elif c != "":
-            lx.err(f"unexpected {c!r} after the value of {key} (one setting per line)")
-
-
-def load(path: str) -> XlConfig:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise XlCfgError(path, 1, 1, f"not UTF-8 text ({e.reason})") from None
-    except OSError as e:
-        raise XlCfgError(path, 1, 1, f"cannot read: {e.strerror}") from None
-    return loads(text, path)
-
-
-def format_value(v) -> str:
-    if isinstance(v, list):
-        return "[" + ", ".join(format_value(x) for x in v) + "]"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return str(v)
-    s = str(v)
-    out = []
-    for ch in s:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 32:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-# ---- vif specs and TVD membership ----------------------------------------------------------
-
-def parse_vif(spec: str) -> list[tuple[str, str]]:
-    """'mac=..., bridge=x' -> [(key, value)] in order (xl splits on ',' and the first '=')."""
-    out = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        k, _, v = part.partition("=")
-        out.append((k.strip(), v.strip()))
-    return out
-
-
-def format_vif(items: list[tuple[str, str]]) -> str:
-    return ",".join(f"{k}={v}" for k, v in items)
+    def warn(self, offset: int, msg: str) -> str:
+        line, col = self.pos(offset)
+        return f"{self.path}:{line}:{col}: warning: {msg}"
 
 
 @dataclass
-class Membership:
-    name: str
-    uuid: str | None
-    nics: list[tuple[int, str]]                  # (devid, TVD)
-    properties: dict[str, str | None]
-    vswitch: str | None = None
-    # master mode evidence (docs/master-protocol.md): tvd_cert = VM certificate file; images =
-    # kernel, ramdisk and tvd_images files the proxy hashes (disks only when listed: hashing a
-    # multi-GB disk at every session re-check is the admin's explicit choice)
-    cert: str | None = None
-    images: list[str] = field(default_factory=list)
+class _Tok:
+    kind: str          # IDENT NUMBER STRING NEWLINE EOF, or the punctuation itself
+    at: int
+    text: str = ""
 
 
-def _err(cfg: XlConfig, key: str, msg: str):
-    s = cfg.setting(key)
-    raise XlCfgError(cfg.path, s.line if s else 1, s.col if s else 1, msg)
+def _bad_char(c: str, after: _Tok | None, at: int) -> str:
+    if c == "\r":
+        return "carriage return (a CRLF line end?): xl takes only \\n line ends, except in a comment"
+    if c == "\ufeff":
+        return "byte-order mark: save the file without one"
+    if c == ".":
+        return "unexpected '.': xl has no decimal numbers; write an integer or a quoted string"
+    if c in "\"'":
+        return "unterminated string"
+    if c == "#":
+        return "a comment on the last line needs a newline at its end"
+    glued = after is not None and after.at + len(after.text) == at
+    if glued and after.kind == "NUMBER":
+        return f"unexpected {c!r} in a number (xl's numbers are [0-9][0-9a-fx]*: lower-case hex)"
+    if (c.isupper() or c == "_") and (after is None or after.kind in ("NEWLINE", ";")
+                                      or (glued and after.kind == "IDENT")):
+        return f"unexpected {c!r}: setting names are lower case, [a-z][a-z0-9._]*"
+    return f"unexpected {c!r} (xl.cfg has \"strings\", numbers and [lists]; quote text)"
 
 
-def membership(cfg: XlConfig) -> Membership:
-    """Which TVD each vif joins. Per-vif bridge=tvd:<name> wins; else top-level tvd=."""
-    name = cfg.get("name")
-    if not isinstance(name, str) or not name:
-        _err(cfg, "name", "the domain needs name = \"...\"")
-    uuid = cfg.get("uuid")
-    if uuid is not None and (not isinstance(uuid, str) or not re.fullmatch(
-            r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}", uuid)):
-        _err(cfg, "uuid", f"uuid {uuid!r} is not a UUID")
-    if isinstance(uuid, str):
-        u = uuid.replace("-", "").lower()
-        uuid = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
-    vifs = cfg.get("vif", [])
-    if isinstance(vifs, str):
-        vifs = [vifs]
-    if not isinstance(vifs, list) or not all(isinstance(v, str) for v in vifs):
-        _err(cfg, "vif", "vif must be a list of strings")
-    tvd = cfg.get("tvd")
-    if tvd is not None:
-        tvds = [tvd] * max(len(vifs), 1) if isinstance(tvd, str) else tvd
-        if not isinstance(tvds, list) or not all(isinstance(t, str) for t in tvds):
-            _err(cfg, "tvd", "tvd must be a string or a list of strings (one per vif)")
-        if isinstance(tvd, list) and len(tvd) != len(vifs):
-            _err(cfg, "tvd", f"tvd lists {len(tvd)} TVD(s) but the domain has {len(vifs)} vif(s); "
-                             f"give one per vif, or one string for all")
-        for t in tvds:
-            if not TVD_NAME_RE.match(t):
-                _err(cfg, "tvd", f"{t!r} is not a TVD name (1-32 of a-z 0-9 _ -, starting with a letter)")
-    nics = []
-    for devid, spec in enumerate(vifs):
-        items = dict(parse_vif(spec))
-        bridge = items.get("bridge", "")
-        mine = bridge[4:] if bridge.startswith("tvd:") else None
-        if mine is not None and not TVD_NAME_RE.match(mine):
-            _err(cfg, "vif", f"vif {devid}: bridge={bridge} is not tvd:<name> with a valid TVD name")
-        want = tvd if isinstance(tvd, str) else (tvd[devid] if isinstance(tvd, list) else None)
-        if mine and want and mine != want:
-            _err(cfg, "tvd", f"vif {devid} says bridge=tvd:{mine} but tvd= puts it in {want}")
-        chosen = mine or want
-        if chosen is None:
-            _err(cfg, "vif", f"vif {devid} has no TVD: add bridge=tvd:<name> to it or a top-level "
-                             f"tvd = \"<name>\"")
-        nics.append((devid, chosen))
-    props: dict[str, str | None] = {}
-    raw = cfg.get("tvd_properties", [])
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
-        _err(cfg, "tvd_properties", "tvd_properties must be a list of \"property[:assurance]\" strings")
-    for p in raw:
-        prop, _, assurance = p.partition(":")
-        props[prop.strip()] = assurance.strip() or None
-    vswitch = cfg.get("vswitch")
-    if vswitch is not None and not isinstance(vswitch, str):
-        _err(cfg, "vswitch", "vswitch must be a string")
-    cert = cfg.get("tvd_cert")
-    if cert is not None and (not isinstance(cert, str) or not cert):
-        _err(cfg, "tvd_cert", "tvd_cert must be the path of the VM certificate (tvd-master vm-cert)")
-    images = [cfg.get(k) for k in ("kernel", "ramdisk") if isinstance(cfg.get(k), str)]
-    extra = cfg.get("tvd_images", [])
-    if isinstance(extra, str):
-        extra = [extra]
-    if not isinstance(extra, list) or not all(isinstance(p, str) and p for p in extra):
-        _err(cfg, "tvd_images", "tvd_images must be a list of image file paths")
-    images = list(dict.fromkeys(os.path.abspath(p) for p in images + extra))
-    return Membership(name, uuid, nics, props, vswitch,
-                      os.path.abspath(cert) if cert else None, images)
+def _lex(src: _Source, warnings: list[str]) -> tuple[list[_Tok], bool]:
+    text, n, i, toks = src.text, len(src.text), 0, []
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            i += 1
+            continue
+        j = i + 1
+        if c in IDENT_START or c in DIGITS:
+            chars = IDENT_CHARS if c in IDENT_START else NUMBER_CHARS
+            while j < n and text[j] in chars:
+                j += 1
+            toks.append(_Tok("IDENT" if c in IDENT_START else "NUMBER", i, text[i:j]))
+        elif c == "+" and text.startswith("+=", i):
+            toks.append(_Tok("+=", i))
+            j = i + 2
+        elif c in ",[]=;\n":
+            toks.append(_Tok("NEWLINE" if c == "\n" else c, i))
+        elif c == "#" and text.find("\n", i) >= 0:
+            j = text.find("\n", i) + 1
+            toks.append(_Tok("NEWLINE", i))
+        elif c in "\"'" and (j := _string_end(src, i)) > 0:
+            toks.append(_Tok("STRING", i, _dequote(src, i, text[i:j], warnings)))
+        elif i == n - 1 and len(c.encode("utf-8", "surrogateescape")) == 1:
+            # libxlu's lexer reaches the end of input before reporting the last byte
+            warnings.append(src.warn(i, f"xl ignores the last character of the file, {c!r}"))
+            return toks + [_Tok("EOF", i)], True
+        else:
+            raise src.error(i, _bad_char(c, toks[-1] if toks else None, i))
+        i = j
+    return toks + [_Tok("EOF", n)], False
 
 
-def for_xl(cfg: XlConfig, m: Membership, uuid: str) -> XlConfig:
-    """A copy for `xl create`: uuid pinned, every vif script=vif-tvd and bridge=tvd:<its TVD>.
-    Our top-level keys stay in the copy (xl ignores unknown top-level keys)."""
-    out = XlConfig(cfg.path, list(cfg.settings))
-    out.set("uuid", uuid)
-    vifs = cfg.get("vif", [])
-    if isinstance(vifs, str):
-        vifs = [vifs]
-    new = []
-    for (devid, tvd), spec in zip(m.nics, vifs):
-        items = [(k, v) for k, v in parse_vif(spec) if k not in ("script", "bridge")]
-        items += [("bridge", f"tvd:{tvd}"), ("script", SCRIPT)]
-        new.append(format_vif(items))
-    if vifs:
-        out.set("vif", new)
+def _string_end(src: _Source, i: int) -> int:
+    """Offset after the closing quote; 0 if the opening quote is the file's last character."""
+    text, quote, n, j = src.text, src.text[i], len(src.text), i + 1
+    while j < n:
+        c = text[j]
+        if c == quote:
+            return j + 1
+        if c == "\n" or (c == "\\" and (j + 1 == n or text[j + 1] == "\n")):
+            break
+        j += 2 if c == "\\" else 1
+    if i == n - 1:
+        return 0
+    if j + 1 < n and text[j] == "\\":
+        raise src.error(j, "a backslash cannot continue a string on the next line")
+    if j < n and text[j] == "\n":
+        raise src.error(i, "newline inside a string (close the quote on the same line; "
+                           "write \\n for a newline)")
+    raise src.error(i, "unterminated string")
+
+
+def _dequote(src: _Source, at: int, raw: str, warnings: list[str]) -> str:
+    out, p, end = [], 1, len(raw) - 1
+    while p < end:
+        c = raw[p]
+        p += 1
+        if c != "\\":
+            out.append(c)
+            continue
+        nc = raw[p]
+        p += 1
+        if nc in ESCAPES:
+            out.append(ESCAPES[nc])
+        elif nc == "x":
+            raise src.error(at + p - 2, "\\x escapes are an error in xl 4.17; write the character "
+                                        "itself (or \\n, \\t, \\r ...)")
+        elif "0" <= nc <= "7":
+            # 4.17 reads the next (up to) 3 characters as a decimal number, needs 2 of them
+            # used, and writes nothing: the escape disappears from the value
+            _, used = strtol(raw[p:p + 3], 10)
+            if used < 2:
+                raise src.error(at + p - 2, f"escape \\{nc}{raw[p:p + 1]}... is an error in xl 4.17 "
+                                            f"(digit escapes are not supported)")
+            warnings.append(src.warn(at + p - 2, f"xl 4.17 drops the escape \\{nc}{raw[p:p + used]} "
+                                                 f"from the string (digit escapes are not decoded)"))
+            p += used
+        else:
+            raise src.error(at + p - 2, f"unknown escape \\{nc} in string (xl knows \\\" \\' \\\\ "
+                                        f"\\a \\b \\f \\n \\r \\t \\v)")
+    return "".join(out)
+
+
+class _Parser:
+    def __init__(self, src: _Source, toks: list[_Tok]) -> None:
+        self.src, self.toks, self.k = src, toks, 0
+
+    def peek(self) -> _Tok:
+        return self.toks[self.k]
+
+    def take(self) -> _Tok:
+        self.k += 1
+        return self.toks[self.k - 1]
+
+    def newlines(self) -> None:
+        while self.peek().kind == "NEWLINE":
+            self.k += 1
+
+    def describe(self, t: _Tok) -> str:
+        return {"EOF": "the end of the file", "NEWLINE": "the end of the line",
+                "STRING": f"string {t.text!r}", "NUMBER": f"number {t.text}",
+                "IDENT": repr(t.text)}.get(t.kind, repr(t.kind))
+
+    def value(self, depth: int):
+        t = self.take()
+        if t.kind in ("STRING", "NUMBER"):
+            return t.text
+        if t.kind == "[":
+            if depth >= MAX_DEPTH:
+                raise self.src.error(t.at, f"lists nested deeper than {MAX_DEPTH}")
+            items = []
+            self.newlines()
+            while self.peek().kind != "]":
+                if self.peek().kind == "EOF":
+                    raise self.src.error(t.at, "unterminated list: expected ']'")
+                items.append(self.value(depth + 1))
+                self.newlines()
+                if self.peek().kind == ",":
+                    self.take()
+                    self.newlines()
+                elif self.peek().kind not in ("]", "EOF"):
+                    raise self.src.error(self.peek().at, f"expected ',' or ']' in list, found "
+                                                         f"{self.describe(self.peek())}")
+            self.take()
+            return items
+        if t.kind in ("NEWLINE", "EOF", ";"):
+            raise self.src.error(t.at, "missing value after '=' (it must start on the same line)")
+        hint = " (strings need quotes)" if t.kind == "IDENT" else ""
+        raise self.src.error(t.at, f"expected a string, number or list, found "
+                                   f"{self.describe(t)}{hint}")
+
+    def settings(self, cfg: XlConfig) -> None:
+        while True:
+            t = self.take()
+            if t.kind == "EOF":
+                return
+            if t.kind in ("NEWLINE", ";"):
+                continue
+            if t.kind != "IDENT":
+                raise self.src.error(t.at, f"expected a setting name, found {self.describe(t)}")
+            op = self.take()
+            if op.kind not in ("=", "+="):
+                raise self.src.error(op.at, f"expected '=' after {t.text} (or '+=')")
+            at = self.peek().at
+            value = self.value(0)
+            s = Setting(t.text, value, *self.src.pos(t.at), append=op.kind == "+=")
+            prev = cfg.setting(t.text) if s.append else None
+            if prev is not None:
+                if isinstance(prev.value, list) != isinstance(value, list):
+                    kinds = ("a list", "a single value")
+                    raise self.src.error(at, f"cannot add {kinds[isinstance(prev.value, list)]} to "
+                                             f"{t.text}, which is {kinds[not isinstance(prev.value, list)]}"
+                                             f" (+= adds a list to a list or text to text)")
+                s.value = prev.value + value
+            cfg.settings.append(s)
+            end = self.take()
+            if end.kind not in ("NEWLINE", ";", "EOF"):
+                raise self.src.error(end.at, f"unexpected {self.describe(end)} after the value of "
+                                             f"{t.text} (one setting per line, or separate them with ';')")
+            if end.kind == "EOF":
+                return
+
+
+def loads(text: str, path: str = "<string>") -> XlConfig:
+    if len(text) > MAX_BYTES:
+        raise XlCfgError(path, 1, 1, f"file is larger than {MAX_BYTES} bytes")
+    src = _Source(path, text)
+    if "\0" in text:
+        raise src.error(text.index("\0"), "NUL byte in the file")
+    cfg = XlConfig(path, text=text)
+    toks, cfg.dropped_last = _lex(src, cfg.warnings)
+    _Parser(src, toks).settings(cfg)
+    return cfg
+
+
+def load(path: str) -> XlConfig:
+    """Bytes as xl reads them: text that is not UTF-8 is kept (surrogateescape)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise XlCfgError(path, 1, 1, f"cannot read: {e.strerror}") from None
+    return loads(data.decode("utf-8", "surrogateescape"), path)
+
+
+def format_value(v) -> str:
+    """A value as libxlu reads it back: a double-quoted string, or a list of them."""
+    if isinstance(v, list):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    v = str(v)
+    if "\0" in v:
+        raise ValueError("xl.cfg strings cannot hold a NUL byte")
+    special = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(special.get(c, c) for c in v) + '"'
+
+
+# ---- vif specs, as xl's parse_nic_config reads them -----------------------------------------
+
+def parse_vif(spec: str) -> list[tuple[str, str | None]]:
+    """[(key, value)] in order: xl splits at ',' (skipping empty parts), drops leading spaces
+    (not tabs, not trailing blanks) and takes the key up to the first '='. A part without '='
+    is (part, None): xl knows `trusted`/`untrusted` and ignores anything else. Later keys win."""
+    out = []
+    for part in spec.split(","):
+        part = part.lstrip(" ")
+        if part:
+            k, eq, v = part.partition("=")
+            out.append((k, v) if eq else (part, None))
     return out
+
+
+def format_vif(items: list[tuple[str, str | None]]) -> str:
+    return ",".join(k if v is None else f"{k}={v}" for k, v in items)
+

@@ -10,10 +10,9 @@ from typing import Callable, Iterator
 
 import yaml
 
+from xen_tvd.desired.patterns import NAME_RE
 from xen_tvd.diagnostics import Collector, Pos
 from xen_tvd.yamlsrc import kind_name, pos_of, scalar
-
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -79,6 +78,10 @@ class Reader:
             yield k, kn, vn
 
     # -- scalars --------------------------------------------------------------------------
+    def value(self, node, what: str):
+        """(the scalar's value, True), or (None, False) after reporting why not."""
+        return self._scalar(node, what)
+
     def _scalar(self, node, what: str):
         if not isinstance(node, yaml.ScalarNode):
             self.err(node, f"{what} must be a single value, not {kind_name(node)}")
@@ -120,6 +123,17 @@ class Reader:
             self.err(node, f"{what} '{v}' is not valid{': ' + hint if hint else ''}")
             return None
         return v
+
+    def nonempty_string(self, node, what: str) -> str | None:
+        """The node's value if it is a non-empty string; else an error at the node."""
+        if isinstance(node, yaml.ScalarNode):
+            v, ok = self._scalar(node, what)
+            if not ok:
+                return None
+            if isinstance(v, str) and v:
+                return v
+        self.err(node, f"{what} must be a non-empty string, got {kind_name(node)}")
+        return None
 
     def name(self, node, what: str) -> str | None:
         return self.string(node, what, NAME_RE,

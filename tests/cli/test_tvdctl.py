@@ -1,4 +1,4 @@
-"""tvdctl check/show/graph/admit: exit codes, output forms, --json."""
+"""tvdctl check/show/graph/admit and --version: exit codes, output forms, --json."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,9 @@ import pytest
 
 from xen_tvd.cli import tvdctl as tvdctl_mod
 
-from cli_helpers import FIGURE1, diag_lines, no_traceback, tvdctl
+from cli_helpers import FIGURE1, REPO, diag_lines, no_traceback, tvdctl
+
+HOSTS_POLICY = REPO / "xl-configs" / "tvd-hosts-policy.yaml"   # shared-membership and hosts
 
 CLEAN = """\
 version: 1
@@ -166,6 +168,29 @@ def test_show_figure1_matrix(files):
     assert "\033[" not in p.stdout       # not a terminal: no colour
 
 
+def test_show_json_figure1(files):
+    p = tvdctl("show", "--json", "fig1.yaml", cwd=files)
+    no_traceback(p)
+    assert p.returncode == 0
+    out = json.loads(p.stdout)
+    assert set(out) == {"tvds", "externals", "dummy", "matrix", "controlled", "shared_membership"}
+    assert out["tvds"] == ["alpha", "beta", "gamma"]
+    assert out["dummy"] == {"policy": "closed", "vlans": [1]}
+    # the same cells as the text matrix: 1 = open, 0 = closed, P[x,y] = controlled
+    text = {k: {"1": "open", "0": "closed"}.get(v, "controlled")
+            for k, v in _matrix(tvdctl("show", "fig1.yaml", cwd=files).stdout).items()}
+    assert {(a, b): k for a, row in out["matrix"].items() for b, k in row.items()} == text
+    ag = next(c for c in out["controlled"] if (c["from"], c["to"]) == ("alpha", "gamma"))
+    assert ag == {"from": "alpha", "to": "gamma", "sender": ["tcp/443", "tcp/80"],
+                  "receiver": ["tcp/443"], "passes": ["tcp/443"], "replies": True}
+    assert len(out["controlled"]) == 4
+
+
+def test_show_json_refuses_broken_policy(files):
+    p = tvdctl("show", "--json", "broken.yaml", cwd=files)
+    assert p.returncode == 1 and p.stdout == ""
+
+
 def test_show_refuses_broken_policy(files):
     p = tvdctl("show", "broken.yaml", cwd=files)
     no_traceback(p)
@@ -190,6 +215,35 @@ def test_graph_dot(files):
     assert '"alpha" -> "gamma" [color=orange, style=dashed, label="controlled: tcp/443"];' in dot
     assert '"alpha" -> "beta" [color=red, style=dotted, label="closed"];' in dot
     assert '"beta" [label="beta\\nVLAN 200 / VNI 10200\\nintegrity, isolation"];' in dot
+
+
+def test_graph_dot_shows_shared_membership_and_hosts(files):
+    p = tvdctl("graph", HOSTS_POLICY, "-o", "hosts.dot", cwd=files)
+    assert p.returncode == 0, p.stderr
+    dot = (files / "hosts.dot").read_text()
+    lines = {ln.strip() for ln in dot.splitlines()}
+    # shared-membership: [alpha, gamma]
+    assert '"shared:1" -> "alpha" [dir=none, color=purple, penwidth=2];' in lines
+    assert '"shared:1" -> "gamma" [dir=none, color=purple, penwidth=2];' in lines
+    assert not any(ln.startswith('"shared:1" -> "beta"') for ln in lines)
+    assert "subgraph cluster_hosts {" in lines
+    assert ('"host:dom0-a" [label="dom0-a\\n10.77.1.11\\nC(h): ethernet, ip\\n'
+            'tpm-measured-boot:immutable-log\\nlan: eth0 10.77.1.11", shape=box3d, '
+            'style=solid];') in lines
+    carries = {tuple(ln.split(" [")[0].replace('"', "").split(" -> "))
+               for ln in lines if ln.startswith('"host:') and " -> " in ln}
+    # vault needs pci-audited, which only dom0-b holds (the policy's own comment)
+    assert carries == {(f"host:{h}", t) for h in ("dom0-a", "dom0-b")
+                       for t in ("alpha", "beta", "gamma")} | {("host:dom0-b", "vault")}
+
+
+@pytest.mark.skipif(not shutil.which("dot"), reason="Graphviz missing: scripts/bootstrap "
+                                                    "installs it (tier 1 in CI)")
+def test_graph_png(files):
+    p = tvdctl("graph", HOSTS_POLICY, "-o", "out.png", cwd=files)
+    no_traceback(p)
+    assert p.returncode == 0 and p.stdout.strip() == "wrote out.png", p.stderr
+    assert (files / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_graph_svg_or_clear_error(files):
@@ -217,7 +271,8 @@ def test_graph_svg_without_graphviz_is_a_clear_usage_error(files, tmp_path_facto
 
 
 @pytest.mark.parametrize("out, message", [
-    ("out.png", "cannot tell the format of 'out.png': name it .dot or .svg"),
+    ("out.jpg", "cannot tell the format of 'out.jpg': name it .dot, .svg or .png"),
+    ("out", "cannot tell the format of 'out': name it .dot, .svg or .png"),
     ("nodir/out.dot", "cannot write nodir/out.dot: No such file or directory"),
 ])
 def test_graph_bad_output_exits_2(files, out, message):
@@ -247,6 +302,24 @@ def test_admit_ok(files):
 def test_admit_with_assurance(files):
     p = _admit(files, "--tvd", "alpha", "--properties", "tpm-measured-boot:immutable-log")
     assert p.returncode == 0 and p.stdout.strip() == "admit: alpha"
+
+
+def test_admit_json(files):
+    p = _admit(files, "--json", "--tvd", "beta", "--properties", "tpm-measured-boot")
+    assert p.returncode == 0
+    assert json.loads(p.stdout) == {"admitted": True, "tvds": ["beta"],
+                                    "properties": {"tpm-measured-boot": None}, "reason": None,
+                                    "unknown_properties": []}
+
+
+def test_deny_json_has_the_reason_and_unknown_properties(files):
+    p = _admit(files, "--json", "--tvd", "beta", "--tvd", "gamma",
+               "--properties", "signed-kernel,bogus:audit")
+    assert p.returncode == 1
+    assert json.loads(p.stdout) == {"admitted": False, "tvds": ["beta", "gamma"],
+                                    "properties": {"signed-kernel": None, "bogus": "audit"},
+                                    "reason": "TVD gamma requires disk-encryption",
+                                    "unknown_properties": ["bogus"]}
 
 
 def test_deny_says_which_requirement_failed(files):
@@ -298,3 +371,9 @@ def test_admit_broken_or_missing_policy(files):
     assert p.returncode == 1 and "broken.yaml:3:13: error:" in p.stderr
     p = tvdctl("admit", "--policy", "missing.yaml", "--tvd", "a", "--properties", "x", cwd=files)
     assert p.returncode == 2 and "cannot read" in p.stderr
+
+
+def test_version_is_the_installed_distribution():
+    from importlib.metadata import version
+    p = tvdctl("--version")
+    assert p.returncode == 0 and p.stdout.strip() == f"tvdctl {version('xen-tvd')}"

@@ -7,7 +7,7 @@ import subprocess
 
 from pyroute2 import IPRoute
 
-from xen_tvd.dataplane.model import HostState, Segment, VifPort, VlanUplink, VxlanUplink
+from xen_tvd.desired.model import HostState, Segment, VifPort, VlanUplink, VxlanUplink
 
 
 def ipr(ns: str) -> IPRoute:
@@ -165,6 +165,17 @@ class Sniffer:
                 return out
             if addr[2] != socket.PACKET_OUTGOING:
                 out.append(":".join(f"{b:02x}" for b in data[6:12]))
+
+    def frames(self) -> list[bytes]:
+        """Every frame received so far, whole (drains the queue)."""
+        out = []
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return out
+            if addr[2] != socket.PACKET_OUTGOING:
+                out.append(data)
 
     def close(self):
         self.sock.close()

@@ -7,8 +7,8 @@
   udp-ask IP PORT TIMEOUT              send one datagram from an ephemeral port; prints "reply"
                                        or "none"
   blast DEV DSTMAC SRCIP DSTIP SECONDS MAGIC
-                                       raw IPv4/UDP frames (any source address) to DSTMAC as
-                                       fast as possible; prints how many were sent
+                                       raw IPv4 or IPv6 UDP frames (any source address) to
+                                       DSTMAC as fast as possible; prints how many were sent
   sniff DEV MAGIC                      prints "ready"; on stdin close, frames seen with MAGIC
 """
 import select
@@ -23,9 +23,10 @@ import time
 def listen(ports):
     socks = []
     for p in ports:
-        s = socket.socket()
+        s = socket.socket(socket.AF_INET6)     # dual-stack: IPv4 arrives mapped
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", p))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", p))
         s.listen(64)
         socks.append(s)
 
@@ -91,11 +92,19 @@ def blast(dev, dstmac, srcip, dstip, seconds, magic):
         src = bytes.fromhex(f.read().strip().replace(":", ""))
     dst = bytes.fromhex(dstmac.replace(":", ""))
     payload = magic.encode()
-    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                      socket.inet_aton(srcip), socket.inet_aton(dstip))
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
-    frame = dst + src + b"\x08\x00" + hdr + udp
+    if ":" in srcip:
+        s6, d6 = socket.inet_pton(socket.AF_INET6, srcip), socket.inet_pton(socket.AF_INET6, dstip)
+        udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
+        pseudo = s6 + d6 + struct.pack("!IxxxB", len(udp), 17)
+        udp = udp[:6] + struct.pack("!H", _csum(pseudo + udp) or 0xFFFF) + udp[8:]
+        hdr = struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + s6 + d6
+        frame = dst + src + b"\x86\xdd" + hdr + udp
+    else:
+        udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                          socket.inet_aton(srcip), socket.inet_aton(dstip))
+        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        frame = dst + src + b"\x08\x00" + hdr + udp
     n, end = 0, time.monotonic() + float(seconds)
     while time.monotonic() < end:
         for _ in range(50):

@@ -10,7 +10,7 @@ import textwrap
 from dataclasses import dataclass
 
 from xen_tvd.dataplane import apply
-from xen_tvd.dataplane.model import HostState, VifPort
+from xen_tvd.desired.model import HostState, VifPort
 from xen_tvd.planner import plan
 from xen_tvd.policy import load_policy
 
@@ -55,12 +55,22 @@ class Rig:
     def ip(self, vm: str) -> str:
         return VMS[vm][2]
 
+    def ip6(self, vm: str) -> str:
+        """The VM's IPv6 address (build() gives one to VMs of TVDs with an IPv6 subnet)."""
+        net = _subnet6(self.policy, VMS[vm][1])
+        return str(net[int(VMS[vm][2].rsplit(".", 1)[1])])
+
     def apply_all(self) -> dict[str, list[str]]:
         return {h: apply(self.states[h], netns=ns).changes for h, ns in self.hosts.items()}
 
 
 def mac_of(vm: str) -> str:
     return "00:16:3e:00:%02x:%02x" % (int(VMS[vm][2].split(".")[1]), int(VMS[vm][2].split(".")[3]))
+
+
+def _subnet6(pol, tvd: str) -> ipaddress.IPv6Network | None:
+    return next((n for n in map(ipaddress.ip_network, pol.tvds[tvd].subnets) if n.version == 6),
+                None)
 
 
 def build(mkns, tmp_path, policy_text: str = POLICY, vms=None, unpinned=()) -> Rig:
@@ -82,11 +92,21 @@ def build(mkns, tmp_path, policy_text: str = POLICY, vms=None, unpinned=()) -> R
         with ipr(ns) as i:
             i.link("set", index=i.link_lookup(ifname="eth0")[0], address=mac_of(vm))
         addr(ns, "eth0", ip)
+        addresses = (ip,)
         if pol.tvds[tvd].subnets:   # a TVD without subnets is not routed: no gateway
             gw = str(next(ipaddress.ip_network(pol.tvds[tvd].subnets[0]).hosts()))
             sh(ns, "ip", "route", "add", "default", "via", gw)
+        net6 = _subnet6(pol, tvd)
+        if net6 is not None:        # dual-stack: host part = the IPv4 address's last octet
+            ip6 = str(net6[int(ip.rsplit(".", 1)[1])])
+            # mkns() disables IPv6 (no autoconf chatter); this VM needs it, without RAs
+            sh(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+               "net.ipv6.conf.eth0.disable_ipv6=0", "net.ipv6.conf.eth0.accept_ra=0")
+            sh(ns, "ip", "-6", "addr", "add", f"{ip6}/{net6.prefixlen}", "dev", "eth0", "nodad")
+            sh(ns, "ip", "-6", "route", "add", "default", "via", str(net6[1]))
+            addresses += (ip6,)
         ports[host].append(VifPort(vif, tvd, mac=mac_of(vm),
-                                   addresses=None if vm in unpinned else (ip,)))
+                                   addresses=None if vm in unpinned else addresses))
     states = plan(pol, ports)
     rig = Rig(hosts, vm_ns, states, pol)
     rig.apply_all()
@@ -102,22 +122,25 @@ def teardown(rig: Rig) -> None:
 AGENT = os.path.join(os.path.dirname(__file__), "flow_agent.py")
 
 
-def tcp_ok(rig: Rig, src: str, dst: str, port: int, timeout: float = 1.0) -> bool:
+def tcp_ok(rig: Rig, src: str, dst: str, port: int, timeout: float = 1.0,
+           v6: bool = False) -> bool:
     r = subprocess.run(["ip", "netns", "exec", rig.vms[src], sys.executable, AGENT, "connect",
-                        rig.ip(dst), str(port), str(timeout)], capture_output=True, text=True)
+                        rig.ip6(dst) if v6 else rig.ip(dst), str(port), str(timeout)],
+                       capture_output=True, text=True)
     return r.stdout.strip() == "ok"
 
 
-def ping_ok(rig: Rig, src: str, dst: str, timeout: float = 1.0) -> bool:
-    return sh(rig.vms[src], "ping", "-n", "-q", "-c", "1", "-W", str(timeout), rig.ip(dst),
-              check=False).returncode == 0
+def ping_ok(rig: Rig, src: str, dst: str, timeout: float = 1.0, v6: bool = False) -> bool:
+    return sh(rig.vms[src], "ping", "-n", "-q", "-c", "1", "-W", str(timeout),
+              rig.ip6(dst) if v6 else rig.ip(dst), check=False).returncode == 0
 
 
 class Bg:
     """An agent command running in a VM until stop(); waits for its "ready" line."""
 
     def __init__(self, rig: Rig, vm: str, *args: str):
-        self.p = subprocess.Popen(["ip", "netns", "exec", rig.vms[vm], sys.executable, AGENT,
+        """`vm`: a VM's name, or any namespace's (a router's, to sniff its legs)."""
+        self.p = subprocess.Popen(["ip", "netns", "exec", rig.vms.get(vm, vm), sys.executable, AGENT,
                                    *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         line = self.p.stdout.readline().strip()

@@ -7,7 +7,8 @@ from pyroute2 import netns as pr_netns
 from dp_helpers import (add_link, addr, del_link, ethtool_k, flood_list, link, names, set_link,
                         sh, state, underlay, veth, vx_segment)
 from xen_tvd.dataplane import ApplyReport, DataplaneError, apply
-from xen_tvd.dataplane.model import OWNER_ALIAS_PREFIX, HostState, Segment
+from xen_tvd.desired.model import HostState, Segment
+from xen_tvd.desired.names import OWNER_ALIAS_PREFIX
 
 
 def assert_converged(st, ns):
@@ -271,6 +272,18 @@ def test_vlan_offload_turned_off_on_listed_nics(ns):
     assert_converged(st, ns)
 
 
+def test_vxlan_underlay_nic_gets_generic_receive_offload(ns):
+    """VXLAN packets of one flow are decapsulated and bridged once per GRO batch; veth (the
+    lab's underlay) starts with GRO off, a physical NIC with it on."""
+    underlay(ns)
+    assert ethtool_k(ns, "ul0")["generic-receive-offload"] == "off"
+    st = state(vx_segment("alpha", 100, "10.0.0.1"))
+    rep = apply(st, netns=ns)
+    assert ethtool_k(ns, "ul0")["generic-receive-offload"] == "on"
+    assert "turned rx-gro on on ul0" in rep.changes
+    assert_converged(st, ns)
+
+
 def test_underlay_mtu_applied(ns):
     underlay(ns)
     st = state(vx_segment("alpha", 100, "10.0.0.1", mtu=1500), underlay_mtu={"ul0": 1550})
@@ -312,7 +325,7 @@ def test_apply_in_current_namespace(ns):
     """netns=None acts on the caller's namespace: run a child inside `ns` to prove it."""
     underlay(ns)
     code = ("from xen_tvd.dataplane import apply;"
-            "from xen_tvd.dataplane.model import *;"
+            "from xen_tvd.desired.model import *;"
             "s=HostState(host='h',segments=(Segment(tvd='alpha',bridge='tvd-alpha',mtu=1450,"
             "uplink=VxlanUplink(vni=100,local_ip='10.0.0.1',underlay_dev='ul0')),));"
             "r=apply(s); r2=apply(s); print(len(r.changes), len(r2.changes))")

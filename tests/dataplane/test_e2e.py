@@ -7,7 +7,7 @@ import pytest
 
 from dp_helpers import Sniffer, addr, mac, ping, sh, state, veth, vx_segment
 from xen_tvd.dataplane import apply, plug_vif
-from xen_tvd.dataplane.model import VifPort
+from xen_tvd.desired.model import VifPort
 
 
 def vm(mkns, host_ns, vif, ip, tag):

@@ -235,7 +235,7 @@ def test_external_halves_are_enforced_at_the_leg_and_the_tvd_halves_at_the_vswit
 
 
 def test_a_host_without_a_nic_on_the_external_is_refused(tmp_path):
-    from xen_tvd.dataplane.model import VifPort
+    from xen_tvd.desired.model import VifPort
     from xen_tvd.planner import PlanError, plan
     from xen_tvd.policy import load_policy
     f = tmp_path / "p.yaml"

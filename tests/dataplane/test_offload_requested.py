@@ -1,6 +1,6 @@
 """vif tx checksum "off" must also clear *requested* features that are not active yet.
 
-Found under real Xen 4.17 (tier 3, xen_tvd/testing/xentier.py): vif-tvd runs while the
+Found under real Xen 4.17 (tier 3, tvd_testing/xentier.py): vif-tvd runs while the
 frontend is not connected, and xen-netback then masks tx-checksum-ipv6 (`off [requested on]`).
 Turning off only the active features left it requested; when the guest's netfront connected,
 netback re-enabled it and the vif had tx checksum offload again until the proxy's next full

@@ -1,4 +1,4 @@
-"""Port security (bridge xen_tvd) against dishonest VMs, tier 1: real nftables in namespaces.
+"""Port security (netdev xen_tvd_ports, a chain per vif) against dishonest VMs, tier 1: real nftables in namespaces.
 
 Topology (dishonest.Lab): hosts h1/h2 + a rogue on a bridged veth underlay; TVDs alpha and beta
 on VXLAN as planned from a policy; VMs are namespaces whose eth0 is the peer of a host-side veth
@@ -9,7 +9,10 @@ Run with -s to see the tried/arrived table.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import threading
 import time
 
 import pytest
@@ -17,8 +20,8 @@ import pytest
 from dishonest import (BCAST, ETH_ARP, ETH_IP, ETH_IP6, Injector, Lab, MarkSniffer, VMS, arp,
                        dhcp_offer, eth, link_local, marker, nd_na, nd_ra, print_table, udp4, udp6)
 from dp_helpers import ping, sh, state, underlay, veth, vx_segment
-from xen_tvd.dataplane import DataplaneError, apply, firewall, nftables, plug_vif, unplug_vif
-from xen_tvd.dataplane.model import HostState, Segment, VifPort
+from xen_tvd.dataplane import DataplaneError, apply, nftables, plug_vif, portsec, unplug_vif
+from xen_tvd.desired.model import HostState, Segment, VifPort
 
 ALL6 = "33:33:00:00:00:01"
 _, _, _, IP1, IP6_1, M1 = VMS["a1"]
@@ -177,103 +180,168 @@ def test_vif_that_declared_no_addresses_fails_closed(mkns):
 
 # ---- the table itself: ownership, idempotency, atomicity, scaling ------------------------
 
-def _table(ns):
-    return nftables.list_json(ns, "table", "bridge", "xen_tvd")
+def _chains(ns):
+    """name -> chain object of every chain in netdev xen_tvd_ports (read independently)."""
+    objs = nftables.list_json(ns, "chains", "netdev") or []
+    return {o["chain"]["name"]: o["chain"] for o in objs
+            if "chain" in o and o["chain"]["table"] == "xen_tvd_ports"}
 
 
-def _rules(objs):
-    return [o["rule"] for o in objs if "rule" in o]
+def _vif_chains(ns, ifname):
+    return {n: c for n, c in _chains(ns).items() if n.endswith("_" + portsec.escape(ifname))}
 
 
-def _handle(ns):
-    return next(o["table"]["handle"] for o in _table(ns) if "table" in o)
-
-
-def test_rules_do_not_grow_with_vifs_and_apply_is_idempotent(ns):
+def test_each_vif_has_only_its_own_chains_and_apply_is_idempotent(ns):
+    """A vif's frames meet only its own chains (hooked at its ingress): the per-frame work
+    does not grow with the number of vifs. 300 vifs: 300 base chains, one per device, each
+    with the same number of rules; reapplying changes nothing."""
     seg = vx_segment("alpha", 100, "10.0.0.1")
     underlay(ns)
+    batch = "".join(f"link add vif{i}.0 type veth peer name g{i}\n" for i in range(1, 301))
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True, check=True)
     few = state(seg, ports=(("vif1.0", "alpha"),))
     many = HostState("h", segments=(seg,), ports=tuple(
         VifPort(f"vif{i}.0", "alpha", mac=f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",
                 addresses=(f"10.{i >> 8}.{i & 255}.1", f"fd00::{i:x}")) for i in range(1, 301)))
     apply(few, netns=ns)
-    n_few = len(_rules(_table(ns)))
     assert apply(few, netns=ns).changes == []
     rep = apply(many, netns=ns)
     assert any("port security" in c for c in rep.changes), rep.changes
-    objs = _table(ns)
-    assert len(_rules(objs)) == n_few, "rule count grew with the number of vifs"
-    elems = {o["set"]["name"]: len(o["set"].get("elem", [])) for o in objs if "set" in o}
-    assert elems["ports"] == 300 and elems["port_ip4"] == 300 and elems["port_ip6"] == 600
+    chains = _chains(ns)
+    base = [c for c in chains.values() if c.get("hook") == "ingress"]
+    assert len(base) == 300 and len(chains) == 300 * 4
+    objs = nftables.list_json(ns, "table", "netdev", "xen_tvd_ports")
+    per_chain: dict[str, int] = {}
+    for o in objs:
+        if "rule" in o:
+            per_chain[o["rule"]["chain"]] = per_chain.get(o["rule"]["chain"], 0) + 1
+    for i in (1, 150, 300):
+        mine = _vif_chains(ns, f"vif{i}.0")
+        assert len(mine) == 4
+        assert sorted(per_chain[n] for n in mine) == sorted(per_chain[n] for n in _vif_chains(ns, "vif2.0"))
     assert apply(many, netns=ns).changes == []
+    rep = apply(few, netns=ns)           # 299 vifs gone from the state: their chains go
+    assert len(_chains(ns)) == 4 and apply(few, netns=ns).changes == []
 
 
-def test_plug_and_unplug_change_only_that_vifs_elements(ns):
+def test_plug_and_unplug_change_only_that_vifs_chains(ns):
     seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
     apply(state(seg), netns=ns)
-    handle = _handle(ns)
-    veth(ns, "vif1.0", "g")
+    veth(ns, "vif1.0", "g1")
+    veth(ns, "vif2.0", "g2")
+    other = VifPort("vif2.0", "alpha", mac="02:00:00:00:00:02", addresses=("10.1.0.9",))
+    plug_vif(other, seg, netns=ns)
+    theirs = _vif_chains(ns, "vif2.0")
     p = VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.1",))
     plug_vif(p, seg, netns=ns)
-    cur = firewall.read(ns)
-    assert cur.elements["port_mac"] == {("vif1.0", "02:00:00:00:00:01")}
-    assert cur.elements["port_ip4"] == {("vif1.0", "10.1.0.1")}
-    plug_vif(VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.2",)), seg, netns=ns)
-    assert firewall.read(ns).elements["port_ip4"] == {("vif1.0", "10.1.0.2")}
-    assert _handle(ns) == handle, "plug_vif reloaded the table instead of editing elements"
+    first = _vif_chains(ns, "vif1.0")
+    assert len(first) == 4 and portsec.secured(ns, p, segment=seg)
+    plug_vif(p, seg, netns=ns)                                       # same rules: nothing to do
+    assert _vif_chains(ns, "vif1.0") == first
+    moved = VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.2",))
+    plug_vif(moved, seg, netns=ns)
+    assert portsec.secured(ns, moved, segment=seg) and not portsec.secured(ns, p, segment=seg)
+    now = _vif_chains(ns, "vif1.0")
+    # the hooked base chain stays (same handle: never unhooked), its sub-chains are new
+    assert len(now) == 4 and set(first) & set(now) == {"p_vif1.0"}
+    assert now["p_vif1.0"]["handle"] == first["p_vif1.0"]["handle"]
+    assert _vif_chains(ns, "vif2.0") == theirs, "plugging one vif touched another vif's chains"
     unplug_vif("vif1.0", netns=ns)
-    assert all(not v for v in firewall.read(ns).elements.values())
-    assert _handle(ns) == handle
+    assert _vif_chains(ns, "vif1.0") == {} and _vif_chains(ns, "vif2.0") == theirs
 
 
 def test_table_is_ours_only_and_goes_with_the_last_segment(ns):
-    sh(ns, "nft", "add table bridge someone_else; add chain bridge someone_else c")
+    sh(ns, "nft", "add table netdev someone_else; add chain netdev someone_else c")
     seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
     apply(state(seg), netns=ns)
-    assert _table(ns) is not None
+    assert nftables.list_json(ns, "table", "netdev", "xen_tvd_ports") is not None
     rep = apply(HostState("h"), netns=ns)
-    assert "deleted nftables table bridge xen_tvd (no segments)" in rep.changes
-    assert _table(ns) is None
-    assert nftables.list_json(ns, "table", "bridge", "someone_else") is not None
+    assert "deleted nftables table netdev xen_tvd_ports (no segments)" in rep.changes
+    assert nftables.list_json(ns, "table", "netdev", "xen_tvd_ports") is None
+    assert nftables.list_json(ns, "table", "netdev", "someone_else") is not None
     assert apply(HostState("h"), netns=ns).changes == []
 
 
 def test_failed_update_leaves_the_previous_ruleset_whole(ns):
-    """nft -f input is one kernel transaction: an element the kernel refuses (EEXIST, found
-    only at commit, after `delete table` was already in the batch) undoes the whole batch."""
+    """nft -f input is one kernel transaction: a rule the kernel refuses (a jump to a chain
+    that does not exist) undoes the whole batch: vif1.0's valid update, deletes included."""
     seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    veth(ns, "vif1.0", "g1")
     st = HostState("h", segments=(seg,), ports=(VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.1.0.1",)),))
     apply(st, netns=ns)
-    before, handle = firewall.read(ns), _handle(ns)
-    broken = firewall.render(firewall.desired_elements(st)) + 'create element bridge xen_tvd ports { "vif1.0" }\n'
-    with pytest.raises(DataplaneError, match="File exists.*nothing of it was applied"):
+    before = _chains(ns)
+    good = portsec.PortRules.of(VifPort("vif1.0", "alpha", addresses=("10.1.0.7",)), segment=seg)
+    broken = (portsec._update("vif1.0", portsec.installed(ns)["vif1.0"], good)
+              + "add rule netdev xen_tvd_ports p_vif1.0 jump no_such_chain\n")
+    with pytest.raises(DataplaneError, match="nothing of it was applied"):
         nftables.run(ns, broken, "test")
-    assert firewall.read(ns) == before and _handle(ns) == handle
+    assert _chains(ns) == before
     with pytest.raises(DataplaneError):  # and validation catches what could be injected
         apply(HostState("h", segments=(seg,), ports=(VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01; flush ruleset"),)), netns=ns)
-    assert firewall.read(ns) == before
+    assert _chains(ns) == before
 
 
 def test_no_frame_leaks_while_the_table_is_replaced(lab):
-    """Full replacements (table {}; delete table; table {...} in one input) in a loop while
-    a1 sends spoofed frames: not one may pass during any replacement."""
+    """A vif's rules replaced (new sub-chains in, the hooked chain's rules swapped, old
+    sub-chains out: one transaction) in a loop while a1 sends spoofed IPv4 sources and frames
+    tagged with beta's VLAN: not one may pass during any replacement."""
     h1 = lab.hosts["h1"]
-    script = firewall.render(firewall.desired_elements(lab.states["h1"]))
+    port = next(p for p in lab.states["h1"].ports if p.ifname == VMS["a1"][1])
+    seg = lab.states["h1"].segment(port.tvd)
+    # two variants of a1's rules, both without IP3: each plug swaps the chains
+    variants = [port, dataclasses.replace(port, addresses=tuple(port.addresses or ()) + ("192.168.10.99",))]
     inj = Injector(lab.ns("a1"))
-    sent = 0
+    sent, stop = [0], threading.Event()
+
+    def blast():   # spoofed and tagged frames all the time, so some meet every commit
+        while not stop.is_set():
+            sent[0] += inj.send(u4(M1, IP3, marker("during reload", sent[0])), 10)
+            sent[0] += inj.send(u4(M1, IP1, marker("during reload", sent[0]), tags=((0x8100, 200),)), 10)
+
+    blaster = threading.Thread(target=blast)
+    blaster.start()
     try:
         # at least 3 s and at least 11 replacements: one `nft -f` takes ~1 s under emulation
         # (tier 2), so a fixed 3 s there gave only 3 replacements
         t0 = time.monotonic()
         reloads = 0
         while (time.monotonic() < t0 + 3 or reloads <= 10) and time.monotonic() < t0 + 120:
-            nftables.run(h1, script, "reload")
+            portsec.plug_port(variants[reloads % 2], h1, segment=seg)
             reloads += 1
-            sent += inj.send(u4(M1, IP3, marker("during reload", sent)), 50)
-        lab.barrier(2)
+    finally:
+        stop.set()
+        blaster.join()
+        inj.close()
+    lab.barrier(2)
+    sent = sent[0]
+    got = lab.arrivals("during reload")
+    print_table(f"spoofed IPv4 source during {reloads} replacements of a1's chains",
+                [("spoofed IPv4 / tagged during reload", sent, sum(v for k, v in got.items() if k != "a1"), "-", "VM a1")])
+    assert reloads > 10 and all(v == 0 for k, v in got.items() if k != "a1"), got
+
+
+def test_drops_are_counted_per_reason_and_logged_at_a_bounded_rate(mkns):
+    """Every drop counts under its reason (portsec.counters); with HostState.log_drops each
+    drop rule also writes kernel log lines, at most that many per second (plus nft's burst of
+    5): a burst of forged frames cannot flood the log."""
+    h, g = mkns("h"), mkns("g")
+    veth(h, "vif1.0", "eth0", peer_ns=g, up=False)
+    sh(g, "ip", "link", "set", "eth0", "address", "02:00:00:00:00:01", "up")
+    seg = Segment(tvd="alpha", bridge="tvd-alpha", uplink=None, mtu=1500)
+    port = VifPort("vif1.0", "alpha", mac="02:00:00:00:00:01", addresses=("10.9.0.1",))
+    apply(HostState("h", segments=(seg,), ports=(port,), log_drops=2), netns=h)
+    inj = Injector(g)
+    try:
+        t0 = time.monotonic()
+        inj.send(u4("02:ba:d0:00:00:09", "10.9.0.1", marker("forged mac")), 200)
+        inj.send(u4("02:00:00:00:00:01", "10.9.0.77", marker("forged ip")), 100)
+        elapsed = time.monotonic() - t0
     finally:
         inj.close()
-    got = lab.arrivals("during reload")
-    print_table(f"spoofed IPv4 source during {reloads} full table replacements",
-                [("spoofed src IPv4 during reload", sent, sum(v for k, v in got.items() if k != "a1"), "-", "VM a1")])
-    assert reloads > 10 and all(v == 0 for k, v in got.items() if k != "a1"), got
+    assert portsec.counters(h, "vif1.0")["vif1.0"]["source-mac"] == 200
+    assert portsec.counters(h, "vif1.0")["vif1.0"]["ipv4-source"] == 100
+    logged = [e["counter"]["packets"] for o in nftables.list_json(h, "table", "netdev", "xen_tvd_ports")
+              if "rule" in o and any("log" in x for x in o["rule"]["expr"])
+              for e in o["rule"]["expr"] if "counter" in e]
+    assert logged and sum(logged) > 0
+    assert all(n <= 2 * (elapsed + 1) + 5 for n in logged), logged

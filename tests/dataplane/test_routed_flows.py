@@ -280,22 +280,138 @@ def test_atomic_reload_under_traffic_leaks_nothing(rig, tmp_path):
     assert got_ok > 0                              # traffic really flowed during the reloads
 
 
-def test_ipv6_subnets_load_and_route(mkns, tmp_path):
-    """Dual-stack TVDs: the IPv6 maps, gateway addresses and ND containment set load, and a
-    rerun converges. (IPv6 traffic itself is not exercised: the test VMs run IPv4 only.)"""
+def _dual_stack_policy() -> str:
     from flow_helpers import POLICY
-    text = POLICY.replace("a: {vlan: 100, subnets: [10.1.0.0/24]}",
-                          "a: {vlan: 100, subnets: [10.1.0.0/24, 'fd00:a::/64']}") \
-                 .replace("b: {vlan: 200, subnets: [10.2.0.0/24]}",
-                          "b: {vlan: 200, subnets: [10.2.0.0/24, 'fd00:b::/64']}")
-    rig = build(mkns, tmp_path, text)
+    text = POLICY
+    for t, n in (("a", 100), ("b", 200), ("c", 300)):
+        text = text.replace(f"{t}: {{vlan: {n}, subnets: [10.{n // 100}.0.0/24]}}",
+                            f"{t}: {{vlan: {n}, subnets: [10.{n // 100}.0.0/24, 'fd00:{t}::/64']}}")
+    assert text.count("fd00:") == 3
+    # controlled a -> c allows ICMPv6 too (`icmp` is IPv4's)
+    text = text.replace("{proto: icmp}]}", "{proto: icmp}, {proto: icmpv6}]}")
+    assert text.count("icmpv6") == 2
+    return text
+
+
+def _neigh_mac(rig, vm: str, ip: str) -> str | None:
+    out = sh(rig.vms[vm], "ip", "neigh", "show", ip, "dev", "eth0").stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+
+def test_dual_stack_routed_tvds(mkns, tmp_path):
+    """IPv6 is routed and filtered like IPv4: the same matrix cells over IPv6 across hosts,
+    the anycast gateway stays local for ND as it does for ARP, and a rerun converges."""
+    rig = build(mkns, tmp_path, _dual_stack_policy())
+    listeners = [Bg(rig, vm, "listen", *map(str, TCP_PORTS)) for vm in ("a1", "c1", "b2", "c2")]
     try:
-        fl = nft(rig.hosts["h1"], "-j", "list", "map", "inet", "xen_tvd_flows", "send6_100")
-        assert fl.returncode == 0 and "fd00:b::" in fl.stdout
-        gw = nft(rig.hosts["h1"], "-j", "list", "set", "bridge", "xen_tvd_gw", "gw6")
-        assert gw.returncode == 0 and '"elem"' in gw.stdout
         out = sh(_rtr(rig, "h1"), "ip", "-6", "-o", "addr", "show", "dev", "leg-100").stdout
         assert "fd00:a::1/64" in out
+        assert ping_ok(rig, "a1", "b2", 2, v6=True)                     # open, h1 -> h2
+        assert all(tcp_ok(rig, "a1", "b2", p, 2, v6=True) for p in TCP_PORTS)
+        for s, d in (("a1", "c2"), ("a2", "c1")):                       # controlled a -> c
+            assert ping_ok(rig, s, d, 2, v6=True) and tcp_ok(rig, s, d, 22, 2, v6=True), (s, d)
+            assert not tcp_ok(rig, s, d, 80, v6=True), (s, d)          # not in c's receiver
+            assert not tcp_ok(rig, s, d, 8080, v6=True), (s, d)        # not in a's sender
+        assert not ping_ok(rig, "b2", "a1", v6=True)                    # closed b -> a
+        assert not tcp_ok(rig, "b2", "a1", 22, v6=True)
+        assert not ping_ok(rig, "c1", "a2", v6=True)                    # c -> a: udp 514 only
+        # the ND counterpart of the router's ARP fix: a2 resolved its own host's leg, and
+        # neither h1's router forwarding c1's answers to a2 (it solicits a2 from its link-local
+        # address) nor h1's router pinging a2 from the gateway address moves it
+        mine = leg_mac(rig, "h2", "a")
+        assert _neigh_mac(rig, "a2", "fd00:a::1") == mine
+        time.sleep(1.5)                                                 # past the lock time
+        sh(_rtr(rig, "h1"), "ip", "-6", "neigh", "flush", "all")
+        assert ping_ok(rig, "a2", "c1", 2, v6=True)
+        sh(_rtr(rig, "h1"), "ping", "-n", "-q", "-c", "1", "-W", "1", "-I", "fd00:a::1",
+           rig.ip6("a2"), check=False)
+        assert _neigh_mac(rig, "a2", "fd00:a::1") == mine, "a2's IPv6 gateway moved to h1"
+        assert ping_ok(rig, "a2", "b2", 2, v6=True)                     # and it still works
         assert rig.apply_all() == {"h1": [], "h2": []}
     finally:
+        for l in listeners:
+            l.stop()
         teardown(rig)
+
+
+# what a VM sends to its router leg with addresses the policy does not route (issue 16.6):
+# (family, source or None for the VM's own address, destination), none of them any TVD's
+UNROUTED = ((4, None, "198.51.100.7"), (4, "198.51.100.8", "198.51.100.7"),
+            (6, None, "2001:db8::7"), (6, "2001:db8::8", "2001:db8::7"))
+
+
+def _to_the_router(rig, vm: str, seconds: float) -> tuple[int, int]:
+    """Frames `vm` (on h1) sends its leg for UNROUTED, and how many reached the router."""
+    host, tvd = VMS[vm][0], VMS[vm][1]
+    leg = next(l.peer for l in rig.states[host].router.legs if l.tvd == tvd)
+    sent = got = 0
+    for v, src, dst in UNROUTED:
+        magic = f"xen-tvd-unrouted-{time.monotonic_ns()}"
+        sn = Bg(rig, _rtr(rig, host), "sniff", leg, magic)
+        try:
+            sent += int(agent(rig, vm, "blast", "eth0", leg_mac(rig, host, tvd),
+                              src or (rig.ip6(vm) if v == 6 else rig.ip(vm)), dst,
+                              str(seconds), magic))
+        finally:
+            got += int(sn.stop())
+    return sent, got
+
+
+def test_what_the_policy_does_not_route_never_reaches_the_router(mkns, tmp_path):
+    """Before: packets to or from addresses of no TVD were "inside the segment" for the flow
+    filter and reached the router leg (IPv6 above all: its sets were empty). Now the filter
+    drops them at the leg and counts them; the control without the filter shows they would
+    arrive. a1's sources are not pinned, so port security does not stop them first."""
+    from adversarial_helpers import assert_count, attack
+    from xen_tvd.dataplane import flowfilter
+    seconds = attack("unrouted-to-router")["seconds"]
+    rig = build(mkns, tmp_path, _dual_stack_policy(), unpinned=("a1",))
+    try:
+        assert ping_ok(rig, "a1", "b2", 2, v6=True)          # the honest path still works
+        sent, got = _to_the_router(rig, "a1", seconds)
+        assert sent > 1000, sent
+        assert flowfilter.drops(rig.hosts["h1"]).get(("unrouted", 100, 100), 0) >= sent
+        assert_count("unrouted-to-router", got)
+        # control: without h1's flow filter the same frames reach the router
+        assert nft(rig.hosts["h1"], "delete", "table", "inet", "xen_tvd_flows").returncode == 0
+        sent, got = _to_the_router(rig, "a1", 0.3)
+        assert sent > 0 and got > 0, (sent, got)
+    finally:
+        teardown(rig)
+
+
+def test_drops_are_counted_per_pair_and_reason(rig):
+    """Each drop counts where it happens, by reason and TVD pair (ids = VLAN ids: a 100, b 200,
+    c 300): b -> a is closed (b's own host drops it), a -> c tcp 8080 is not in a's sender
+    rules, a -> c tcp 80 is in a's but not in c's receiver rules."""
+    from xen_tvd.dataplane import flowfilter
+    before = {h: flowfilter.drops(ns) for h, ns in rig.hosts.items()}
+    for _ in range(3):
+        assert not ping_ok(rig, "b2", "a2", timeout=0.3)
+    assert not tcp_ok(rig, "a1", "c1", 8080, timeout=0.3)
+    assert not tcp_ok(rig, "a1", "c1", 80, timeout=0.3)
+    after = {h: flowfilter.drops(ns) for h, ns in rig.hosts.items()}
+
+    def rise(h, key):
+        return after[h].get(key, 0) - before[h].get(key, 0)
+    assert rise("h2", ("closed", 200, 100)) >= 3
+    assert rise("h1", ("sender", 100, 300)) >= 1
+    assert rise("h1", ("receiver", 100, 300)) >= 1
+    assert rise("h1", ("closed", 200, 100)) == 0 and rise("h2", ("sender", 100, 300)) == 0
+
+
+def test_flow_filter_drops_are_logged_at_a_bounded_rate(rig):
+    """With HostState.log_drops the drop chains write kernel log lines (at most that many per
+    second plus nft's burst of 5), and still drop."""
+    import dataclasses
+    from xen_tvd.dataplane import apply, nftables
+    h2 = rig.hosts["h2"]
+    apply(dataclasses.replace(rig.states["h2"], log_drops=1), netns=h2)
+    t0 = time.monotonic()
+    for _ in range(10):
+        assert not ping_ok(rig, "b2", "a2", timeout=0.1)
+    elapsed = time.monotonic() - t0
+    logged = [e["counter"]["packets"] for o in nftables.list_json(h2, "table", "inet", "xen_tvd_flows")
+              if "rule" in o and any("log" in x for x in o["rule"]["expr"])
+              for e in o["rule"]["expr"] if "counter" in e]
+    assert 0 < sum(logged) and all(n <= elapsed + 1 + 5 for n in logged), logged

@@ -12,7 +12,7 @@ from dishonest import (BCAST, ETH_IP, ETH_IP6, Injector, MarkSniffer, dhcp_offer
                        link_local, marker, nd_ra, udp6)
 from dp_helpers import addr, ipr, veth
 from xen_tvd.dataplane import apply, plug_vif
-from xen_tvd.dataplane.model import HostState, VifPort
+from xen_tvd.desired.model import HostState, VifPort
 from xen_tvd.planner import plan
 from xen_tvd.policy import load_policy
 

@@ -16,8 +16,8 @@ import time
 
 from dishonest import (BCAST, ETH_IP, ROGUE_IP, VMS, Lab, eth, marker, print_table, udp4, vxlan)
 from dp_helpers import ping
-from xen_tvd.dataplane import apply, firewall, nftables
-from xen_tvd.dataplane.model import HostState, Segment, VxlanUplink
+from xen_tvd.dataplane import apply, nftables
+from xen_tvd.desired.model import HostState, Segment, VxlanUplink
 from xen_tvd.planner import plan
 
 PER_KIND = 25
@@ -57,7 +57,7 @@ def _attack(lab: Lab, seq: int) -> dict[str, tuple[int, dict]]:
 def test_planner_lists_hosts_sharing_a_vxlan_segment(tmp_path):
     from xen_tvd.policy import load_policy
     from dishonest import POLICY
-    from xen_tvd.dataplane.model import VifPort
+    from xen_tvd.desired.model import VifPort
     f = tmp_path / "p.yaml"
     f.write_text(POLICY)
     st = plan(load_policy(str(f)), {"h1": [VifPort("vif1.0", "alpha")], "h2": [VifPort("vif1.0", "alpha")]})
@@ -122,11 +122,11 @@ def test_underlay_table_follows_segments_and_peers(ns):
 
 
 def test_tvd_traffic_to_the_vxlan_port_passes_the_underlay_filter(mkns, tmp_path):
-    """The filter is about VXLAN addressed to this host. With br_netfilter (built into the
+    """The filter is about VXLAN delivered to this host. With br_netfilter (built into the
     6.18 host kernel, loaded in tier 2's 6.1; bridge-nf-call-iptables=1 in every netns)
-    frames bridged between a TVD's ports also traverse the inet prerouting hook, so a VM's
-    own UDP to port 4789 (e.g. a nested overlay) must not be mistaken for forged VXLAN:
-    neither on the same host (vif -> vif) nor across hosts (decapsulated, vxlan -> vif)."""
+    frames bridged between a TVD's ports traverse inet hooks too, so a VM's own UDP to port
+    4789 (e.g. a nested overlay) must not be mistaken for forged VXLAN: neither on the same
+    host (vif -> vif) nor across hosts (decapsulated, vxlan -> vif)."""
     from dishonest import Injector
     lab = Lab(mkns, tmp_path)
     try:

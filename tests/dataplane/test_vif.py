@@ -6,7 +6,7 @@ import pytest
 
 from dp_helpers import add_link, ethtool_k, link, set_link, state, underlay, veth, vx_segment
 from xen_tvd.dataplane import DataplaneError, apply, plug_vif, unplug_vif
-from xen_tvd.dataplane.model import Segment, VifPort
+from xen_tvd.desired.model import HostState, Segment, VifPort
 
 
 @pytest.fixture
@@ -32,6 +32,24 @@ def test_plug_sets_mtu_csum_master_up_and_calls_frontend(host):
     assert link(ns, "vif1.0") == v
     # apply agrees with what plug did: nothing left to change
     assert apply(state(a, host[2], ports=(("vif1.0", "alpha"),)), netns=ns).changes == []
+
+
+def test_a_ports_own_mtu_only_lowers_the_segments(host):
+    """VifPort.mtu (the guest's xl vif mtu=): kept when lower, by plug and by a later apply;
+    never above the segment's."""
+    ns, a, b = host
+    veth(ns, "vif1.0", "g1")
+    veth(ns, "vif2.0", "g2")
+    seen = []
+    plug_vif(VifPort("vif1.0", "alpha", mtu=1400), a, netns=ns, frontend_mtu_cb=seen.append)
+    plug_vif(VifPort("vif2.0", "alpha", mtu=9000), a, netns=ns, frontend_mtu_cb=seen.append)
+    assert seen == [1400, 1450]
+    assert (link(ns, "vif1.0")["mtu"], link(ns, "vif2.0")["mtu"], link(ns, "tvd-alpha")["mtu"]) == (1400, 1450, 1450)
+    st = HostState(host="h", segments=(a, b), ports=(VifPort("vif1.0", "alpha", mtu=1400),
+                                                     VifPort("vif2.0", "alpha", mtu=9000)))
+    assert apply(st, netns=ns).changes == []
+    with pytest.raises(DataplaneError, match="MTU 20 outside 68..65535"):
+        plug_vif(VifPort("vif1.0", "alpha", mtu=20), a, netns=ns)
 
 
 def test_plug_with_tx_csum_offload_on(host):

@@ -5,7 +5,7 @@ import pytest
 
 from dp_helpers import addr, link, ping, sh, state, underlay, veth, vlan_segment
 from xen_tvd.dataplane import apply
-from xen_tvd.dataplane.model import OWNER_ALIAS_PREFIX
+from xen_tvd.desired.names import OWNER_ALIAS_PREFIX
 
 pytestmark = pytest.mark.usefixtures("needs_8021q")
 

@@ -18,7 +18,7 @@ import pytest
 
 from dp_helpers import Sniffer, addr, ethtool_k, link, mac, ping, veth
 from xen_tvd.dataplane import apply
-from xen_tvd.dataplane.model import VifPort, VlanUplink
+from xen_tvd.desired.model import VifPort, VlanUplink
 from xen_tvd.planner import plan
 from xen_tvd.policy import load_policy
 

@@ -11,7 +11,10 @@ import socket
 import threading
 import time
 
-from tvd_harness import link_info
+from xen_tvd.proxy import requests as rq
+
+from dp_helpers import ethtool_k
+from tvd_harness import POLICY, link_info
 
 
 def assert_error(lab, vm, devid, r, *needles):
@@ -30,9 +33,8 @@ def assert_error(lab, vm, devid, r, *needles):
 
 
 def register(lab, vm, props, nics=(), host="dom0-a"):
-    r = lab.proxies[host].request({"op": "register", "uuid": vm.uuid, "name": vm.name,
-                                   "nics": [{"devid": d, "tvd": t} for d, t in nics],
-                                   "properties": props})
+    r = lab.proxies[host].client.send(rq.Register(vm.uuid, vm.name,
+                                                  tuple(rq.Nic(t, d) for d, t in nics), props))
     assert r["ok"], r
 
 
@@ -53,14 +55,33 @@ def test_online_success_mtu_bridge_and_ping(lab):
     assert lab.ping(a, "10.99.0.2", count=2)
 
 
+def test_vif_keeps_tx_checksum_offload_and_tso_unless_the_tvd_turns_it_off(lab, tmp_path):
+    """The shipped default (tier 3 found the 2007 netfront/netback bug gone): a vif keeps tx
+    checksum offload, so TSO towards the VM too; `tx-checksum-offload: false` turns both off."""
+    with open(POLICY) as f:
+        text = f.read()
+    assert "tx-checksum-offload" not in text          # alpha runs on the default
+    opt_out = tmp_path / "policy.yaml"
+    opt_out.write_text(text.replace("  beta:  {", "  beta:  {tx-checksum-offload: false, ", 1))
+    lab.proxy(policy=str(opt_out))
+    a = lab.vm("web1", 1, nics={0: ("tvd:alpha", "10.99.0.1")})
+    b = lab.vm("other", 2, nics={0: ("tvd:beta", "10.99.0.2")})
+    register(lab, a, {"signed-kernel": "trust"})
+    for vm in (a, b):
+        r = lab.hotplug(vm)
+        assert r.returncode == 0, r.stderr
+    feats = {vm.name: ethtool_k(lab.host_ns["dom0-a"], vm.vif()) for vm in (a, b)}
+    assert feats["web1"]["tx-checksumming"] == "on" and feats["web1"]["tx-tcp-segmentation"] == "on"
+    assert feats["other"]["tx-checksumming"] == "off" and feats["other"]["tx-tcp-segmentation"] == "off"
+
+
 def test_beta_vm_cannot_reach_alpha_vm(lab):
     lab.proxy()
     a = lab.vm("web1", 1, nics={0: ("tvd:alpha", "10.99.0.1")})
     b = lab.vm("other", 2, nics={0: ("tvd:beta", "10.99.0.2")})
     # beta has no requirements; alpha needs signed-kernel: register a with it
-    lab.proxies["dom0-a"].request({"op": "register", "uuid": a.uuid, "name": a.name,
-                                   "nics": [{"devid": 0, "tvd": "alpha"}],
-                                   "properties": {"signed-kernel": "trust"}})
+    lab.proxies["dom0-a"].client.send(rq.Register(a.uuid, a.name, (rq.Nic("alpha", 0),),
+                                                  {"signed-kernel": "trust"}))
     assert lab.hotplug(a).returncode == 0
     assert lab.hotplug(b).returncode == 0
     assert link_info(lab.host_ns["dom0-a"], b.vif())["master"] == "tvd-beta"
@@ -83,8 +104,8 @@ def test_no_tvd_at_all(lab):
 def test_admission_denied_vm_properties(lab):
     lab.proxy()
     vm = lab.vm("unsigned", 4, nics={0: ("tvd:gamma", "10.99.0.4")})
-    lab.proxies["dom0-a"].request({"op": "register", "uuid": vm.uuid, "name": vm.name, "nics": [],
-                                   "properties": {"tpm-measured-boot": "trust"}})
+    lab.proxies["dom0-a"].client.send(rq.Register(vm.uuid, vm.name, (),
+                                                  {"tpm-measured-boot": "trust"}))
     assert_error(lab, vm, 0, lab.hotplug(vm), "admission denied", "gamma",
                  "tpm-measured-boot (assured by immutable-log)")
 
@@ -191,7 +212,7 @@ def test_offline_detaches_and_removes_empty_segment_after_grace(lab):
         time.sleep(0.1)
     assert link_info(lab.host_ns["dom0-a"], "tvd-beta") is None
     assert link_info(lab.host_ns["dom0-a"], "tvx-beta") is None
-    assert p.request({"op": "status"})["vifs"] == []
+    assert p.client.status()["vifs"] == []
 
 
 def test_offline_when_proxy_is_gone_still_detaches(lab):
@@ -218,8 +239,7 @@ def test_incoming_name_and_rename(lab):
     """Migration destination: the domain is <name>--incoming while its vifs hotplug; keyed on UUID."""
     p = lab.proxy()
     vm = lab.vm("db--incoming", 15, nics={0: ("xenbr0", "10.99.0.15")})
-    r = p.request({"op": "register", "uuid": vm.uuid, "name": "db", "nics": [{"devid": 0, "tvd": "alpha"}],
-                   "properties": {"signed-kernel": "trust"}})
+    r = p.client.send(rq.Register(vm.uuid, "db", (rq.Nic("alpha", 0),), {"signed-kernel": "trust"}))
     assert r["ok"], r
     r = lab.hotplug(vm)
     assert r.returncode == 0, r.stderr
@@ -234,21 +254,17 @@ def test_two_tvds_must_satisfy_both(lab):
     weak = lab.vm("weak", 16, nics={0: ("tvd:alpha", "10.99.0.16"), 1: ("tvd:gamma", "10.99.1.16")})
     strong = lab.vm("strong", 17, nics={0: ("tvd:alpha", "10.99.0.17"), 1: ("tvd:gamma", "10.99.1.17")})
     # weak: signed kernel only -> alpha yes, gamma no; registering both is refused at once
-    r = p.request({"op": "register", "uuid": weak.uuid, "name": "weak",
-                   "nics": [{"devid": 0, "tvd": "alpha"}, {"devid": 1, "tvd": "gamma"}],
-                   "properties": {"signed-kernel": "trust"}})
+    r = p.client.send(rq.Register(weak.uuid, "weak", (rq.Nic("alpha", 0), rq.Nic("gamma", 1)),
+                                  {"signed-kernel": "trust"}))
     assert not r["ok"] and "gamma" in r["error"]
     # registered for alpha only, its first vif comes up; the gamma vif is denied because the VM
     # (already in alpha) must satisfy M(alpha) and M(gamma) together
-    assert p.request({"op": "register", "uuid": weak.uuid, "name": "weak",
-                      "nics": [{"devid": 0, "tvd": "alpha"}],
-                      "properties": {"signed-kernel": "trust"}})["ok"]
+    assert p.client.register(weak.uuid, "weak", [("alpha", 0)], {"signed-kernel": "trust"})["ok"]
     assert lab.hotplug(weak, devid=0).returncode == 0
     assert_error(lab, weak, 1, lab.hotplug(weak, devid=1), "TVD alpha, gamma", "tpm-measured-boot")
     # strong: tpm-measured-boot with immutable-log dominates signed-kernel: both come up
-    assert p.request({"op": "register", "uuid": strong.uuid, "name": "strong",
-                      "nics": [{"devid": 0, "tvd": "alpha"}, {"devid": 1, "tvd": "gamma"}],
-                      "properties": {"tpm-measured-boot": "immutable-log"}})["ok"]
+    assert p.client.register(strong.uuid, "strong", [("alpha", 0), ("gamma", 1)],
+                             {"tpm-measured-boot": "immutable-log"})["ok"]
     for d, br in ((0, "tvd-alpha"), (1, "tvd-gamma")):
         r = lab.hotplug(strong, devid=d)
         assert r.returncode == 0, r.stderr
@@ -259,8 +275,7 @@ def test_two_tvds_must_satisfy_both(lab):
 def test_vm_in_two_tvds_not_in_shared_membership_denied(lab):
     p = lab.proxy()
     vm = lab.vm("both", 18, nics={0: ("tvd:alpha", "10.99.0.18"), 1: ("tvd:beta", "10.99.1.18")})
-    assert p.request({"op": "register", "uuid": vm.uuid, "name": "both", "nics": [],
-                      "properties": {"tpm-measured-boot": "immutable-log"}})["ok"]
+    assert p.client.register(vm.uuid, "both", [], {"tpm-measured-boot": "immutable-log"})["ok"]
     assert lab.hotplug(vm, devid=0).returncode == 0
     assert_error(lab, vm, 1, lab.hotplug(vm, devid=1), "shared-membership")
 
@@ -319,3 +334,34 @@ def test_malformed_backend_ip_key(lab):
     lab.xs.set(f"{vm.backend()}/ip", "10.99.0.12 not-an-address")
     register(lab, vm, {"signed-kernel": "trust"})
     assert_error(lab, vm, 0, lab.hotplug(vm), "'not-an-address' is not an IP address", "ip=")
+
+
+def test_backend_mtu_key_is_honoured_up_to_the_tvds(lab):
+    """xl.cfg vif mtu= (libxl's backend `mtu` key): a lower MTU is the guest's, also after the
+    proxy re-converges for another vif; a higher one is lowered to the TVD's, and said so."""
+    lab.proxy()
+    low = lab.vm("low", 1, nics={0: ("tvd:alpha", "10.99.0.1")})
+    high = lab.vm("high", 2, nics={0: ("tvd:alpha", "10.99.0.2")})
+    plain = lab.vm("plain", 3, nics={0: ("tvd:alpha", "10.99.0.3")})
+    lab.xs.update(**{f"{low.backend()}/mtu": "1400", f"{high.backend()}/mtu": "9000"})
+    said = {}
+    for vm in (low, high, plain):
+        register(lab, vm, {"signed-kernel": "trust"})
+        r = lab.hotplug(vm)
+        assert r.returncode == 0, r.stderr
+        said[vm.name] = r.stderr
+    assert "asks for mtu 9000, above TVD alpha's 1450: lowered to 1450" in said["high"]
+    assert "lowered" not in said["low"] + said["plain"]
+    for vm, want in ((low, 1400), (high, 1450), (plain, 1450)):
+        assert lab.xs.get(f"{vm.frontend()}/mtu") == str(want)
+        assert link_info(lab.host_ns["dom0-a"], vm.vif())["mtu"] == want, vm.name
+    assert link_info(lab.host_ns["dom0-a"], "tvd-alpha")["mtu"] == 1450   # the segment keeps its own
+    assert lab.ping(low, "10.99.0.3", count=1)
+
+
+def test_malformed_backend_mtu_key(lab):
+    lab.proxy()
+    vm = lab.vm("web1", 1)
+    lab.xs.update(**{f"{vm.backend()}/mtu": "15x0"})
+    register(lab, vm, {"signed-kernel": "trust"})
+    assert_error(lab, vm, 0, lab.hotplug(vm), "backend key", "/mtu = '15x0' is not a number")

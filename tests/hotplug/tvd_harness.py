@@ -1,12 +1,13 @@
 """Tier-1 harness for the proxy and vif-tvd: real namespaces, bridges, VXLAN, a real tvd-proxy
-process per Dom0 and the real hotplug/vif-tvd script.
+process per Dom0 and the real xen_tvd/data/hotplug/vif-tvd script.
 
 Stand-ins, and what they stand in for:
 - xenstore: tests/hotplug/xenstore-stubs/ (xenstore-read/-write/-rm/-exists over a JSON file)
   stand in for the real xenstore tools and xenstored, which cannot run without Xen. The
   nested-Xen tier uses the real ones.
 - netback: a "vif" is a veth whose Dom0 end is named vif<domid>.<devid> inside a host
-  namespace; its other end is eth0 of a VM namespace (the guest's netfront).
+  namespace; its other end is eth0 of a VM namespace (the guest's netfront). Proxies run
+  with `--vif-driver veth` (VETH_VIFS) to accept them; a Dom0's accepts netback and taps only.
 - the physical LAN: a fabric namespace with a bridge, one veth "wire" per Dom0 (eth0).
 - libxl: the test runs vif-tvd with libxl's arguments and environment (vif, XENBUS_PATH, ...).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,13 +24,16 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from xen_tvd.proxy import protocol
+from xen_tvd.proxy.client import ProxyClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VIF_TVD = os.path.join(REPO, "hotplug", "vif-tvd")
+VIF_TVD = os.path.join(REPO, "xen_tvd", "data", "hotplug", "vif-tvd")
 STUBS = os.path.join(REPO, "tests", "hotplug", "xenstore-stubs")
 POLICY = os.path.join(REPO, "xl-configs", "tvd-hosts-policy.yaml")
 NS_PREFIX = "tvdh-"
 HOSTS = {"dom0-a": "10.77.1.11", "dom0-b": "10.77.1.12"}   # as in tvd-hosts-policy.yaml
+# the "vifs" here are veths (netback's stand-in): proxies must be told to accept them
+VETH_VIFS = ("--vif-driver", "veth")
 CREATED: set[str] = set()   # every namespace this process made (concurrent runs are not ours)
 
 
@@ -110,28 +115,35 @@ class Vm:
 
 
 class Proxy:
-    def __init__(self, lab: "Lab", host: str, policy: str, args=()) -> None:
+    """`tvd-proxy run` for one Dom0: this checkout's by default; `command` (+ `env`) runs an
+    installed one instead (tests/packaging: the wheel's console script, the .deb's)."""
+
+    def __init__(self, lab: "Lab", host: str, policy: str, args=(), command=None,
+                 env: dict | None = None, vif_args=VETH_VIFS) -> None:
         self.lab, self.host, self.policy, self.args = lab, host, policy, list(args)
+        self.vif_args = list(vif_args)   # () : a Dom0's proxy, netback and taps only
+        self.command = list(command or [sys.executable, "-m", "xen_tvd.proxy.main"])
+        self.env = env if env is not None else dict(os.environ, PYTHONPATH=REPO)
         self.socket = os.path.join(lab.tmp, f"{host}.sock")
+        self.client = ProxyClient(self.socket, 15)   # the product's typed client
         self.state_dir = os.path.join(lab.tmp, f"{host}-state")
         self.log_path = os.path.join(lab.tmp, f"{host}-proxy.log")
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> None:
-        env = dict(os.environ, PYTHONPATH=REPO)
         self.logf = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xen_tvd.proxy.main", "run", "--policy", self.policy,
+            [*self.command, "run", "--policy", self.policy,
              "--host", self.host, "--socket", self.socket, "--state-dir", self.state_dir,
-             "--netns", self.lab.host_ns[self.host], *self.args],
-            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=env)
+             "--netns", self.lab.host_ns[self.host], *self.vif_args, *self.args],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=self.env)
         if wait:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"tvd-proxy exited {self.proc.returncode}: {self.log()}")
                 try:
-                    if self.request({"op": "ping"}).get("ok"):
+                    if self.client.ping().get("ok"):
                         return
                 except protocol.ProxyUnreachable:
                     pass
@@ -159,9 +171,30 @@ class Proxy:
         except OSError:
             return ""
 
+    def wait_log(self, needle: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.log():
+            assert time.monotonic() < deadline, f"{needle!r} not in the proxy log:\n{self.log()[-3000:]}"
+            time.sleep(0.05)
+
     def request(self, obj: dict, timeout: float = 15) -> dict:
-        """One protocol-v1 request through the product's own client (xen_tvd.proxy.protocol)."""
+        """One request as a dict, ok or not (refusals the tests read); typed: self.client."""
         return protocol.request(obj, self.socket, timeout)
+
+    def raw(self, data: bytes, timeout: float = 10) -> dict:
+        """Bytes as they are (malformed requests, attacks): the proxy's one-line answer."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.socket)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            buf = b""
+            while chunk := s.recv(65536):
+                buf += chunk
+        finally:
+            s.close()
+        return json.loads(buf)
 
 
 class Lab:
@@ -198,8 +231,9 @@ class Lab:
            ns=name)
         return name
 
-    def proxy(self, host: str = "dom0-a", policy: str = POLICY, start: bool = True, args=()) -> Proxy:
-        p = Proxy(self, host, policy, args)
+    def proxy(self, host: str = "dom0-a", policy: str = POLICY, start: bool = True, args=(),
+              command=None, env: dict | None = None, vif_args=VETH_VIFS) -> Proxy:
+        p = Proxy(self, host, policy, args, command, env, vif_args)
         self.proxies[host] = p
         if start:
             p.start()

@@ -89,8 +89,8 @@ class Lab:
         return self.cli("exec", vm, "--", *cmd)
 
     def topology(self):
-        from xen_tvd.lab import lab
-        return lab.topology_from_json(lab.require_state(self.name)["topology"])
+        from xen_tvd.lab import state
+        return state.topology_from_json(state.require_state(self.name)["topology"])
 
     def policy(self):
         from xen_tvd.policy import load_policy

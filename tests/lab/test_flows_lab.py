@@ -24,11 +24,13 @@ BLASTER = os.path.join(REPO, "tests", "dataplane", "flow_agent.py")
 PORTS = {21, 22, 23, 8079, 8080, 8081, 9089, 9090, 9091, 5431, 5432, 5433}
 # ... and what must answer, per (src TVD, dst TVD); every other probe must not
 ANSWERS = {
-    ("app", "web"): {"icmp", "tcp"},        # open (ARP never crosses TVDs)
+    ("app", "web"): {"icmp", "tcp", "icmp6", "tcp6"},   # open (ARP never crosses TVDs)
     ("web", "app"): {"tcp:8080"},           # 9090: sender only; 22: receiver only
-    ("app", "db"): {"icmp", "tcp:5432"},
+    ("app", "db"): {"icmp", "tcp:5432", "icmp6"},       # icmp and icmpv6 both allowed
     ("db", "app"): set(),                   # udp 514 one way: nothing answers
 }
+# every TVD of the lab is dual-stack: every pair is probed over IPv6 as well (issue #16.6)
+KINDS = {"icmp", "tcp", "arp", "icmp6", "tcp6"}
 CONTROLLED = {("web", "app"), ("app", "db"), ("db", "app")}
 
 
@@ -51,7 +53,7 @@ def test_exact_reachability_matrix(flows_lab):
     wrong = []
     for c in m["cells"]:
         pair = (c["src_tvd"], c["dst_tvd"])
-        keys = {"icmp", "tcp", "arp"} | ({f"tcp:{p}" for p in PORTS} if pair in CONTROLLED else set())
+        keys = KINDS | ({f"tcp:{p}" for p in PORTS} if pair in CONTROLLED else set())
         if set(c["results"]) != keys:
             wrong.append(f"{c['src']} -> {c['dst']}: probed {sorted(c['results'])}")
             continue
@@ -61,6 +63,20 @@ def test_exact_reachability_matrix(flows_lab):
             wrong.append(f"{c['src']}({pair[0]}) -> {c['dst']}({pair[1]}): answered "
                          f"{sorted(got)}, want {sorted(answer)}")
     assert not wrong, "\n".join(wrong)
+    # every probe that got no answer between two routed TVDs was counted where it died, under
+    # its pair and the rule that dropped it (issue #16.7): the lab's status shows it
+    st = flows_lab.status()
+    seen: dict = {}
+    for h in st["hosts"].values():
+        for d in h["drops"]["flows"]:
+            k = (d["reason"], d["from"], d["to"])
+            seen[k] = seen.get(k, 0) + d["packets"]
+    assert seen.get(("closed", "web", "db"), 0) > 0, seen        # closed pair
+    assert seen.get(("closed", "db", "web"), 0) > 0, seen
+    assert seen.get(("sender", "web", "app"), 0) > 0, seen       # tcp 22: receiver allows only
+    assert seen.get(("receiver", "web", "app"), 0) > 0, seen     # tcp 9090: sender allows only
+    text = flows_lab.cli("status", check=True).stdout
+    assert "drops: " in text and "closed web->db" in text, text
 
 
 def test_routers_have_cards_only_for_tvds_with_a_permitted_pair(flows_lab):

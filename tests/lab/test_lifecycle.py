@@ -9,8 +9,8 @@ import pytest
 from lab_helpers import Lab, lab_cli, need_root_and_tools, unique_name, write_spec
 from pyroute2 import IPRoute
 
-from xen_tvd.lab import lab as L
-from xen_tvd.lab import nsutil
+from xen_tvd.lab import nsutil, processes
+from xen_tvd.lab import state as L
 
 SMALL = {
     "a1": {"host": "h1", "nics": [{"tvd": "alpha", "address": "192.168.60.11/24"}]},
@@ -28,7 +28,7 @@ def leftovers(name: str) -> dict:
     prefix = f"{name}-"
     return {
         "namespaces": [n for n in nsutil.list_ns() if n.startswith(prefix)],
-        "listeners": L.stray_listeners(name),
+        "listeners": processes.stray_listeners(name),
         "state": os.path.exists(L.state_path(name)),
     }
 

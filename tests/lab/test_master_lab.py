@@ -18,8 +18,9 @@ import pytest
 import yaml
 from lab_helpers import REPO, Lab, lab_cli, need_root_and_tools, unique_name
 
-from xen_tvd.lab import control
-from xen_tvd.proxy import protocol
+from xen_tvd.lab import master, processes, proxies
+from xen_tvd.lab.state import Paths
+from xen_tvd.proxy.client import ProxyClient
 
 MASTER_SPEC = os.path.join(REPO, "xl-configs", "lab-master.yaml")
 PAPER_POLICY = os.path.join(REPO, "xl-configs", "lab-paper-policy.yaml")
@@ -39,7 +40,7 @@ def vif_master(ns: str, vif: str) -> str | None:
 
 def audit(name: str) -> list[dict]:
     r = subprocess.run([sys.executable, "-m", "xen_tvd.master", "--dir",
-                        control.Paths(name).master, "audit", "--json"],
+                        Paths(name).master, "audit", "--json"],
                        capture_output=True, text=True, check=True)
     return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
 
@@ -85,15 +86,15 @@ def test_up_admits_through_the_proxies_and_verify_is_clean(mlab):
     for vm in topo.vms.values():
         if vm.name == "x1":
             continue
-        pst = protocol.request({"op": "status"}, control.Paths(mlab.name).socket(vm.host))
+        pst = ProxyClient(Paths(mlab.name).socket(vm.host)).status()
         recs = {v["ifname"]: v for v in pst["vifs"]}
         for nic in vm.nics:
             assert recs[nic.vif]["tvd"] == nic.tvd
-            assert recs[nic.vif]["uuid"] == control.vm_uuid(mlab.name, vm.name)
+            assert recs[nic.vif]["uuid"] == proxies.vm_uuid(mlab.name, vm.name)
             assert vif_master(topo.hosts[vm.host].ns, nic.vif) == f"tvd-{nic.tvd}"
     # the master sees three enrolled hosts (its own CLI)
     r = subprocess.run([sys.executable, "-m", "xen_tvd.master", "--dir",
-                        control.Paths(mlab.name).master, "hosts", "--json"],
+                        Paths(mlab.name).master, "hosts", "--json"],
                        capture_output=True, text=True, check=True)
     assert sorted(h["host"] for h in json.loads(r.stdout) if h["state"] == "enrolled") == \
         ["h1", "h2", "h3"]
@@ -112,9 +113,9 @@ def test_denied_vm_has_no_vif_and_the_denial_is_audited(mlab):
     topo = mlab.topology()
     x1 = topo.vms["x1"]
     assert vif_master(topo.hosts["h1"].ns, x1.nics[0].vif) is None
-    uuid = control.vm_uuid(mlab.name, "x1")
+    uuid = proxies.vm_uuid(mlab.name, "x1")
     for h in topo.hosts:
-        pst = protocol.request({"op": "status"}, control.Paths(mlab.name).socket(h))
+        pst = ProxyClient(Paths(mlab.name).socket(h)).status()
         assert uuid not in [v["uuid"] for v in pst["vifs"]]
     ev = [(e["event"], e["actor"]) for e in audit(mlab.name) if e["detail"].get("vm") == uuid]
     assert ("denied", "host:h1") in ev and not any(e == "admitted" for e, _ in ev)
@@ -124,7 +125,7 @@ def test_denied_vm_has_no_vif_and_the_denial_is_audited(mlab):
 
 
 def test_up_rerun_after_killed_master_and_proxy_repairs(mlab):
-    paths = control.Paths(mlab.name)
+    paths = Paths(mlab.name)
     with open(paths.master_pid) as f:
         master_pid = int(f.read())
     with open(paths.proxy_pid("h2")) as f:
@@ -154,14 +155,14 @@ def test_policy_push_removing_a_tvd_detaches_its_vifs(mlab, tmp_path):
     path.write_text(no_gamma)
     before = {n.vif: vif_master(topo.hosts["h1"].ns, n.vif)
               for n in (topo.vms["a1"].nics + topo.vms["b1"].nics)}
-    control.master_cli(mlab.name, "policy", "push", str(path))
+    master.master_cli(mlab.name, "policy", "push", str(path))
     gamma = [(topo.hosts[v.host].ns, n.vif) for v in topo.vms.values() for n in v.nics
              if n.tvd == "gamma"]
     assert len(gamma) == 2
     wait_for(lambda: all(vif_master(ns, vif) is None for ns, vif in gamma), "gamma vifs detached")
     # other TVDs' vifs stay where they were
     assert {v: vif_master(topo.hosts["h1"].ns, v) for v in before} == before
-    uuids = {control.vm_uuid(mlab.name, v) for v in ("g2", "g3")}
+    uuids = {proxies.vm_uuid(mlab.name, v) for v in ("g2", "g3")}
     wait_for(lambda: {e["detail"].get("vm") for e in audit(mlab.name)
                       if e["event"] == "detached" and e["detail"].get("tvd") == "gamma"} >= uuids,
              "detached events in the master's audit")
@@ -174,16 +175,16 @@ def test_policy_push_removing_a_tvd_detaches_its_vifs(mlab, tmp_path):
 
 
 def test_down_after_a_crash_leaves_nothing_behind(mlab):
-    from xen_tvd.lab import lab as L
-    paths = control.Paths(mlab.name)
+    from xen_tvd.lab import state as L
+    paths = Paths(mlab.name)
     # a crash: the state file is gone, the daemons are still running
     os.unlink(L.state_path(mlab.name))
-    assert control.strays(mlab.name)
+    assert processes.strays(mlab.name)
     r = lab_cli("down", "--name", mlab.name)
     assert r.returncode == 0, r.stderr
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [l for l in ns.splitlines() if l.split()[0].startswith(mlab.name + "-")]
-    assert control.strays(mlab.name) == []
+    assert processes.strays(mlab.name) == []
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
@@ -227,7 +228,7 @@ def test_spec_master_keys_parsed():
     assert spec.control == "master"
     assert spec.vms["a1"].properties == {"signed-kernel": "trust"}
     assert spec.vms["x1"].expect == "denied" and spec.vms["x1"].properties == {}
-    assert control.denied_vms(spec) == {"x1"}
+    assert master.denied_vms(spec) == {"x1"}
 
 
 

@@ -32,8 +32,10 @@ def test_paper_spec_has_no_router():
 
 
 @pytest.mark.parametrize("address, fragment", [
-    ("10.120.0.11/24", "outside the subnets of TVD 'web' (10.110.0.0/24)"),
+    ("10.120.0.11/24", "outside the subnets of TVD 'web' (10.110.0.0/24, fd00:110::/64)"),
     ("10.130.0.254/24", "is the gateway of TVD 'db'"),
+    # db's IPv4 gateway is .254, its IPv6 one the default fd00:130::1 (dual-stack lab)
+    ("10.130.0.1/24", "would give this NIC IPv6 address fd00:130::1, the gateway of dual-stack"),
 ])
 def test_nic_address_must_be_a_host_in_its_tvds_subnets(tmp_path, address, fragment):
     tvd = "db" if "130" in address else "web"

@@ -4,7 +4,7 @@ segments, and `tvdctl lab verify`'s exact reachability matrix.
 
 Needs 8021q. This host kernel lacks it, so tier 1 skips the lab (and instead checks that the
 lab fails closed with the reason); tier 2 runs it on Debian's stock kernel, where a skip of any
-`vlan` test counts as a failure (xen_tvd.testing.vmtier.DEFAULT_SELECTION).
+`vlan` test counts as a failure (tvd_testing.vmtier.DEFAULT_SELECTION).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A tiny stand-in for tvd-proxy: speaks the local protocol v1 (docs/proxy-protocol.md) on a
 temporary UNIX socket so the libvirt hook can be tested without the real daemon. It is NOT the
 proxy: its admission is a toy (TVD -> required properties). The real `tvd-proxy run` is
-exercised in test_hook_realproxy.py.
+exercised in test_hook_realproxy.py and test_libvirtd_ports.py. It also answers the network
+hook's `port-online`/`port-offline` and the reconnect `check`, by the same toy rule.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import threading
 class FakeProxy:
     def __init__(self, path: str, tvds: dict[str, set[str]]) -> None:
         self.path = path
-        self.tvds = tvds                 # TVD -> properties a VM must hold
+        self.tvds = {t: set(p) for t, p in tvds.items()}   # TVD -> properties a VM must hold
         self.requests: list[dict] = []
         self.registrations: dict[str, dict] = {}
+        self.ports: dict[str, dict] = {}      # port UUID -> its port-online request
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         os.chmod(path, 0o600)
@@ -24,6 +26,20 @@ class FakeProxy:
         self._stop = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def _refusal(self, uuid: str, tvds) -> str | None:
+        props = set(self.registrations.get(uuid, {}).get("properties", {}))
+        for tvd in tvds:
+            if tvd not in self.tvds:
+                return f"unknown TVD '{tvd}'"
+            missing = self.tvds[tvd] - props
+            if missing:
+                return f"admission denied: VM {uuid} lacks {', '.join(sorted(missing))} for TVD {tvd}"
+        return None
+
+    def _in_a_tvd(self, uuid: str) -> bool:
+        return bool(self.registrations.get(uuid, {}).get("nics")) or \
+            any(p["uuid"] == uuid for p in self.ports.values())
 
     def _answer(self, req: dict) -> dict:
         if req.get("v") != 1:
@@ -45,6 +61,22 @@ class FakeProxy:
         if op == "unregister":
             self.registrations.pop(req["uuid"], None)
             return {"v": 1, "ok": True}
+        if op == "port-online":
+            if req["tvd"] is None:
+                if self._in_a_tvd(req["uuid"]):
+                    return {"v": 1, "ok": False, "error": "the VM is in a TVD and this network in none"}
+                return {"v": 1, "ok": True, "tvd": None}
+            why = self._refusal(req["uuid"], [req["tvd"]])
+            if why:
+                return {"v": 1, "ok": False, "error": why}
+            self.ports[req["port"]] = req
+            return {"v": 1, "ok": True, "tvd": req["tvd"], "bridge": req["bridge"], "mtu": 1500}
+        if op == "port-offline":
+            self.ports.pop(req["port"], None)
+            return {"v": 1, "ok": True}
+        if op == "check":
+            why = self._refusal(req["uuid"], req["tvds"])
+            return {"v": 1, "ok": False, "error": why} if why else {"v": 1, "ok": True}
         return {"v": 1, "ok": False, "error": f"unknown op {op!r}"}
 
     def _serve(self) -> None:

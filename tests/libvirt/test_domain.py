@@ -32,6 +32,20 @@ def test_membership_from_network_bridge_and_xl_form():
                                                 ("gamma", "bridge")]
 
 
+def test_live_xml_of_a_network_nic_is_read_by_its_network():
+    """A running domain's XML (what `reconnect` gets) shows a type='network' NIC as
+    type='bridge' with the network, libvirt's port and the bridge; the hashed vSwitch of a long
+    TVD name must not make it unreadable."""
+    live = ("<interface type='bridge'><mac address='%s'/><source network='%s' "
+            "portid='2bb7f7c1-08ed-4cd7-a771-62b912fa4251' bridge='%s'/><target dev='vnet0'/>"
+            "</interface>")
+    m = parse_domain(domain_xml(live % (M1, "tvd-alpha", "tvd-alpha")
+                                + live % (M2, "tvd-finance-department", "tvd-0a1b2c3d4e5")))
+    assert [(n.type, n.source, n.tvd, n.why) for n in m.nics] == [
+        ("network", "tvd-alpha", "alpha", "network"),
+        ("network", "tvd-finance-department", "finance-department", "network")]
+
+
 def test_domain_wide_tvd_covers_other_nics():
     m = parse_domain(domain_xml(nic("bridge", "br0", M1.upper()) + nic("network", "tvd-beta", M2),
                                 membership(tvd="alpha")))

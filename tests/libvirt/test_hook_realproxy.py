@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 import uuid
 
 import pytest
 
 from xen_tvd.proxy import protocol
 
-from lv_helpers import EXAMPLE, HOSTS_POLICY, REPO, domain_xml, membership, nic
+from lv_helpers import domain_xml, membership, nic, real_proxy
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
@@ -29,39 +27,11 @@ def proxy(tmp_path):
     ns = f"tvdt-lv-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     sock = str(tmp_path / "proxy.sock")
-    log = open(tmp_path / "proxy.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "xen_tvd.proxy.main", "run",
-                             "--policy", HOSTS_POLICY, "--host", "dom0-a", "--socket", sock,
-                             "--state-dir", str(tmp_path / "state"), "--netns", ns],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                            env=dict(os.environ, PYTHONPATH=REPO))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"tvd-proxy did not come up: {log.read()}")
-            try:
-                if _request(sock, {"op": "ping"}).get("ok"):
-                    break
-            except protocol.ProxyUnreachable:
-                time.sleep(0.05)
-        yield sock
+        with real_proxy(sock, str(tmp_path / "state"), ns, str(tmp_path / "proxy.log")):
+            yield sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         subprocess.run(["ip", "netns", "del", ns], check=False)
-
-
-@pytest.fixture
-def example():
-    with open(EXAMPLE, "rb") as f:
-        return f.read()
 
 
 def registrations(sock):

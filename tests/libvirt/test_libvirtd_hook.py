@@ -9,22 +9,19 @@ start with our stderr in the error, stopped/release on destroy."""
 from __future__ import annotations
 
 import os
-import shutil
-import time
 
 import pytest
 from lxml import etree
 
 from lv_fakeproxy import FakeProxy
-from lv_helpers import EXAMPLE, FAKE_TVDS, HOSTS_POLICY
+from lv_helpers import EXAMPLE, FAKE_TVDS, HOSTS_POLICY, QEMU, qemu_domain, wait_for
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
-QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64 (apt-get install "
                                 "--no-install-recommends qemu-system-x86) for libvirt's qemu driver")
 
 
-def qemu_domain(drop_property: str | None = None) -> str:
+def example_guest(drop_property: str | None = None) -> str:
     """The example domain's name, UUID, metadata and NICs, as a tiny TCG guest (no disk)."""
     ex = etree.parse(EXAMPLE).getroot()
     meta = ex.find("metadata")
@@ -33,18 +30,11 @@ def qemu_domain(drop_property: str | None = None) -> str:
             if p.get("name") == drop_property:
                 p.getparent().remove(p)
     macs = [m.get("address") for m in ex.iter("mac")]
-    return f"""<domain type='qemu'>
-  <name>{ex.findtext('name')}</name><uuid>{ex.findtext('uuid')}</uuid>
-  {etree.tostring(meta, encoding='unicode')}
-  <memory unit='MiB'>64</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>
-    <emulator>{QEMU}</emulator>
-    <interface type='bridge'><mac address='{macs[0]}'/><source bridge='tvd-alpha'/></interface>
-    <interface type='network'><mac address='{macs[1]}'/><source network='tvd-gamma'/></interface>
-    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
-  </devices>
-</domain>"""
+    return qemu_domain(
+        f"<interface type='bridge'><mac address='{macs[0]}'/><source bridge='tvd-alpha'/></interface>"
+        f"<interface type='network'><mac address='{macs[1]}'/><source network='tvd-gamma'/></interface>",
+        "".join(etree.tostring(m, encoding="unicode") for m in meta),
+        name=ex.findtext("name"), uuid=ex.findtext("uuid"))
 
 
 @pytest.fixture
@@ -67,18 +57,9 @@ def host(make_libvirtd, capsys):
     proxy.close()
 
 
-def _wait(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_admitted_guest_starts_and_is_unregistered_on_destroy(host):
     d, conn, proxy = host
-    dom = conn.defineXML(qemu_domain())
+    dom = conn.defineXML(example_guest())
     dom.create()
     assert dom.isActive()
     regs = [r for r in proxy.requests if r["op"] == "register"]
@@ -89,14 +70,14 @@ def test_admitted_guest_starts_and_is_unregistered_on_destroy(host):
     links = d.nsexec("ip", "-o", "link", "show").stdout
     assert "master tvd-alpha" in links and "master tvd-gamma" in links
     dom.destroy()
-    assert _wait(lambda: any(r["op"] == "unregister" for r in proxy.requests))
+    assert wait_for(lambda: any(r["op"] == "unregister" for r in proxy.requests))
     assert UUID not in proxy.registrations
 
 
 def test_denied_guest_does_not_start(host):
     import libvirt
     d, conn, proxy = host
-    dom = conn.defineXML(qemu_domain(drop_property="tpm-measured-boot"))
+    dom = conn.defineXML(example_guest(drop_property="tpm-measured-boot"))
     with pytest.raises(libvirt.libvirtError) as e:
         dom.create()
     msg = str(e.value)
@@ -109,7 +90,7 @@ def test_guest_does_not_start_without_the_proxy(host):
     import libvirt
     d, conn, proxy = host
     proxy.close()
-    dom = conn.defineXML(qemu_domain())
+    dom = conn.defineXML(example_guest())
     with pytest.raises(libvirt.libvirtError) as e:
         dom.create()
     assert "tvd-proxy is not running" in str(e.value)

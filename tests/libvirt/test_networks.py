@@ -4,13 +4,13 @@ from __future__ import annotations
 from lxml import etree
 
 from xen_tvd.cli.tvdctl import main as tvdctl
+from xen_tvd.desired.names import bridge_name
 from xen_tvd.libvirt import NS
 from xen_tvd.libvirt.networks import network_element, network_uuid, owned_parts, to_string
-from xen_tvd.planner import bridge_name
 from xen_tvd.policy import load_policy
 from xen_tvd.policy.model import Tvd
 
-from lv_helpers import POLICY
+from lv_helpers import HOSTS_POLICY, POLICY
 
 
 def test_one_network_per_tvd_on_stdout(capsys):
@@ -29,6 +29,27 @@ def test_one_network_per_tvd_on_stdout(capsys):
         assert meta.tag == f"{{{NS}}}tvd" and meta.prefix == "tvd"
         assert dict(meta.attrib) == {"name": tvd.name, "vlan": str(tvd.vlan), "vni": str(tvd.vni)}
         assert d.find("port") is None and d.find("ip") is None   # no isolation inside a TVD, no DHCP
+
+
+def test_metadata_carries_the_plans_mtu(capsys):
+    """alpha, beta, gamma may be carried by both Dom0s: VXLAN over a 1500-byte LAN leaves VMs
+    1450; only dom0-b may carry vault, so its segment has no uplink and keeps 1500. (libvirt
+    refuses <mtu> on a bridge-mode network: test_libvirtd.py.)"""
+    assert tvdctl(["libvirt", "networks", HOSTS_POLICY]) == 0
+    docs = [etree.fromstring((d + "</network>").encode())
+            for d in capsys.readouterr().out.split("</network>\n")[:-1]]
+    mtus = {d.findtext("name"): d.find(f"metadata/{{{NS}}}tvd").get("mtu") for d in docs}
+    assert mtus == {"tvd-alpha": "1450", "tvd-beta": "1450", "tvd-gamma": "1450", "tvd-vault": "1500"}
+    assert all(d.find("mtu") is None for d in docs)
+
+
+def test_tvd_the_planner_cannot_place_is_refused(tmp_path, capsys):
+    """alpha needs integrity; a LAN not trusted for it cannot carry alpha between the hosts."""
+    untrusted = tmp_path / "p.yaml"
+    untrusted.write_text(open(HOSTS_POLICY).read().replace("trusted-for: [integrity]", "trusted-for: []"))
+    assert tvdctl(["libvirt", "networks", str(untrusted)]) == 1
+    err = capsys.readouterr().err
+    assert "tvd-alpha: the planner cannot place TVD 'alpha'" in err and "requires integrity" in err
 
 
 def test_output_directory(tmp_path, capsys):

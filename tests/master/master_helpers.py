@@ -11,6 +11,7 @@ import time
 
 from xen_tvd.master import ca as camod
 from xen_tvd.master import client as mc
+from xen_tvd.master import stores
 from xen_tvd.master.store import Store
 
 POLICY = """\
@@ -66,8 +67,9 @@ def init_dir(path: str) -> str:
 
 
 def token(directory: str, host: str, ttl: float = 3600) -> str:
+    """A one-time token for host, from the directory's store (SQLite or etcd)."""
     import secrets
-    store = Store(os.path.join(directory, "master.db"))
+    store = stores.open_store(directory)
     tid, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     store.add_token(tid, secret, host, ttl, "test")
     return f"tvd1.{tid}.{secret}.{camod.ca_pin(camod.Ca.load(directory).cert)}"
@@ -97,8 +99,11 @@ def admin_client(directory: str, url: str, tmp: str, name: str = "alice") -> mc.
 class MasterProcess:
     """A real `python -m xen_tvd.master serve` subprocess; stderr collected to a file."""
 
-    def __init__(self, directory: str, url: str, log_path: str) -> None:
+    def __init__(self, directory: str, url: str, log_path: str, serve_args=(),
+                 env: dict | None = None) -> None:
         self.directory, self.url, self.log_path = directory, url, log_path
+        self.serve_args = list(serve_args)     # more `serve` options (metrics, page)
+        self.env = dict(os.environ, **(env or {}))
         self.start()
 
     def start(self) -> None:
@@ -106,8 +111,8 @@ class MasterProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xen_tvd.master", "--dir", self.directory, "serve",
-             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=self.log,
-            cwd=ROOT)
+             "--listen", f"127.0.0.1:{port}", *self.serve_args], stdout=subprocess.DEVNULL,
+            stderr=self.log, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -124,8 +129,9 @@ class MasterProcess:
             return f.read().decode(errors="replace")
 
     def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
     def stop(self) -> None:
@@ -137,3 +143,18 @@ class MasterProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def raw_request(url: str, ctx, method: str, path: str, body: bytes = b"",
+                headers: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
+    """One HTTPS request with bytes as they are (a client's json.dumps could not even
+    produce some of the bodies attacks send); (status, body)."""
+    import http.client
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()

@@ -1,7 +1,7 @@
 """decide(): effective capability model, per-host TVDs, refusals with reasons (pure)."""
 import pytest
 
-from xen_tvd.dataplane.model import VxlanUplink
+from xen_tvd.desired.model import VxlanUplink
 from xen_tvd.master.decide import decide, effective_host
 from xen_tvd.policy import load_policy
 
@@ -104,8 +104,8 @@ def test_a_tvd_routed_with_one_the_host_may_not_carry_is_refused_there(tmp_path)
 
 
 def test_the_bundle_carries_the_router_and_flow_plan_only_where_something_is_routed(tmp_path):
-    from xen_tvd.dataplane.model import FlowPlan, Router
-    from xen_tvd.dataplane.serial import from_json
+    from xen_tvd.desired.model import FlowPlan, Router
+    from xen_tvd.desired.serial import from_json
     from xen_tvd.master.decide import bundle_content
     f = tmp_path / "routed.yaml"
     f.write_text(ROUTED)
@@ -117,3 +117,58 @@ def test_the_bundle_carries_the_router_and_flow_plan_only_where_something_is_rou
     # nothing routed on h3: the keys are absent, so its bundle hash is what it was before them
     plan3 = bundle_content(ROUTED, "https://m", "h3", d["h3"], {})["plan"]
     assert "router" not in plan3 and "flows" not in plan3
+
+
+WG_KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+OTHER_KEY = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+
+
+def test_the_reported_wireguard_key_is_the_hosts_unless_the_policy_pins_another(policy):
+    import dataclasses
+    h, warnings = effective_host(policy.hosts["h1"], report(1, **{"wireguard-key": WG_KEY}))
+    assert h.wireguard_key == WG_KEY and not any("wireguard" in w for w in warnings)
+    assert effective_host(policy.hosts["h1"], report(1))[0].wireguard_key is None
+    pinned = dataclasses.replace(policy.hosts["h1"], wireguard_key=OTHER_KEY)
+    h, warnings = effective_host(pinned, report(1, **{"wireguard-key": WG_KEY}))
+    assert h.wireguard_key is None
+    assert any("differs from the policy's hosts entry" in w for w in warnings)
+    assert not any(WG_KEY in w or OTHER_KEY in w for w in warnings)
+    assert effective_host(pinned, report(1, **{"wireguard-key": OTHER_KEY}))[0].wireguard_key \
+        == OTHER_KEY
+
+
+WG_KEYS = {1: WG_KEY, 2: OTHER_KEY, 3: "Q5UEr0i4UAWW3F+H5pS6ZuQ4flX7PnANdNKmPB2kJDk="}
+WG_POLICY = POLICY.replace("capabilities: [ethernet, ip]", "capabilities: [ethernet, ip, wireguard]")
+
+
+def _wg_report(n, **over):
+    return report(n, functional=["bridge", "vxlan", "nftables", "wireguard"],
+                  **{"wireguard-key": WG_KEYS[n], **over})
+
+
+def test_the_bundle_carries_the_peers_wireguard_keys_and_drops_hosts_that_cannot(tmp_path):
+    from xen_tvd.desired.transports.wireguard import WireguardUplink
+    f = tmp_path / "wg.yaml"
+    f.write_text(WG_POLICY)
+    pol = load_policy(str(f))
+    d = decide(pol, {h: _wg_report(i) for i, h in ((1, "h1"), (2, "h2"), (3, "h3"))},
+               {"h1", "h2", "h3"})
+    # gamma requires confidentiality and lan is not trusted for it: WireGuard, with keys
+    up = d["h1"].state.segment("gamma").uplink
+    assert isinstance(up, WireguardUplink)
+    assert up.peers == (("10.0.0.2", WG_KEYS[2]), ("10.0.0.3", WG_KEYS[3]))
+    assert isinstance(d["h1"].state.segment("alpha").uplink, VxlanUplink)   # plain stays plain
+    from xen_tvd.desired.serial import segments_to_json
+    assert WG_KEYS[3] in str(segments_to_json(d["h1"].state.segments))
+    # h3 revoked (no longer enrolled): its key is gone from every bundle
+    d = decide(pol, {h: _wg_report(i) for i, h in ((1, "h1"), (2, "h2"), (3, "h3"))},
+               {"h1", "h2"})
+    assert d["h1"].state.segment("gamma").uplink.peers == (("10.0.0.2", WG_KEYS[2]),)
+    assert all(WG_KEYS[3] not in str(segments_to_json(d[h].state.segments)) for h in d)
+    # h3 without the module (its probe found no wireguard): dropped for gamma, with the reason;
+    # the others keep gamma encrypted between them
+    d = decide(pol, {"h1": _wg_report(1), "h2": _wg_report(2), "h3": report(3)},
+               {"h1", "h2", "h3"})
+    assert "has no wireguard capability" in d["h3"].refused["gamma"]
+    assert d["h3"].state.segment("gamma") is None
+    assert d["h1"].state.segment("gamma").uplink.peers == (("10.0.0.2", WG_KEYS[2]),)

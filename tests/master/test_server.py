@@ -1,33 +1,31 @@
-"""tvd-master's API over real TLS on loopback: enrolment, roles, refusals, watch, revocation."""
+"""tvd-master's API over real TLS on loopback: enrolment, roles, refusals, watch, revocation.
+Every test runs on both stores: SQLite and etcd (one replica, which leads)."""
 import os
 import stat
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 
 from xen_tvd.master import ca as camod
 from xen_tvd.master import client as mc
-from xen_tvd.master import server
 from xen_tvd.master.bundle import verify_bundle
-from xen_tvd.master.store import Store
+from xen_tvd.master import stores
 
-from master_helpers import POLICY, REPORT, Enrolled, admin_client, init_dir, token
+from master_helpers import POLICY, REPORT, Enrolled, token
 
 
-@pytest.fixture
-def master(tmp_path):
-    d = str(tmp_path / "m")
-    url = init_dir(d)
-    Store(os.path.join(d, "master.db")).add_policy(POLICY, "p.yaml", "test")
-    m, srv, _ = server.start_in_thread(d, "127.0.0.1", int(url.rsplit(":", 1)[1]))
-    ns = SimpleNamespace(dir=d, url=url, tmp=str(tmp_path), m=m, store=m.store, srv=srv)
-    ns.enroll = lambda host: Enrolled(d, url, host, str(tmp_path / host))
-    ns.admin = lambda: admin_client(d, url, str(tmp_path))
+@pytest.fixture(params=["sqlite", "etcd"])
+def master(request, tmp_path):
+    from conftest import start_master
+    from xen_tvd.master import server
+    url = None
+    if request.param == "etcd":
+        url = request.getfixturevalue("etcd_one").url(f"srv-{tmp_path.name}-{os.getpid()}")
+    ns = start_master(tmp_path, store_url=url)
     yield ns
-    server.stop(srv, m)
+    server.stop(ns.srv, ns.m)
 
 
 def report(n):
@@ -178,7 +176,7 @@ def test_revoking_a_host_ends_its_open_watch_with_403_and_removes_it_from_peers(
     t.start()
     time.sleep(0.5)
     # revoke from "the CLI": another connection, no in-process notification
-    Store(os.path.join(master.dir, "master.db")).revoke_host("h1", "cli:test")
+    stores.open_store(master.dir).revoke_host("h1", "cli:test")
     t.join(10)          # far below the watch's 30 s: it ended because of the revocation
     assert not t.is_alive() and result["status"] == 403
     assert status_of(lambda: h1.client.put_capabilities("h1", report(1)))[0] == 403
@@ -234,6 +232,8 @@ def test_host_outside_the_policy_may_not_report(master):
     ({"security": [{"property": "x", "assurance": "vibes"}]}, "assurance must be one of"),
     ({"nics": "eth0"}, "nics must be a list"),
     ({"extra": 1}, "unknown field extra"),
+    ({"wireguard-key": "c2hvcnQ="}, "wireguard-key must be a WireGuard public key"),
+    ({"wireguard-key": 7}, "wireguard-key must be a WireGuard public key"),
 ])
 def test_bad_capability_reports_get_one_line_400s(master, body, needle):
     h1 = master.enroll("h1")
@@ -326,28 +326,12 @@ def test_a_push_made_by_another_process_wakes_an_open_watch(master):
     t = threading.Thread(target=lambda: out.update(env=h1.client.bundle("h1", gen, 30)))
     t.start()
     time.sleep(0.3)
-    Store(os.path.join(master.dir, "master.db")).add_policy(
+    stores.open_store(master.dir).add_policy(
         POLICY.replace("gamma: {vlan: 300", "gamma: {vlan: 301"), "p.yaml", "cli:test")
     t.join(10)
     assert not t.is_alive()
     p = verify_bundle(out["env"], h1.ca, "h1", master.url, gen)
     assert p["generation"] > gen and "vlan: 301" in p["policy"]
-
-
-def test_connections_beyond_the_limit_are_refused_not_queued(master, monkeypatch, capfd):
-    import socket
-    port = int(master.url.rsplit(":", 1)[1])
-    held = []
-    monkeypatch.setattr(master.srv, "slots", threading.BoundedSemaphore(2))
-    for _ in range(2):
-        s = socket.create_connection(("127.0.0.1", port))
-        held.append(s)
-    time.sleep(0.3)     # both accepted and holding a slot in their handshake
-    h = socket.create_connection(("127.0.0.1", port), timeout=5)
-    assert h.recv(1) == b""          # closed at once, no TLS, no thread
-    assert "event=connection-refused" in wait_log(capfd, "event=connection-refused")
-    for s in held + [h]:
-        s.close()
 
 
 def test_a_revoked_host_re_enrols_with_a_new_token_and_its_old_cert_stays_dead(master):
@@ -363,3 +347,10 @@ def test_a_revoked_host_re_enrols_with_a_new_token_and_its_old_cert_stays_dead(m
     p2 = verify_bundle(new.client.bundle("h1", p["generation"], 10), new.ca, "h1",
                        master.url, p["generation"])
     assert [s["tvd"] for s in p2["plan"]["segments"]] == ["alpha", "beta", "gamma"]
+
+
+def test_a_reported_wireguard_public_key_is_kept_with_the_report(master):
+    key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+    h1 = master.enroll("h1")
+    h1.client.put_capabilities("h1", dict(report(1), **{"wireguard-key": key}))
+    assert master.m.store.reports()["h1"]["wireguard-key"] == key

@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from xen_tvd.dataplane.model import VifPort, VlanUplink, VxlanUplink
-from xen_tvd.planner import PlanError, bridge_name, plan
+from xen_tvd.desired.model import VifPort, VlanUplink, VxlanUplink
+from xen_tvd.planner import PlanError, plan
 from xen_tvd.policy import load_policy
 
 BASE = """
@@ -108,13 +108,6 @@ def test_unknown_tvd_or_host_is_refused(tmp_path):
         plan(p, {"h1": [VifPort("vif1.0", "zeta")]})
     with pytest.raises(PlanError, match="host 'h9' is not in the policy"):
         plan(p, {"h9": [VifPort("vif1.0", "alpha")]})
-
-
-def test_bridge_names_fit_linux_ifnamsiz():
-    assert bridge_name("alpha") == "tvd-alpha"
-    long = bridge_name("a-very-long-tvd-name")
-    assert len(long) <= 15 and long.startswith("tvd-")
-    assert long != bridge_name("a-very-long-tvd-namf")
 
 
 def test_plan_is_deterministic(tmp_path):

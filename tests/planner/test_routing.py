@@ -1,7 +1,7 @@
 """Planner: router cards and the flow filter plan for routed inter-TVD flows (pure)."""
 import textwrap
 
-from xen_tvd.dataplane.model import FlowRule, VifPort
+from xen_tvd.desired.model import FlowRule, VifPort
 from xen_tvd.planner import plan
 from xen_tvd.planner.routing import components, leg_mac
 from xen_tvd.policy import load_policy

@@ -1,6 +1,7 @@
 """Helpers shared by the policy tests: build Policy objects directly, or check YAML text."""
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -65,4 +66,28 @@ def where(d):
 
 
 __all__ = ["DUMMY_TVD", "FlowKind", "Rule", "TCP443", "prop", "req", "tvd", "flow",
-           "mk_policy", "check_text", "errors", "warnings", "where"]
+           "mk_policy", "check_text", "errors", "warnings", "where", "pairs_reported"]
+
+
+GROUP_COUNT = re.compile(r"^(\d+) (?:closed|unlisted) pairs ")
+HIDDEN_COUNTS = re.compile(r"(\d+) (closed pairs bypassed by open paths|closed pairs reachable "
+                           r"through guarded paths|unlisted pairs crossed by replies)")
+
+
+def pairs_reported(diags) -> dict[str, int]:
+    """How many bypassed closed pairs the indirect-flow diagnostics stand for, by kind (open:
+    errors, guarded and reply: warnings): a group's count, 1 for a pair of its own, and the
+    sums of the summary of groups not shown."""
+    out = {"open": 0, "guarded": 0, "reply": 0}
+    for d in diags:
+        if d.code not in ("indirect-flow", "reply-flow"):
+            continue
+        if " more groups of indirect flows are not shown " in d.message:
+            for n, what in HIDDEN_COUNTS.findall(d.message):
+                kind = "open" if "open" in what else "guarded" if "guarded" in what else "reply"
+                out[kind] += int(n)
+            continue
+        m = GROUP_COUNT.match(d.message)
+        kind = "reply" if d.code == "reply-flow" else "open" if d.is_error else "guarded"
+        out[kind] += int(m[1]) if m else 1
+    return out

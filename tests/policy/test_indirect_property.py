@@ -11,6 +11,10 @@ the semantics stated in docs/policy.md rather than from the library's code:
   all-open chain (error-level, except a one-hop chain on an unlisted pair, which can only be
   the replies of the open reverse flow: warning "reply-flow"); else any chain exists => one
   warning-level finding with a minimal chain; else nothing.
+
+Then the groups the verifier prints by default (bypass.py) against those findings: every pair
+in exactly one group of its kind, examples and counts exact, and check_file's grouped output
+standing for as many pairs of each kind as its --all output.
 """
 from __future__ import annotations
 
@@ -22,8 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xen_tvd.policy import check_file
-from xen_tvd.policy.flows import find_indirect_flows
+from xen_tvd.policy.bypass import GUARDED, OPEN, REPLY, bypass_groups
+from xen_tvd.policy.flows import InformationGraph, find_indirect_flows
 from xen_tvd.policy.model import DUMMY_TVD, Flow, FlowKind, Policy, Rule, Tvd
+
+from policy_helpers import pairs_reported
 
 KINDS = ("open", "controlled", "closed")
 RULES = (Rule("tcp", (443, 443)),)
@@ -195,7 +202,7 @@ def test_check_file_reports_the_same_indirect_flows(policy):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "p.yaml"
         path.write_text(to_yaml(policy))
-        _, diags = check_file(str(path))
+        _, diags = check_file(str(path), all_pairs=True)
     found = []
     for dg in diags:
         if dg.code not in ("indirect-flow", "reply-flow"):
@@ -218,9 +225,67 @@ def test_yaml_examples_explicitly(tmp_path):
     for i, pol in enumerate(cases):
         path = tmp_path / f"p{i}.yaml"
         path.write_text(to_yaml(pol))
-        _, diags = check_file(str(path))
+        _, diags = check_file(str(path), all_pairs=True)
         expected, edges = reference(pol)
         found = [parse_finding(pol, d) for d in diags
                  if d.code in ("indirect-flow", "reply-flow")]
         assert found and len(found) == len(expected)
         assert_matches(expected, edges, found)
+
+
+# --- the same pairs in groups -----------------------------------------------------------------
+
+def finding_kind(policy, f):
+    """The kind the verifier gives a pair's finding (see parse_finding)."""
+    listed = {(x.src, x.dst) for x in policy.flows}
+    if f.all_open and len(f.edges) == 1 and f.edges[0].why == "reply" \
+            and (f.src, f.dst) not in listed:
+        return REPLY
+    return OPEN if f.all_open else GUARDED
+
+
+@settings(max_examples=400, deadline=None)
+@given(policies())
+def test_groups_partition_the_findings(policy):
+    graph = InformationGraph(policy)
+    per_pair = {(f.src, f.dst): f for f in find_indirect_flows(policy)}
+    seen = {}
+    for gr in bypass_groups(graph):
+        pairs = [(graph.names[x], graph.names[y]) for x, y in gr.pairs()]
+        assert gr.count == len(pairs) > 0
+        for p in pairs:
+            assert p not in seen, f"{p} in two groups"
+            seen[p] = gr
+            assert finding_kind(policy, per_pair[p]) == gr.kind, p
+        # the example is one of the group's findings, with the chain --all prints for it
+        ex = gr.example()
+        assert ex == per_pair[(ex.src, ex.dst)] and (ex.src, ex.dst) in pairs
+        assert [(f.src, f.dst) for f in gr.findings()] == pairs
+        assert all(f == per_pair[(f.src, f.dst)] for f in gr.findings())
+        # the links named are edges of the example chain's kind that the chain crosses
+        links = {(e.src, e.dst) for e in gr.links()}
+        assert links & set(zip(ex.path, ex.path[1:])), (gr.kind, ex.path, links)
+        if gr.within:
+            # inside one SCC: every node of the group reaches every other
+            nodes = {a for p in pairs for a in p}
+            graph_of = graph.open if gr.kind != GUARDED else graph.all
+            for a in nodes:
+                reach, _ = graph_of.levels(graph.idx[a])
+                assert all(reach >> graph.idx[b] & 1 for b in nodes)
+    assert set(seen) == set(per_pair)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies())
+def test_grouped_output_stands_for_every_pair(policy):
+    """Default output: the counts of the groups (and of a summary of groups not shown) add up
+    to what --all reports pair by pair, kind by kind."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "p.yaml"
+        path.write_text(to_yaml(policy))
+        _, grouped = check_file(str(path))
+        _, every = check_file(str(path), all_pairs=True)
+    assert pairs_reported(grouped) == pairs_reported(every)
+    assert [d for d in grouped if d.code not in ("indirect-flow", "reply-flow")] == \
+        [d for d in every if d.code not in ("indirect-flow", "reply-flow")]
+    assert any(d.is_error for d in grouped) == any(d.is_error for d in every)

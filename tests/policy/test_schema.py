@@ -148,3 +148,51 @@ def test_confidentiality_over_untrusted_network_warns(tmp_path):
     # one warning per host that reaches others over the untrusted network
     assert [(w.code, where(w)) for w in warnings(diags)] == [("confidentiality", (2, 8))] * 2
     assert "host 'h1' reaches others over network 'lan'" in warnings(diags)[0].message
+
+
+WG_KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+
+
+def test_wireguard_key_of_a_host_is_a_public_key_once_per_host(tmp_path):
+    text = CAP % ("lan", "10.0.1.1", "10.0.1.2")
+    pol, diags = check_text(tmp_path, text.replace(
+        "    capabilities: [ip]\n", f"    capabilities: [ip]\n    wireguard-key: {WG_KEY}\n"))
+    assert diags == [] and pol.hosts["h2"].wireguard_key == WG_KEY
+    assert pol.hosts["h1"].wireguard_key is None
+    # not a key (a typo; a private key has the same form and cannot be told apart here)
+    _, diags = check_text(tmp_path, text.replace(
+        "    capabilities: [ip]\n", "    capabilities: [ip]\n    wireguard-key: abc=\n"))
+    [e] = errors(diags)
+    assert where(e) == (13, 20) and "wireguard-key of host 'h2' is not a WireGuard public key" \
+        in e.message
+    # the same key twice is a copy-paste error: each host has its own pair
+    both = text.replace("    capabilities: [vlan, ip]\n",
+                        f"    capabilities: [vlan, ip]\n    wireguard-key: {WG_KEY}\n").replace(
+        "    capabilities: [ip]\n", f"    capabilities: [ip]\n    wireguard-key: {WG_KEY}\n")
+    _, diags = check_text(tmp_path, both)
+    [e] = errors(diags)
+    assert "wireguard-key of host 'h2' is host 'h1's too" in e.message
+
+
+def test_no_confidentiality_warning_for_hosts_that_can_ride_wireguard(tmp_path):
+    text = (CAP % ("lan", "10.0.1.1", "10.0.1.2")).replace(
+        "tvds: {a: {vlan: 100}}", "tvds: {a: {vlan: 100, protection: [confidentiality]}}")
+    text = text.replace("    capabilities: [ip]\n",
+                        f"    capabilities: [ip, wireguard]\n    wireguard-key: {WG_KEY}\n")
+    _, diags = check_text(tmp_path, text)
+    # h2 can (wireguard and a key); h1 cannot
+    assert [w.message.split(" reaches")[0] for w in warnings(diags)] == [
+        "TVD 'a' requires confidentiality but host 'h1'"]
+    assert "wireguard capability and a wireguard-key" in warnings(diags)[0].message
+
+
+def test_require_encryption_is_a_boolean_of_a_network(tmp_path):
+    text = CAP % ("lan", "10.0.1.1", "10.0.1.2")
+    pol, diags = check_text(tmp_path, text.replace("lan: {subnet: 10.0.1.0/24}",
+                                                   "lan: {subnet: 10.0.1.0/24, require-encryption: true}"))
+    assert diags == [] and pol.networks["lan"].require_encryption
+    pol, _ = check_text(tmp_path, text)
+    assert not pol.networks["lan"].require_encryption
+    _, diags = check_text(tmp_path, text.replace("lan: {subnet: 10.0.1.0/24}",
+                                                 "lan: {subnet: 10.0.1.0/24, require-encryption: 1}"))
+    assert errors(diags)

@@ -194,13 +194,14 @@ class MasterProxy(tvd_harness.Proxy):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xen_tvd.proxy.main", "run", "--master", "--host", self.host,
              "--socket", self.socket, "--state-dir", self.state_dir, "--capabilities", self.caps,
-             "--netns", self.lab.host_ns[self.host], "--segment-grace", "0", *self.args],
+             "--netns", self.lab.host_ns[self.host], "--segment-grace", "0",
+             *tvd_harness.VETH_VIFS, *self.args],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=_env())
         if not wait:
             return
-        self.wait_for(lambda: self.request({"op": "ping"}).get("ok"), "ping")
+        self.wait_for(lambda: self.client.ping().get("ok"), "ping")
         if bundle:
-            self.wait_for(lambda: (self.request({"op": "status"}).get("master") or {})
+            self.wait_for(lambda: (self.client.status().get("master") or {})
                           .get("generation") is not None, "a bundle")
 
     def wait_for(self, cond, what: str, timeout: float = 20):
@@ -224,7 +225,7 @@ class MasterProxy(tvd_harness.Proxy):
         self.proc = None
 
     def status(self) -> dict:
-        return self.request({"op": "status"})
+        return self.client.status()
 
     def generation(self):
         return (self.status().get("master") or {}).get("generation")

@@ -12,9 +12,12 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
+
+from xen_tvd.proxy import requests as rq
 
 import master_lab
 from master_lab import POLICY
@@ -51,6 +54,20 @@ def test_enrol_admit_push_detach_audit(mlab):
     key_body = open(os.path.join(mdir, "host.key")).read().splitlines()[1]
     for text in (p.log(), m.log(), p.enroll_out.stdout, p.enroll_out.stderr):
         assert secret not in text and key_body not in text
+    # the WireGuard private key (made at start, 0600) stays on the host: only its public key
+    # is in the master's record, and the private key is in no log, database file or audit
+    wg_path = os.path.join(p.state_dir, "wireguard.key")
+    assert stat.S_IMODE(os.stat(wg_path).st_mode) == 0o600
+    wg_private = open(wg_path).read().strip()
+    wg_public = subprocess.run(
+        [sys.executable, "-m", "xen_tvd.proxy.main", "wireguard-key", "--state-dir",
+         p.state_dir], capture_output=True, text=True, check=True, env=master_lab._env()
+    ).stdout.strip()
+    master_files = b"".join(open(os.path.join(m.dir, f), "rb").read()
+                            for f in os.listdir(m.dir) if f.startswith("master.db"))
+    assert wg_public.encode() in master_files
+    for blob in (p.log(), m.log(), json.dumps(m.audit()), master_files.decode("latin-1")):
+        assert wg_private not in blob
     assert "enrolled dom0-a" in p.enroll_out.stdout
     # the master recorded the report and decided: alpha and beta planned for dom0-a
     st = p.status()
@@ -63,8 +80,7 @@ def test_enrol_admit_push_detach_audit(mlab):
     assert link_info(ns, a.vif())["master"] == "tvd-alpha"
     # self-asserted properties are not evidence in master mode
     x = lab.vm("x", 9, nics={0: ("tvd:alpha", "10.99.0.9")})
-    r = p.request({"op": "register", "uuid": x.uuid, "name": "x", "nics": [{"devid": 0, "tvd": "alpha"}],
-                   "properties": {"signed-kernel": "trust"}})
+    r = p.client.send(rq.Register(x.uuid, "x", (rq.Nic("alpha", 0),), {"signed-kernel": "trust"}))
     assert not r["ok"] and "does not satisfy M(t)" in r["error"]
     rc, err = online(lab, x)
     assert rc != 0 and "does not satisfy M(t)" in err
@@ -239,8 +255,8 @@ def test_tampered_stored_bundle_fails_closed(mlab):
     assert "signature does not verify" in p.log()
     assert link_info(ns, b.vif())["master"] is None       # fail closed: no bundle, no segment
     assert "tvd-beta" not in ip("-o", "link", ns=ns).stdout
-    r = p.request({"op": "vif-online", "uuid": b.uuid, "domid": 2, "devid": 0, "ifname": b.vif(),
-                   "bridge": "tvd:beta"})
+    r = p.client.send(rq.VifOnline(ifname=b.vif(), uuid=b.uuid, domid=2, devid=0,
+                                   bridge="tvd:beta"))
     assert not r["ok"] and "no valid policy bundle from master" in r["error"]
     # the master is back: a valid bundle arrives and admissions work again
     m.start()
@@ -353,3 +369,30 @@ def test_offline_admission_grace_admits_tvds_without_session_bound(mlab):
     rc, err = online(lab, b2)                    # past it: refused, naming the option
     assert rc != 0 and "after --offline-admission-grace (3 s)" in err, err
     assert link_info(lab.host_ns["dom0-a"], b1.vif())["master"] == "tvd-beta"
+
+
+def test_master_refuses_an_encrypted_tvd_to_hosts_whose_kernel_has_no_wireguard(mlab2):
+    """Tier 1's kernel has no wireguard module: the proxies' probes report none, so a TVD that
+    needs integrity across the untrusted LAN is refused on both hosts with that reason (a host
+    without the module never gets a plan that needs it), while the others still work."""
+    from xen_tvd.proxy.capabilities import probe
+    if probe("wireguard"):
+        pytest.skip("this kernel has the wireguard module: the refusal is tier 1's case")
+    lab = mlab2
+    m, pa = master_lab.setup(lab, session=30)
+    pb = master_lab.add_proxy(lab, "dom0-b")
+    gen = pa.generation()
+    m.push((POLICY % {"session": 30}).replace(
+        "capabilities: [ethernet, ip]", "capabilities: [ethernet, ip, wireguard]").replace(
+        "  beta:  {vlan: 200, vni: 10200}\n",
+        "  beta:  {vlan: 200, vni: 10200}\n"
+        "  sec:   {vlan: 300, vni: 10300, protection: [isolation, integrity]}\n"), "sec.yaml")
+    pa.wait_for(lambda: pa.generation() > gen, "the new bundle on dom0-a")
+    s = lab.vm("s1", 4, nics={0: ("tvd:sec", "10.99.3.4")})
+    rc, err = online(lab, s)
+    assert rc != 0 and "has no wireguard capability" in err, err
+    assert link_info(lab.host_ns["dom0-a"], s.vif())["master"] is None
+    b1 = lab.vm("b1", 2, nics={0: ("tvd:beta", "10.99.1.2")})
+    assert online(lab, b1) == (0, None)
+    reports = {e["detail"]["host"] for e in m.audit() if e["event"] == "capabilities-reported"}
+    assert reports == {"dom0-a", "dom0-b"} and pb is not None

@@ -17,7 +17,7 @@ import uuid as uuidlib
 import pytest
 from cryptography import x509
 
-from xen_tvd.dataplane.model import HostState
+from xen_tvd.desired.model import HostState
 from xen_tvd.master import ca as camod
 from xen_tvd.master import decide
 from xen_tvd.master.bundle import sign_bundle

@@ -1,7 +1,7 @@
 """tvd-proxy as a real process in real namespaces: restart/reconcile, parallel hotplug, active
 membership, cross-host VXLAN, the socket's protocol and permissions.
 
-Hotplug events go through the real hotplug/vif-tvd; xenstore-read/-write/... on its PATH are the
+Hotplug events go through the real vif-tvd; xenstore-read/-write/... on its PATH are the
 stand-ins in tests/hotplug/xenstore-stubs (the real xenstore tools need Xen; the nested-Xen tier
 uses them). Vifs are veths named vif<domid>.<devid> in the Dom0 namespace (netback stand-in).
 """
@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,12 +20,14 @@ import time
 
 import pytest
 
+from xen_tvd.proxy import requests as rq
+
 from tvd_harness import REPO, ip, link_info, all_links
 
 
 def register(p, vm, props, nics=()):
-    r = p.request({"op": "register", "uuid": vm.uuid, "name": vm.name,
-                   "nics": [{"devid": d, "tvd": t} for d, t in nics], "properties": props})
+    r = p.client.send(rq.Register(vm.uuid, vm.name, tuple(rq.Nic(t, d) for d, t in nics),
+                                  props))
     assert r["ok"], r
 
 
@@ -53,13 +54,13 @@ def test_restart_between_online_and_offline_keeps_vms_running(lab):
     for n, idx in idx_before.items():
         assert json.loads(ip("-j", "link", "show", n, ns=ns).stdout)[0]["ifindex"] == idx
     assert "event=reconciled host=dom0-a vifs=2" in p.log()
-    st = p.request({"op": "status"})
+    st = p.client.status()
     assert sorted(v["ifname"] for v in st["vifs"]) == ["vif1.0", "vif2.0"]
     assert {v["uuid"] for v in st["vifs"]} == {a.uuid, b.uuid}
     # offline after the restart detaches and forgets
     assert lab.hotplug(a, "offline").returncode == 0
     assert link_info(ns, a.vif())["master"] is None
-    assert [v["ifname"] for v in p.request({"op": "status"})["vifs"]] == ["vif2.0"]
+    assert [v["ifname"] for v in p.client.status()["vifs"]] == ["vif2.0"]
 
 
 def test_restart_relearns_from_kernel_without_state_file(lab):
@@ -71,7 +72,7 @@ def test_restart_relearns_from_kernel_without_state_file(lab):
     p.start()
     assert "event=adopted ifname=vif1.0 tvd=beta" in p.log()
     assert link_info(lab.host_ns["dom0-a"], vm.vif())["master"] == "tvd-beta"
-    assert [v["ifname"] for v in p.request({"op": "status"})["vifs"]] == ["vif1.0"]
+    assert [v["ifname"] for v in p.client.status()["vifs"]] == ["vif1.0"]
 
 
 def test_restart_with_stricter_policy_revokes(lab, tmp_path):
@@ -110,7 +111,7 @@ def test_32_vifs_in_parallel(lab):
     assert len(names) == len(set(names))
     assert sorted(n for n in names if n.startswith(("tvd-", "tvx-"))) == \
         ["tvd-alpha", "tvd-beta", "tvx-alpha", "tvx-beta"]
-    assert len(p.request({"op": "status"})["vifs"]) == 32
+    assert len(p.client.status()["vifs"]) == 32
     # serialised inside the proxy: every apply ran alone; exactly one created each bridge
     assert p.log().count("created bridge tvd-alpha") == 1
     assert p.log().count("created bridge tvd-beta") == 1
@@ -118,7 +119,7 @@ def test_32_vifs_in_parallel(lab):
     with concurrent.futures.ThreadPoolExecutor(32) as ex:
         results = list(ex.map(lambda v: lab.hotplug(v[0], "offline"), vms))
     assert all(r.returncode == 0 for r in results)
-    assert p.request({"op": "status"})["vifs"] == []
+    assert p.client.status()["vifs"] == []
 
 
 def test_join_and_leave(lab):
@@ -130,13 +131,13 @@ def test_join_and_leave(lab):
     # not a member of anything yet: fail closed
     assert lab.hotplug(vm).returncode != 0
     # join is refused while the VM lacks M(alpha)
-    r = p.request({"op": "join", "uuid": vm.uuid, "tvd": "alpha"})
+    r = p.client.send(rq.Join(vm.uuid, "alpha"))
     assert not r["ok"] and "signed-kernel" in r["error"]
     register(p, vm, {"signed-kernel": "trust"})
-    assert p.request({"op": "join", "uuid": vm.uuid, "tvd": "alpha", "devid": 0})["ok"]
+    assert p.client.join(vm.uuid, "alpha", 0)["ok"]
     assert lab.hotplug(vm).returncode == 0
     assert lab.ping(vm, "10.99.0.6")
-    r = p.request({"op": "leave", "uuid": vm.uuid, "tvd": "alpha"})
+    r = p.client.send(rq.Leave(vm.uuid, "alpha"))
     assert r["ok"] and r["detached"] == ["vif5.0"]
     info = link_info(lab.host_ns["dom0-a"], vm.vif())
     assert info["master"] is None and not info["up"]
@@ -145,7 +146,7 @@ def test_join_and_leave(lab):
     lab.xs.set(f"{vm.backend()}/bridge", "tvd:alpha")
     r = lab.hotplug(vm)
     assert r.returncode != 0 and "left TVD 'alpha'" in lab.xs.get(f"{vm.backend()}/hotplug-error")
-    assert p.request({"op": "join", "uuid": vm.uuid, "tvd": "alpha"})["ok"]
+    assert p.client.join(vm.uuid, "alpha")["ok"]
     assert lab.hotplug(vm).returncode == 0
 
 
@@ -164,26 +165,10 @@ def test_cross_host_vxlan_two_proxies(lab2):
     # vault: dom0-b holds pci-audited, so it carries vault; dom0-a would refuse
     register(pb, c, {"pci-audited": "audit"})
     assert lab2.hotplug(c).returncode == 0, lab2.xs.get(f"{c.backend()}/hotplug-error")
-    assert pa.request({"op": "ping"})["host"] == "dom0-a"
+    assert pa.client.ping()["host"] == "dom0-a"
 
 
 # ---- protocol and socket ---------------------------------------------------------------------
-
-def raw(path, data: bytes) -> dict:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    buf = b""
-    while True:
-        c = s.recv(65536)
-        if not c:
-            break
-        buf += c
-    s.close()
-    return json.loads(buf)
-
 
 def test_protocol_errors_always_answered(lab):
     p = lab.proxy()
@@ -193,11 +178,11 @@ def test_protocol_errors_always_answered(lab):
              (b'{"v": 1, "op": "vif-online", "ifname": "../x"}\n', "'ifname'"),
              (b'{"v": 1, "op": "register", "uuid": "nope"}\n', "'uuid'")]
     for data, needle in cases:
-        r = raw(p.socket, data)
+        r = p.raw(data)
         assert r["v"] == 1 and r["ok"] is False and needle in r["error"], (data, r)
-    r = raw(p.socket, b'{"v": 1, "op": "ping"}\n')
+    r = p.raw(b'{"v": 1, "op": "ping"}\n')
     assert r == {"v": 1, "ok": True, "version": 1, "host": "dom0-a"}
-    assert raw(p.socket, b'{"v": 1, "op": "vif-offline", "ifname": "vif99.0"}\n')["ok"]
+    assert p.raw(b'{"v": 1, "op": "vif-offline", "ifname": "vif99.0"}\n')["ok"]
 
 
 def test_socket_and_state_are_root_only(lab):
@@ -238,7 +223,7 @@ def test_second_proxy_on_same_socket_refused_stale_socket_reused(lab):
     p.proc = None
     assert os.path.exists(p.socket)
     p.start()              # the stale socket is replaced
-    assert p.request({"op": "ping"})["ok"]
+    assert p.client.ping()["ok"]
 
 
 def test_bad_host_or_policy_exit_2(lab, tmp_path):
@@ -261,19 +246,17 @@ def test_status_reports_registrations_and_segments(lab):
     register(p, vm, {"tpm-measured-boot": "immutable-log"}, nics=[(0, "alpha")])
     r = lab.hotplug(vm)    # the bridge key wins over the registration
     assert r.returncode == 0, r.stderr
-    st = p.request({"op": "status"})
+    st = p.client.status()
     assert st["vifs"][0]["tvd"] == "gamma"
     assert st["registrations"][0]["nics"] == {"0": "alpha"}
-    assert st["segments"] == [{"tvd": "gamma", "bridge": "tvd-gamma", "mtu": 1450, "uplink": "VxlanUplink"}]
-    assert p.request({"op": "unregister", "uuid": vm.uuid})["ok"]
-    assert p.request({"op": "status"})["registrations"] == []
-
-
-def _wait_log(p, needle, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while needle not in p.log():
-        assert time.monotonic() < deadline, f"{needle!r} not in the proxy log:\n{p.log()}"
-        time.sleep(0.05)
+    assert [{k: s[k] for k in ("tvd", "bridge", "mtu", "uplink")} for s in st["segments"]] == \
+        [{"tvd": "gamma", "bridge": "tvd-gamma", "mtu": 1450, "uplink": "VxlanUplink"}]
+    # and the transport in full (tvdctl status shows it): multicast here, no HER remotes
+    seg = st["segments"][0]
+    assert (seg["transport"], seg["vni"], seg["remotes"], seg["problems"]) == \
+        ("vxlan", 10300, [], []) and seg["group"].startswith("239.")
+    assert p.client.unregister(vm.uuid)["ok"]
+    assert p.client.status()["registrations"] == []
 
 
 def _own_policy(tmp_path) -> str:
@@ -295,11 +278,11 @@ def test_sighup_reload_revokes_what_the_new_policy_no_longer_admits(lab, tmp_pat
     with open(p.policy, "w") as f:
         f.write(strict)
     p.proc.send_signal(signal.SIGHUP)
-    _wait_log(p, "event=reloaded")
+    p.wait_log("event=reloaded")
     assert "event=revoked ifname=vif1.0" in p.log()
     info = link_info(lab.host_ns["dom0-a"], vm.vif())
     assert info["master"] is None and not info["up"]
-    assert p.request({"op": "status"})["vifs"] == []
+    assert p.client.status()["vifs"] == []
 
 
 def test_sighup_with_a_broken_policy_keeps_enforcing_the_old_one(lab, tmp_path):
@@ -309,7 +292,7 @@ def test_sighup_with_a_broken_policy_keeps_enforcing_the_old_one(lab, tmp_path):
     with open(p.policy, "a") as f:
         f.write("bogus-key: 1\n")
     p.proc.send_signal(signal.SIGHUP)
-    _wait_log(p, "event=reload-failed")
+    p.wait_log("event=reload-failed")
     assert "bogus-key" in p.log()
     assert link_info(lab.host_ns["dom0-a"], vm.vif())["master"] == "tvd-beta"
-    assert p.request({"op": "ping"})["ok"]
+    assert p.client.ping()["ok"]

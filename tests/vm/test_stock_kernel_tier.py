@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from xen_tvd.testing import vmtier
+from tvd_testing import vmtier
 
 pytestmark = pytest.mark.vmtier
 

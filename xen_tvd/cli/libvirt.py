@@ -2,7 +2,7 @@
 
     tvdctl libvirt networks POLICY [-o DIR] [--define [--uri URI] [--autostart] [--start]]
     tvdctl libvirt membership DOMAIN.xml       what the hook would register for a domain
-    tvdctl libvirt install-hook [--hooks-dir DIR]
+    tvdctl libvirt install-hook [--hooks-dir DIR]   domain hook (libxl.d, qemu.d), network hook
 
 Exit codes as tvdctl: 0 ok, 1 refused (policy errors, libvirt refused), 2 usage/unreadable.
 """
@@ -12,23 +12,23 @@ import json
 import os
 import sys
 
-HOOK_DRIVERS = ("libxl", "qemu")
-HOOK_NAME = "50-xen-tvd"
+from xen_tvd.cli.common import load_or_report
+from xen_tvd.errors import UsageError
 
-
-def _usage(msg: str):
-    from xen_tvd.cli.tvdctl import UsageError
-    return UsageError(msg)
+HOOKS_DIR = "/etc/libvirt/hooks"
 
 
 def cmd_networks(args) -> int:
-    from xen_tvd.cli.tvdctl import _load_or_report
     from xen_tvd.libvirt import networks as nw
 
-    policy = _load_or_report(args.policy)
+    policy = load_or_report(args.policy)
     if policy is None:
         return 1
-    docs = nw.networks(policy)
+    try:
+        docs = nw.networks(policy)
+    except nw.DefineError as e:
+        print(f"tvdctl: {e}", file=sys.stderr)
+        return 1
     if args.output:
         try:
             os.makedirs(args.output, exist_ok=True)
@@ -38,17 +38,17 @@ def cmd_networks(args) -> int:
                     f.write(xml)
                 print(f"wrote {path}")
         except OSError as e:
-            raise _usage(f"cannot write to {args.output}: {e.strerror or e}") from None
+            raise UsageError(f"cannot write to {args.output}: {e.strerror or e}") from None
     elif not args.define:
         sys.stdout.write("".join(docs.values()))
     if not args.define:
         if args.autostart or args.start:
-            raise _usage("--autostart/--start need --define")
+            raise UsageError("--autostart/--start need --define")
         return 0
     try:
         import libvirt
     except ImportError:
-        raise _usage("--define needs libvirt-python (pip install libvirt-python; it builds "
+        raise UsageError("--define needs libvirt-python (pip install libvirt-python; it builds "
                      "against Debian's libvirt-dev)") from None
     try:
         conn = libvirt.open(args.uri)
@@ -73,7 +73,7 @@ def cmd_membership(args) -> int:
         with open(args.domain, "rb") as f:
             xml = f.read()
     except OSError as e:
-        raise _usage(f"cannot read {args.domain}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {args.domain}: {e.strerror or e}") from None
     try:
         m = parse_domain(xml)
     except MembershipError as e:
@@ -94,33 +94,20 @@ def cmd_membership(args) -> int:
     return 0
 
 
-def hook_source(python: str) -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    src = os.path.join(here, "..", "..", "hotplug", "libvirt-hook")
-    try:
-        with open(src) as f:
-            text = f.read()
-    except OSError:   # installed without the source tree: the same small launcher
-        text = ("#!/usr/bin/python3\nimport sys\nfrom xen_tvd.libvirt.hook import main\n"
-                "sys.exit(main(sys.argv))\n")
-    return f"#!{python}\n" + text.split("\n", 1)[1]
-
-
 def cmd_install_hook(args) -> int:
-    text = hook_source(args.python or sys.executable)
-    for drv in HOOK_DRIVERS:
-        d = os.path.join(args.hooks_dir, f"{drv}.d")
-        path = os.path.join(d, HOOK_NAME)
-        try:
-            os.makedirs(d, mode=0o755, exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o755)
-            os.rename(tmp, path)
-        except OSError as e:
-            raise _usage(f"cannot install {path}: {e.strerror or e}") from None
-        print(f"installed {path}")
+    """The hook scripts of the package's hotplug data whose install paths lie under libvirt's
+    hooks directory (tvdctl install puts all of them there), into --hooks-dir."""
+    from xen_tvd.cli import install
+    python = args.python or sys.executable
+    try:
+        hooks = [(t, s.text(python)) for s in install.hotplug_scripts() for t in s.targets
+                 if t.startswith(HOOKS_DIR + "/")]
+        for target, data in hooks:
+            path = os.path.join(args.hooks_dir, os.path.relpath(target, HOOKS_DIR))
+            install.install_file(path, data, 0o755)
+            print(f"installed {path}")
+    except install.InstallError as e:
+        raise UsageError(str(e)) from None
     print("restart libvirtd (or virtqemud/virtxend) so it picks the hooks up")
     return 0
 
@@ -145,8 +132,9 @@ def add_parsers(sub) -> None:
     m.add_argument("--json", action="store_true", help="print the proxy register request")
     m.set_defaults(func=cmd_membership)
 
-    h = lsub.add_parser("install-hook", help="install the domain hook for libxl and qemu")
-    h.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    h = lsub.add_parser("install-hook", help="install the libvirt hooks only: the domain hook "
+                        "(libxl, qemu) and the network hook (tvdctl install installs them too)")
+    h.add_argument("--hooks-dir", default=HOOKS_DIR, metavar="DIR")
     h.add_argument("--python", default=None, metavar="PATH",
                    help="interpreter for the hook (default: this one, which has xen_tvd)")
     h.set_defaults(func=cmd_install_hook)

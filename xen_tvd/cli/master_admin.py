@@ -16,7 +16,13 @@ import os
 import sys
 import time
 
-from xen_tvd.master.client import MasterClient, MasterError
+from typing import TYPE_CHECKING
+
+from xen_tvd.errors import UsageError
+
+if TYPE_CHECKING:
+    # imported where used: every tvdctl command builds this parser, few need the TLS stack
+    from xen_tvd.master.client import MasterClient
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,24 +52,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-class _Usage(Exception):
-    pass
-
-
 def _client(a) -> MasterClient:
+    from xen_tvd.master.client import MasterClient, MasterError
     missing = [n for n in ("url", "ca", "cert", "key") if not getattr(a, n)]
     if missing:
-        raise _Usage("missing " + ", ".join(f"--{m}" for m in missing)
+        raise UsageError("missing " + ", ".join(f"--{m}" for m in missing)
                      + " (or $TVD_MASTER_URL/_CA/_CERT/_KEY)")
     try:
         with open(a.ca) as f:
             ca = f.read()
     except OSError as e:
-        raise _Usage(f"cannot read --ca {a.ca}: {e.strerror}") from None
+        raise UsageError(f"cannot read --ca {a.ca}: {e.strerror}") from None
     try:
         return MasterClient(a.url, ca, a.cert, a.key)
     except MasterError as e:
-        raise _Usage(e.message) from None
+        raise UsageError(e.message) from None
 
 
 def run(args) -> int:
@@ -71,10 +74,11 @@ def run(args) -> int:
         print("tvdctl master: name a command: tvds, hosts, admissions, audit, push, "
               "revoke-host, revoke-vm", file=sys.stderr)
         return 2
+    from xen_tvd.master.client import MasterError
     try:
         client = _client(args)
         return _COMMANDS[args.master_cmd](client, args)
-    except _Usage as e:
+    except UsageError as e:
         print(f"tvdctl master: {e}", file=sys.stderr)
         return 2
     except MasterError as e:
@@ -131,7 +135,7 @@ def _push(c, a) -> int:
         with open(a.file, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise _Usage(f"cannot read {a.file}: {getattr(e, 'strerror', None) or e}") from None
+        raise UsageError(f"cannot read {a.file}: {getattr(e, 'strerror', None) or e}") from None
     status, r = c.request("PUT", "/v1/policy", {"yaml": text,
                                                 "name": os.path.basename(a.file)})
     diags = (r or {}).get("diagnostics", [])

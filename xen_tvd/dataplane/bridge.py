@@ -1,9 +1,13 @@
 """The per-segment Linux bridge (the TVD's vSwitch on this host)."""
 from __future__ import annotations
 
-from . import common, model
+from xen_tvd.desired import model, names
+from xen_tvd.desired.names import BRIDGE_PREFIX, IFNAME_MAX
+from xen_tvd.desired.patterns import IFNAME_RE
+
+from . import common
 from .common import Ctx
-from .netlink import BRIDGE_PREFIX, IFNAMSIZ_MAX, Link, doing
+from .netlink import Link, doing
 from .report import DataplaneError
 
 KIND = "bridge"
@@ -17,16 +21,16 @@ def ifname(seg: model.Segment) -> str:
 
 
 def alias(seg: model.Segment) -> str:
-    return f"{model.OWNER_ALIAS_PREFIX}segment={seg.tvd}"
+    return f"{names.OWNER_ALIAS_PREFIX}segment={seg.tvd}"
 
 
 def validate_name(seg: model.Segment) -> None:
     name = seg.bridge
-    if not (name.startswith(BRIDGE_PREFIX) and len(BRIDGE_PREFIX) < len(name) <= IFNAMSIZ_MAX) \
-            or any(c in name for c in "/: \t") or name in (".", ".."):
+    if not (name.startswith(BRIDGE_PREFIX) and len(name) > len(BRIDGE_PREFIX)
+            and IFNAME_RE.match(name)):
         raise DataplaneError(
-            f"segment {seg.tvd}: bridge name {name!r} must be '{BRIDGE_PREFIX}<x>', at most "
-            f"{IFNAMSIZ_MAX} characters, without '/', ':' or spaces")
+            f"segment {seg.tvd}: bridge name {name!r} must be '{BRIDGE_PREFIX}<x>', an interface "
+            f"name (at most {IFNAME_MAX} of A-Z a-z 0-9 _ . -)")
 
 
 def ensure(ctx: Ctx, seg: model.Segment) -> Link:
@@ -53,4 +57,5 @@ def ensure(ctx: Ctx, seg: model.Segment) -> Link:
     # A bridge MTU set via changelink is sticky; an untouched one follows min(port MTUs). Every
     # port we attach carries seg.mtu, so both agree; apply() re-checks it after the ports.
     link = common.set_mtu(ctx, link, seg.mtu)
+    link = common.make_port(ctx, link)   # the bridge device too: Dom0 has no address on it
     return common.set_up(ctx, link)

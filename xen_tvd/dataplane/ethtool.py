@@ -76,3 +76,19 @@ def set_features(fd: int, ifname: str, wanted: dict[str, bool]) -> None:
         if on:
             buf[3 + 2 * b] |= 1 << bit      # requested
     _ioctl(fd, ifname, buf)
+
+
+ETHTOOL_GDRVINFO = 0x03
+_DRVINFO_LEN = 196   # struct ethtool_drvinfo: cmd, 5 x char[32], reserved2[12], 5 x u32
+
+
+def driver_info(fd: int, ifname: str) -> tuple[str, str]:
+    """(driver, bus_info) as `ethtool -i` shows them. Xen netback: ("vif", "vif-DOMID-DEVID"),
+    a tap: ("tun", "tap"), a veth: ("veth", "")."""
+    buf = ctypes.create_string_buffer(_DRVINFO_LEN)
+    struct.pack_into("I", buf, 0, ETHTOOL_GDRVINFO)
+    _ioctl(fd, ifname, buf)
+
+    def text(offset: int) -> str:
+        return buf.raw[offset:offset + 32].split(b"\0", 1)[0].decode("ascii", "replace")
+    return text(4), text(4 + 3 * 32)

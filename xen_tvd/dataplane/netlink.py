@@ -4,6 +4,9 @@ pyroute2 (0.9) opens IPRoute(netns=name) by forking a short-lived child that set
 passes the socket back, so this process never changes namespace (thread-safe) and all later
 calls on the handle act inside that namespace. Its default flags would *create* a missing
 namespace; we pass flags=0 so a typo fails instead of silently building a new netns.
+pyroute2 0.7 (Debian 12's python3-pyroute2 is 0.7.2) has no IPRoute(netns=); there NetNS, a
+helper process inside the namespace that runs each call, does the same job, more slowly.
+Netlink attributes are read with get_attr(), which both versions have.
 """
 from __future__ import annotations
 
@@ -12,21 +15,13 @@ import errno
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import model
+from xen_tvd.desired.names import OWNED_NAME_PREFIXES, OWNER_ALIAS_PREFIX
 from .report import DataplaneError
 
 IFF_UP = 0x1
-
-# Name prefixes of devices xen-tvd creates; together with the ifalias prefix they mark ownership.
-BRIDGE_PREFIX = "tvd-"
-VXLAN_PREFIX = "tvx-"
-VLAN_PREFIX = "tvl-"
-LEG_PREFIX = "tvr-"       # host side of a router leg (router.py)
-OWNED_NAME_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX, VLAN_PREFIX, LEG_PREFIX)
-IFNAMSIZ_MAX = 15
 
 
 def where(netns: str | None) -> str:
@@ -37,7 +32,7 @@ def where(netns: str | None) -> str:
 def open_ipr(netns: str | None = None) -> Iterator[IPRoute]:
     """Yield an IPRoute bound to `netns` (None: current namespace); always closed."""
     try:
-        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+        ipr = _open(netns)
     except FileNotFoundError:
         raise DataplaneError(f"network namespace {netns!r} does not exist (create it first)") from None
     except OSError as e:
@@ -46,6 +41,15 @@ def open_ipr(netns: str | None = None) -> Iterator[IPRoute]:
         yield ipr
     finally:
         ipr.close()
+
+
+def _open(netns: str | None):
+    if not netns:
+        return IPRoute()
+    try:
+        return IPRoute(netns=netns, flags=0)
+    except TypeError:     # pyroute2 < 0.8: no netns= on IPRoute
+        return NetNS(netns, flags=0)
 
 
 def describe(e: BaseException) -> str:
@@ -79,6 +83,8 @@ class Link:
     up: bool
     parent: int | None              # IFLA_LINK (lower device of vlan)
     data: dict = field(default_factory=dict)  # IFLA_INFO_DATA as {attr name: value}
+    group: int = 0                  # IFLA_GROUP (hostguard.py)
+    addrgen: int | None = None      # IPv6 address generation mode; 1 = none (no link-local)
 
     @property
     def owned(self) -> bool:
@@ -86,27 +92,31 @@ class Link:
 
 
 def is_owned(name: str, alias: str | None) -> bool:
-    return bool(alias) and alias.startswith(model.OWNER_ALIAS_PREFIX) and name.startswith(OWNED_NAME_PREFIXES)
+    return bool(alias) and alias.startswith(OWNER_ALIAS_PREFIX) and name.startswith(OWNED_NAME_PREFIXES)
 
 
 def parse_link(msg) -> Link:
-    info = msg.get("IFLA_LINKINFO")
+    info = msg.get_attr("IFLA_LINKINFO")
     kind, data = None, {}
     if info is not None:
-        kind = info.get("IFLA_INFO_KIND")
-        d = info.get("IFLA_INFO_DATA")
+        kind = info.get_attr("IFLA_INFO_KIND")
+        d = info.get_attr("IFLA_INFO_DATA")
         if d is not None and hasattr(d, "get"):
             data = {k: v for k, v in d.get("attrs", []) if k != "UNKNOWN"}
+    spec = msg.get_attr("IFLA_AF_SPEC")
+    inet6 = spec.get_attr("AF_INET6") if spec is not None else None
     return Link(
-        name=msg.get("IFLA_IFNAME"),
+        name=msg.get_attr("IFLA_IFNAME"),
         index=msg["index"],
         kind=kind,
-        alias=msg.get("IFLA_IFALIAS"),
-        master=msg.get("IFLA_MASTER"),
-        mtu=msg.get("IFLA_MTU"),
+        alias=msg.get_attr("IFLA_IFALIAS"),
+        master=msg.get_attr("IFLA_MASTER"),
+        mtu=msg.get_attr("IFLA_MTU"),
         up=bool(msg["flags"] & IFF_UP),
-        parent=msg.get("IFLA_LINK"),
+        parent=msg.get_attr("IFLA_LINK"),
         data=data,
+        group=msg.get_attr("IFLA_GROUP") or 0,
+        addrgen=inet6.get_attr("IFLA_INET6_ADDR_GEN_MODE") if inet6 is not None else None,
     )
 
 

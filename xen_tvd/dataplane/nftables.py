@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from .netlink import where
 from .report import DataplaneError
@@ -50,6 +51,55 @@ def digest_in(objs: list[dict] | None, chain: str | None = None) -> str | None:
         if c.startswith(DIGEST_PREFIX) and (chain is None or r.get("chain") == chain):
             return c[len(DIGEST_PREFIX):]
     return None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One nftables table xen-tvd owns. `digest_chain`: read the digest from this chain only
+    (a large table listed whole as JSON costs seconds; a converged rerun must stay cheap)."""
+    family: str
+    name: str
+    digest_chain: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.family} {self.name}"
+
+
+def render(tables: list[tuple[Table, str]]) -> tuple[str, str]:
+    """nft input replacing each (table, body) in one transaction, every body's DIGEST_MARK
+    stamped with one digest of all bodies, and that digest."""
+    digest = digest_of("\x00".join(body for _, body in tables))
+    return "".join(replace_table(t.family, t.name, stamp(body, digest)[0])
+                   for t, body in tables), digest
+
+
+def installed_digest(netns: str | None, table: Table) -> str | None | bool:
+    """False: no such table; None: a table without our digest; else the digest it carries."""
+    if table.digest_chain is None:
+        objs = list_json(netns, "table", table.family, table.name)
+    else:
+        objs = list_json(netns, "chain", table.family, table.name, table.digest_chain)
+    return False if objs is None else digest_in(objs)
+
+
+def converge(netns: str | None, tables: list[tuple[Table, str]], what: str) -> str | None:
+    """Render -> stamp digest -> compare -> replace: the one way xen-tvd loads a table it owns.
+    The first table's digest stands for all (they are loaded together). None when it already
+    matches (nothing written), else "created" or "replaced"."""
+    script, digest = render(tables)
+    have = installed_digest(netns, tables[0][0])
+    if have == digest:
+        return None
+    run(netns, script, what)
+    return "created" if have is False else "replaced"
+
+
+def drop(netns: str | None, tables: list[Table], what: str) -> bool:
+    """Delete those of `tables` that exist, in one transaction; whether any did."""
+    present = [t for t in tables if list_json(netns, "table", t.family, t.name) is not None]
+    if present:
+        run(netns, "".join(f"delete table {t}\n" for t in present), what)
+    return bool(present)
 
 
 def _argv(netns: str | None, args: list[str]) -> list[str]:

@@ -5,13 +5,15 @@ that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer
   1. validate everything (names, conflicts with devices we do not own, underlays) - no writes
   2. fail closed: detach strays from our bridges; delete owned devices no longer desired or
      whose immutable parameters changed
-  3. underlay MTUs, then per segment: bridge, uplink (create/recreate, MTU, enslave, up, FDB);
+  3. underlay MTUs, then per segment: bridge, uplink (its transport's plugin, transports/:
+     create/recreate, MTU, enslave, up, FDB);
      a segment that fails here is deleted whole (no bridge without its uplink), its vifs stay
      detached, the other segments are still applied, and apply() raises at the end
   4. ports: attach each existing VifPort; absent ones are reported, not errors
-     (port security and the underlay VXLAN filter, firewall.py, are synced right after 1.,
-     and so is the inter-TVD flow filter, flowfilter.py, when the plan routes any TVD here)
-  5. NIC VLAN offloads
+     (port security, portsec.py, the Dom0 guard, hostguard.py, and the underlay VXLAN filter,
+     underlay_filter.py, are synced right after 1., and so is the inter-TVD flow filter,
+     flowfilter.py, when the plan routes any TVD here)
+  5. each transport's host-wide settings (the VLAN plugin: NIC VLAN offloads off)
   6. the router namespace and its legs (router.py) once the vSwitches exist; with no router
      planned, the namespace and then the flow filter are removed (legs first: no path left)
 Every write is preceded by a comparison, so a converged host sees zero changes.
@@ -20,20 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import bridge, common, firewall, flowfilter, model, offload, router, vlan, vxlan
+from xen_tvd.desired import model, names
+
+from . import bridge, common, flowfilter, hostguard, portsec, router, underlay_filter
 from .common import Ctx
 from .netlink import Link, Links, open_ipr
 from .report import ApplyReport, DataplaneError
+from .transports import PLUGINS, plugin_for
 from .vif import attach
-
-UPLINK_PLUGINS = (vxlan, vlan)  # each: KIND UPLINK ifname alias validate mismatch create mtu_hint sync
 
 
 def uplink_plugin(seg: model.Segment):
-    for p in UPLINK_PLUGINS:
-        if isinstance(seg.uplink, p.UPLINK):
-            return p
-    return None
+    return plugin_for(seg.uplink)
 
 
 def _desired_devices(state: model.HostState) -> dict[str, tuple[str, model.Segment]]:
@@ -43,7 +43,9 @@ def _desired_devices(state: model.HostState) -> dict[str, tuple[str, model.Segme
         out[bridge.ifname(seg)] = (bridge.KIND, seg)
         p = uplink_plugin(seg)
         if p is not None:
-            out[p.ifname(seg)] = (p.KIND, seg)
+            out[p.ifname(seg)] = (p.kind, seg)
+    for p in PLUGINS:     # host-wide devices of a transport (WireGuard's tvw-wg0)
+        out.update({name: (kind, None) for name, kind in p.host_devices(state).items()})
     out.update(router.desired_devices(state))
     return out
 
@@ -71,7 +73,7 @@ def _validate(ctx: Ctx, state: model.HostState) -> dict[str, tuple[str, model.Se
         if link is not None and not link.owned:
             raise DataplaneError(
                 f"{name} already exists in {ctx.where} but is not owned by xen-tvd (its ifalias does "
-                f"not start with {model.OWNER_ALIAS_PREFIX!r}); rename or delete it, xen-tvd will not touch it")
+                f"not start with {names.OWNER_ALIAS_PREFIX!r}); rename or delete it, xen-tvd will not touch it")
     seen = set()
     for port in state.ports:
         if state.segment(port.tvd) is None:
@@ -80,7 +82,7 @@ def _validate(ctx: Ctx, state: model.HostState) -> dict[str, tuple[str, model.Se
             raise DataplaneError(f"port {port.ifname} listed twice in desired state")
         if port.ifname in desired:
             raise DataplaneError(f"port {port.ifname} collides with a xen-tvd device name")
-        firewall.validate_port(port)
+        portsec.validate_port(port)
         seen.add(port.ifname)
     return desired
 
@@ -100,8 +102,9 @@ def _prune(ctx: Ctx, state: model.HostState, desired) -> None:
             common.delete(ctx, link, "not in desired state")
         elif want[0] != link.kind:
             common.delete(ctx, link, f"is a {link.kind}, want a {want[0]}")
-        elif link.kind == router.KIND:
-            pass   # a leg's pairing is checked (and repaired) by router.sync
+        elif link.kind == router.KIND or want[1] is None:
+            pass   # a leg's pairing is checked (and repaired) by router.sync, a host-wide
+            # device by its plugin
         elif link.kind != bridge.KIND:
             p = uplink_plugin(want[1])
             diff = p.mismatch(ctx, link, want[1])
@@ -120,28 +123,19 @@ def _underlay_mtus(ctx: Ctx, state: model.HostState) -> None:
 
 def _uplink(ctx: Ctx, seg: model.Segment, br: Link) -> None:
     p = uplink_plugin(seg)
-    if p is None:
-        return
-    name = p.ifname(seg)
-    link = ctx.links.get(name)
-    if link is None:
-        p.create(ctx, seg, name)
-        ctx.changed(f"created {p.KIND} {name}")
-        link = ctx.require(name)
-    link = common.set_alias(ctx, link, p.alias(seg))
-    link = common.set_mtu(ctx, link, seg.mtu, p.mtu_hint(seg))
-    link = common.set_master(ctx, link, br)
-    link = common.set_up(ctx, link)
-    p.sync(ctx, seg, link)
+    if p is not None:
+        p.plug(ctx, seg, br)
 
 
 def _discard(ctx: Ctx, seg: model.Segment) -> None:
     """Delete what exists of a segment that failed to build (its vifs fall off the bridge)."""
+    why = f"segment {seg.tvd} could not be built"
     p = uplink_plugin(seg)
-    for name in ([p.ifname(seg)] if p is not None else []) + [seg.bridge]:
-        link = ctx.links.get(name)
-        if link is not None and link.owned:
-            common.delete(ctx, link, f"segment {seg.tvd} could not be built")
+    if p is not None:
+        p.unplug(ctx, seg, why)
+    link = ctx.links.get(seg.bridge)
+    if link is not None and link.owned:
+        common.delete(ctx, link, why)
 
 
 def _without_legs_of(state: model.HostState, failed: dict[str, str]) -> model.HostState:
@@ -156,25 +150,29 @@ def _uplinks(state: model.HostState) -> list[str]:
     return [p.ifname(seg) for seg in state.segments if (p := uplink_plugin(seg)) is not None]
 
 
-def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
+def apply(state: model.HostState, netns: str | None = None,
+          wireguard_key: str | None = None) -> ApplyReport:
+    """wireguard_key: this host's WireGuard private key file, for encrypted segments."""
     report = ApplyReport()
     with open_ipr(netns) as ipr:
-        ctx = Ctx(ipr, Links(ipr), report, netns)
+        ctx = Ctx(ipr, Links(ipr), report, netns, state=state, wireguard_key=wireguard_key)
         try:
             desired = _validate(ctx, state)
             # Port security and the underlay filter go in before any vif is attached or any
             # VXLAN device exists, so no frame ever crosses a bridge unfiltered.
-            firewall.sync_ports(state, netns, ctx.changed)
+            portsec.sync(state, {p.ifname for p in state.ports if ctx.links.get(p.ifname)},
+                         netns, ctx.changed)
+            hostguard.sync(state, netns, ctx.changed)
             # A filter that is no longer wanted is deleted only after _prune removed the VXLAN
             # devices it guarded: deleting it first opened a window accepting VXLAN from anyone.
-            underlay_gone = firewall.underlay_wanted(state) is None
+            underlay_gone = underlay_filter.wanted(state) is None
             if not underlay_gone:
-                firewall.sync_underlay(state, netns, ctx.changed)
+                underlay_filter.sync(state, netns, ctx.changed)
             # the flow filter is in place before a router leg can carry a packet
             flowfilter.sync(state, netns, _uplinks(state), ctx.changed)
             _prune(ctx, state, desired)
             if underlay_gone:
-                firewall.sync_underlay(state, netns, ctx.changed)
+                underlay_filter.sync(state, netns, ctx.changed)
             _underlay_mtus(ctx, state)
             bridges, failed = {}, {}
             for seg in state.segments:
@@ -198,19 +196,16 @@ def apply(state: model.HostState, netns: str | None = None) -> ApplyReport:
                     report.missing_ports.append(port.ifname)
                     continue
                 try:
-                    attach(ctx, link, state.segment(port.tvd), bridges[port.tvd])
+                    seg = state.segment(port.tvd)
+                    attach(ctx, link, port, seg, bridges[port.tvd])
                 except DataplaneError as e:
                     # One broken vif must not keep the other VMs offline; it is left detached.
                     report.warnings.append(str(e))
             for seg in state.segments:  # ports could have pulled an auto-MTU bridge down
                 if seg.tvd not in failed:
                     common.set_mtu(ctx, ctx.require(seg.bridge), seg.mtu)
-            for nic in state.vlan_offload_off:
-                link = ctx.links.get(nic)
-                if link is None:
-                    report.warnings.append(f"NIC {nic} not found in {ctx.where}; VLAN offload not changed")
-                else:
-                    offload.ensure_vlan_offload_off(ctx, link)
+            for p in PLUGINS:
+                p.sync_host(ctx, state)
             router.sync(ctx, _without_legs_of(state, failed), bridges)
             if state.flows is None:
                 flowfilter.remove(netns, ctx.changed)

@@ -30,23 +30,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
-import shutil
-import subprocess
 
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import common, flowfilter, model, nftables
+from xen_tvd.desired import model, names
+from xen_tvd.desired.names import IFNAME_MAX, LEG_PREFIX, router_netns
+from xen_tvd.desired.patterns import IFNAME_RE, MAC_RE
+
+from . import common, flowfilter, nftables, sysctl
 from .common import Ctx
-from .netlink import LEG_PREFIX, IFNAMSIZ_MAX, Link, Links, describe, doing, open_ipr
+from .netlink import Link, Links, describe, doing, open_ipr
 from .report import DataplaneError
 
 KIND = "veth"
 RTR_FAMILY, RTR_TABLE = "inet", "xen_tvd_rtr"
+RTR = nftables.Table(RTR_FAMILY, RTR_TABLE)
 IFA_F_NODAD = 0x02
-_PEER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 # Router namespace sysctls. rp_filter=1: strict reverse path (IPv4; IPv6 by the nft rule).
 # accept_ra=0: the router takes no configuration from the VMs it serves.
@@ -56,9 +56,18 @@ ROUTER_SYSCTLS = {
     "net/ipv4/conf/default/rp_filter": "1",
     "net/ipv4/conf/all/send_redirects": "0",
     "net/ipv4/conf/default/send_redirects": "0",
+    # legs carry IPv6 gateways of dual-stack TVDs: a namespace made with IPv6 off (copied
+    # devconf, a lab's quiet namespaces) refuses them with EACCES
+    "net/ipv6/conf/all/disable_ipv6": "0",
+    "net/ipv6/conf/default/disable_ipv6": "0",
     "net/ipv6/conf/all/forwarding": "1",
     "net/ipv6/conf/all/accept_ra": "0",
     "net/ipv6/conf/default/accept_ra": "0",
+    # no DAD on the legs: while a new leg's link-local address is tentative the router has no
+    # source for the solicitations of forwarded packets and sends none (the first routed IPv6
+    # packets to a remote VM were lost); the gateway is anycast by design, the MAC per host
+    "net/ipv6/conf/all/accept_dad": "0",
+    "net/ipv6/conf/default/accept_dad": "0",
     # answer ARP only for the address of the receiving leg: an external network must not
     # learn the TVDs' gateway addresses (the router is reachable there by its leg address)
     "net/ipv4/conf/all/arp_ignore": "1",
@@ -66,27 +75,27 @@ ROUTER_SYSCTLS = {
 
 
 def ns_name(state: model.HostState, netns: str | None) -> str:
-    if netns:
-        return f"{netns}-rtr"
-    return state.router.netns if state.router else f"tvd-rtr-{state.host}"
+    if netns or not state.router:
+        return router_netns(state.host, netns)
+    return state.router.netns
 
 
 def alias(leg: model.RouterLeg) -> str:
-    return f"{model.OWNER_ALIAS_PREFIX}router-leg={leg.tvd}"
+    return f"{names.OWNER_ALIAS_PREFIX}router-leg={leg.tvd}"
 
 
 def ext_alias(ext: model.ExternalLeg) -> str:
     # the NIC is in the alias so that a plan moving the external to another NIC rebuilds it
-    return f"{model.OWNER_ALIAS_PREFIX}external={ext.external} nic={ext.nic}"
+    return f"{names.OWNER_ALIAS_PREFIX}external={ext.external} nic={ext.nic}"
 
 
 def _validate_external(ext: model.ExternalLeg, seen: set[str]) -> None:
-    if not _PEER_RE.match(ext.ifname) or ext.ifname == "lo" or ext.ifname in seen:
+    if not IFNAME_RE.match(ext.ifname) or ext.ifname == "lo" or ext.ifname in seen:
         raise DataplaneError(f"external leg {ext.ifname!r}: not a valid, unique interface name")
     seen.add(ext.ifname)
-    if not _PEER_RE.match(ext.nic):
+    if not IFNAME_RE.match(ext.nic):
         raise DataplaneError(f"external leg {ext.ifname}: NIC {ext.nic!r} is not an interface name")
-    if not _MAC_RE.match(ext.mac) or int(ext.mac[:2], 16) & 1:
+    if not MAC_RE.match(ext.mac) or int(ext.mac[:2], 16) & 1:
         raise DataplaneError(f"external leg {ext.ifname}: MAC {ext.mac!r} is not a unicast MAC")
     try:
         net = ipaddress.ip_interface(ext.address).network
@@ -115,12 +124,12 @@ def validate(state: model.HostState) -> None:
         if state.segment(leg.tvd) is None or state.segment(leg.tvd).bridge != leg.bridge:
             raise DataplaneError(f"router leg for TVD {leg.tvd}: no segment with bridge "
                                  f"{leg.bridge} on this host")
-        if not (leg.port.startswith(LEG_PREFIX) and len(leg.port) <= IFNAMSIZ_MAX):
+        if not (leg.port.startswith(LEG_PREFIX) and len(leg.port) <= IFNAME_MAX):
             raise DataplaneError(f"router leg {leg.port!r}: must be '{LEG_PREFIX}<x>', at most "
-                                 f"{IFNAMSIZ_MAX} characters")
-        if not _PEER_RE.match(leg.peer) or leg.peer == "lo":
+                                 f"{IFNAME_MAX} characters")
+        if not IFNAME_RE.match(leg.peer) or leg.peer == "lo":
             raise DataplaneError(f"router leg peer {leg.peer!r}: not a valid interface name")
-        if not _MAC_RE.match(leg.mac) or int(leg.mac[:2], 16) & 1:
+        if not MAC_RE.match(leg.mac) or int(leg.mac[:2], 16) & 1:
             raise DataplaneError(f"router leg {leg.port}: MAC {leg.mac!r} is not a unicast MAC")
         for g in leg.gateways:
             try:
@@ -139,25 +148,6 @@ def validate(state: model.HostState) -> None:
 def desired_devices(state: model.HostState) -> dict[str, tuple[str, model.RouterLeg]]:
     """Host-side leg ends apply() owns (so _prune keeps them, and deletes stale ones)."""
     return {leg.port: (KIND, leg) for leg in (state.router.legs if state.router else ())}
-
-
-# ---- sysctls inside a namespace (a child enters it; this process never does) ---------------
-
-def sysctls(netns: str | None, wanted: dict[str, str], what: str) -> list[str]:
-    """Set /proc/sys keys in `netns` (None: ours) where they differ; return the changed keys."""
-    script = "".join(
-        f'[ "$(cat /proc/sys/{k})" = "{v}" ] || {{ echo "{v}" > /proc/sys/{k} && echo {k}; }}\n'
-        for k, v in wanted.items())
-    argv = ["sh", "-ec", script]
-    if netns is not None:
-        path = os.path.join(nftables.NETNS_DIR, netns)
-        argv = [shutil.which("nsenter") or "/usr/bin/nsenter", f"--net={path}", "--", *argv]
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if p.returncode != 0:
-        err = " | ".join(l.strip() for l in p.stderr.splitlines() if l.strip())[:300]
-        raise DataplaneError(f"{what}: setting sysctls in {netns or 'the current netns'} "
-                             f"failed: {err}")
-    return p.stdout.split()
 
 
 # ---- the router namespace -------------------------------------------------------------------
@@ -191,7 +181,7 @@ def sync(ctx: Ctx, state: model.HostState, bridges: dict[str, Link]) -> None:
         return
     name = ns_name(state, ctx.netns)
     _ensure_ns(name, ctx)
-    for k in sysctls(name, ROUTER_SYSCTLS, "router"):
+    for k in sysctl.ensure(name, ROUTER_SYSCTLS, "router"):
         ctx.changed(f"router {name}: set {k}")
     with open_ipr(name) as ripr:
         rctx = Ctx(ripr, Links(ripr), ctx.report, name)
@@ -261,6 +251,7 @@ def _leg(ctx: Ctx, rctx: Ctx, name: str, leg: model.RouterLeg, br: Link, mtu: in
     common.set_up(rctx, peer)
     port = common.set_alias(ctx, port, alias(leg))
     port = common.set_mtu(ctx, port, mtu)
+    port = common.make_port(ctx, port)
     port = common.set_master(ctx, port, br)
     common.set_up(ctx, port)
 
@@ -311,11 +302,11 @@ def _external_routes(rctx: Ctx, exts: list[model.ExternalLeg]) -> None:
     for fam in (2, 10):
         with doing(f"reading routes in {rctx.where}"):
             for rt in rctx.ipr.get_routes(family=fam, table=254):
-                gw = rt.get("RTA_GATEWAY")
+                gw = rt.get_attr("RTA_GATEWAY")
                 if gw is None:
                     continue   # connected and kernel routes are the legs' own
-                dst = f"{rt.get('RTA_DST') or ('0.0.0.0' if fam == 2 else '::')}/{rt['dst_len']}"
-                have[dst] = (gw, rt.get("RTA_OIF"))
+                dst = f"{rt.get_attr('RTA_DST') or ('0.0.0.0' if fam == 2 else '::')}/{rt['dst_len']}"
+                have[dst] = (gw, rt.get_attr("RTA_OIF"))
                 if want.get(dst) != have[dst]:
                     with doing(f"deleting route {dst} via {gw} in {rctx.where}"):
                         rctx.ipr.route("del", dst=dst, gateway=gw, table=254)
@@ -329,7 +320,7 @@ def _external_routes(rctx: Ctx, exts: list[model.ExternalLeg]) -> None:
 
 def _mac(rctx: Ctx, link: Link, mac: str) -> None:
     with doing(f"reading {link.name} in {rctx.where}"):
-        cur = (rctx.ipr.link("get", index=link.index)[0].get("IFLA_ADDRESS") or "").lower()
+        cur = (rctx.ipr.link("get", index=link.index)[0].get_attr("IFLA_ADDRESS") or "").lower()
     if cur != mac:
         with doing(f"setting MAC {mac} on {link.name} in {rctx.where}"):
             rctx.ipr.link("set", index=link.index, address=mac)
@@ -341,7 +332,7 @@ def _addresses(rctx: Ctx, link: Link, gateways: tuple[str, ...], addrs: list) ->
     want = {str(ipaddress.ip_interface(g)) for g in gateways}
     have = set()
     for a in addrs:
-        ip = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+        ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
         cidr = f"{ip}/{a['prefixlen']}"
         if cidr in want:
             have.add(cidr)
@@ -365,7 +356,7 @@ def _addresses(rctx: Ctx, link: Link, gateways: tuple[str, ...], addrs: list) ->
 
 # ---- the router's own table: reverse path, and nothing but forwarding between legs ----------
 
-def render_rtr(r: model.Router, fp: model.FlowPlan | None = None) -> tuple[str, str]:
+def render_rtr(r: model.Router, fp: model.FlowPlan | None = None) -> str:
     legs = ", ".join(f'"{leg.peer}"' for leg in r.legs)
     ext_sets, ext_chains, ext_jumps = flowfilter.render_external(r.externals, fp)
     body = (f"  set legs {{ type ifname; elements = {{ {legs} }}; }}\n"
@@ -385,17 +376,13 @@ def render_rtr(r: model.Router, fp: model.FlowPlan | None = None) -> tuple[str, 
             "    iifname lo accept\n"
             "    meta l4proto { icmp, ipv6-icmp } accept\n"
             "  }\n")
-    body, digest = nftables.stamp(body)
-    return nftables.replace_table(RTR_FAMILY, RTR_TABLE, body), digest
+    return body
 
 
 def _rp_table(name: str, r: model.Router, fp: model.FlowPlan | None, changed) -> None:
-    script, digest = render_rtr(r, fp)
-    objs = nftables.list_json(name, "table", RTR_FAMILY, RTR_TABLE)
-    if nftables.digest_in(objs) != digest:
-        nftables.run(name, script, f"loading the router table in {name}")
-        changed(f"router {name}: {'created' if objs is None else 'replaced'} table "
-                f"{RTR_FAMILY} {RTR_TABLE}")
+    done = nftables.converge(name, [(RTR, render_rtr(r, fp))], f"loading the router table in {name}")
+    if done:
+        changed(f"router {name}: {done} table {RTR_FAMILY} {RTR_TABLE}")
 
 
-__all__ = ["ns_name", "validate", "desired_devices", "sync", "remove", "sysctls", "describe"]
+__all__ = ["ns_name", "validate", "desired_devices", "sync", "remove", "describe"]

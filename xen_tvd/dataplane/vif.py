@@ -9,25 +9,33 @@ from typing import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import bridge, common, firewall, model, offload
+from xen_tvd.desired import model
+from xen_tvd.desired.names import BRIDGE_PREFIX
+
+from . import bridge, common, offload, portsec
 from .common import Ctx
 from .netlink import Link, Links, describe, open_ipr, where
 from .report import ApplyReport, DataplaneError
 
 
-def attach(ctx: Ctx, link: Link, seg: model.Segment, br: Link,
+def attach(ctx: Ctx, link: Link, port: model.VifPort, seg: model.Segment, br: Link,
            frontend_mtu_cb: Callable[[int], object] | None = None) -> None:
-    """MTU, tx-csum, (frontend MTU), master, up. On failure: detached and DataplaneError."""
+    """MTU (the segment's, or the port's lower `mtu`), tx-csum, (frontend MTU), master, the
+    declared MAC pinned in the bridge, up. On failure: detached and DataplaneError."""
+    mtu = port.mtu_on(seg)
     try:
-        link = common.set_mtu(ctx, link, seg.mtu)
+        link = common.set_mtu(ctx, link, mtu)
         offload.ensure_tx_csum(ctx, link, seg.vif_tx_csum_offload)
         if frontend_mtu_cb is not None:
             # Before enslaving: the guest learns the MTU before any frame can flow.
             try:
-                frontend_mtu_cb(seg.mtu)
+                frontend_mtu_cb(mtu)
             except Exception as e:  # the callback is foreign code (xenstore write)
                 raise DataplaneError(f"frontend MTU callback for {link.name} failed: {e}") from None
+        link = common.make_port(ctx, link)
         link = common.set_master(ctx, link, br)
+        if port.mac is not None:
+            common.pin_mac(ctx, link, port.mac)
         common.set_up(ctx, link)
     except DataplaneError as e:
         _fail_closed(ctx, link.name, e)
@@ -46,9 +54,9 @@ def _fail_closed(ctx: Ctx, name: str, err: DataplaneError):
 
 def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = None,
              frontend_mtu_cb: Callable[[int], object] | None = None,
-             require_addresses: bool = False) -> None:
-    """Attach one vif; its port-security set elements are installed first (one nft
-    transaction, the rules are untouched), so it never forwards a frame unfiltered."""
+             require_addresses: bool = False, log_drops: int = 0) -> None:
+    """Attach one vif; its port-security chains are installed first (one nft transaction,
+    no other vif's rules touched), so it never forwards a frame unfiltered."""
     if port.tvd != segment.tvd:
         raise DataplaneError(f"plug_vif: port {port.ifname} is for TVD {port.tvd}, segment is {segment.tvd}")
     with open_ipr(netns) as ipr:
@@ -63,10 +71,22 @@ def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = No
                 f"cannot plug {port.ifname} into TVD {segment.tvd}: bridge {segment.bridge} {state} "
                 f"in {where(netns)}; run apply() for this host first"))
         try:
-            firewall.plug_port(port, netns, require_addresses, segment)
+            portsec.plug_port(port, netns, require_addresses, segment, log_drops)
         except DataplaneError as e:
             _fail_closed(ctx, port.ifname, e)
-        attach(ctx, link, segment, br, frontend_mtu_cb)
+        attach(ctx, link, port, segment, br, frontend_mtu_cb)
+
+
+def bridge_ports(netns: str | None = None) -> dict[str, list[str]]:
+    """Read-only: name of every xen-tvd TVD bridge -> the interfaces enslaved to it that
+    xen-tvd does not own (the vifs), as the kernel has them now."""
+    out = {}
+    with open_ipr(netns) as ipr:
+        links = Links(ipr)
+        for br in list(links.by_name.values()):
+            if br.owned and br.kind == bridge.KIND and br.name.startswith(BRIDGE_PREFIX):
+                out[br.name] = [m.name for m in links.members(br.index) if not m.owned]
+    return out
 
 
 def unplug_vif(ifname: str, netns: str | None = None) -> None:
@@ -75,5 +95,5 @@ def unplug_vif(ifname: str, netns: str | None = None) -> None:
         link = ctx.links.get(ifname)
         if link is not None:  # already gone (domain destroyed): nothing to do
             common.detach(ctx, link)
-    # after the detach: its elements go only once it can no longer forward
-    firewall.unplug_port(ifname, netns)
+    # after the detach: its chains go only once it can no longer forward
+    portsec.unplug_port(ifname, netns)

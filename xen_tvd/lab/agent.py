@@ -49,10 +49,17 @@ def _dev_mac(dev: str) -> bytes:
 
 # ---- listen -----------------------------------------------------------------------------------
 
-def cmd_listen(a) -> int:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _listener(port: int) -> socket.socket:
+    """Dual-stack: IPv4 connections arrive as mapped addresses, IPv6 ones in dual-stack TVDs."""
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", a.port))
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", port))
+    return srv
+
+
+def cmd_listen(a) -> int:
+    srv = _listener(a.port)
     srv.listen(256)
     if a.daemon:
         r, w = os.pipe()
@@ -108,9 +115,7 @@ def cmd_listen_many(a) -> int:
                 _setns(f"/run/netns/{ns}")
                 servers = []
                 for port in a.port:
-                    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    srv.bind(("0.0.0.0", port))
+                    srv = _listener(port)
                     srv.listen(256)
                     servers.append(srv)
                 os.setsid()
@@ -179,7 +184,7 @@ class _Prober:
         for p in self.probes:
             key = (p["dev"], p["src"])
             try:
-                if p["kind"] == "icmp":
+                if p["kind"] in ("icmp", "icmp6"):
                     if key not in icmp_socks:
                         icmp_socks[key] = self._icmp_socket(*key)
                     self.pending_icmp.setdefault(key, {})[p["dst"]] = p["id"]
@@ -187,7 +192,7 @@ class _Prober:
                     if key not in arp_socks:
                         arp_socks[key] = self._arp_socket(*key)
                     self.pending_arp.setdefault(key, {})[socket.inet_aton(p["dst"])] = p["id"]
-                elif p["kind"] == "tcp":
+                elif p["kind"] in ("tcp", "tcp6"):
                     self._tcp_start(p)
                 else:
                     self._res(p["id"], False, f"unknown probe kind {p['kind']}")
@@ -219,7 +224,11 @@ class _Prober:
 
     # -- ICMP
     def _icmp_socket(self, dev: str, src: str) -> socket.socket:
-        sk = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        """Echo requests from `src` (IPv4, or IPv6: the kernel checksums ICMPv6 and hands
+        raw ICMPv6 sockets the message without its IP header)."""
+        v6 = ":" in src
+        sk = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
+                           socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
         sk.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode())   # like ping -I dev
         sk.bind((src, 0))
         sk.setblocking(False)
@@ -232,12 +241,13 @@ class _Prober:
                     data, addr = s.recvfrom(2048)
                 except (BlockingIOError, InterruptedError):
                     return
-                ihl = (data[0] & 0x0F) * 4
+                ihl = 0 if v6 else (data[0] & 0x0F) * 4
                 if len(data) < ihl + 8:
                     continue
                 typ, _, _, rid = struct.unpack("!BBHH", data[ihl:ihl + 6])
+                reply = 129 if v6 else 0
                 pid = self.pending_icmp.get(key, {}).pop(addr[0], None) \
-                    if typ == 0 and rid == ident else None
+                    if typ == reply and rid == ident else None
                 if pid:
                     self._res(pid, True, "echo reply")
 
@@ -277,9 +287,13 @@ class _Prober:
             sk = icmp_socks[key]
             for dst in list(m):
                 body = struct.pack("!HH", self.icmp_ident[key], 1) + b"xen-tvd-lab".ljust(48, b".")
-                csum = _icmp_checksum(struct.pack("!BBH", 8, 0, 0) + body)
+                if ":" in dst:   # ICMPv6 echo request; the kernel fills in the checksum
+                    msg = struct.pack("!BBH", 128, 0, 0) + body
+                else:
+                    csum = _icmp_checksum(struct.pack("!BBH", 8, 0, 0) + body)
+                    msg = struct.pack("!BBH", 8, 0, csum) + body
                 with contextlib.suppress(OSError):   # e.g. EHOSTUNREACH once ARP failed
-                    sk.sendto(struct.pack("!BBH", 8, 0, csum) + body, (dst, 0))
+                    sk.sendto(msg, (dst, 0))
         for key, m in self.pending_arp.items():
             sk = arp_socks[key]
             dev, src = key
@@ -293,7 +307,8 @@ class _Prober:
 
     # -- TCP
     def _tcp_start(self, p) -> None:
-        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk = socket.socket(socket.AF_INET6 if ":" in p["dst"] else socket.AF_INET,
+                           socket.SOCK_STREAM)
         self.sockets.append(sk)
         sk.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, p["dev"].encode())
         sk.bind((p["src"], 0))

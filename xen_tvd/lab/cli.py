@@ -151,7 +151,8 @@ def _name_only(path: str) -> str | None:
 
 
 def _status(args, L, spec) -> int:
-    st = L.status(spec.name)
+    from xen_tvd.lab.status import status
+    st = status(spec.name)
     if args.json:
         print(json.dumps(st, indent=1))
         return EXIT_OK
@@ -170,14 +171,17 @@ def _status(args, L, spec) -> int:
             where = v.get("bridge") or "NOT ATTACHED"
             print(f"  vif {v['name']:<9} vm {v['vm']:<6} tvd {v['tvd']:<8} -> {where:<10} "
                   f"mtu {v.get('mtu')}")
+        if "drops" in he:
+            from xen_tvd.lab.drops import render
+            print(f"  {render(he['drops'])}")
     for vm, ve in st["vms"].items():
         nics = ", ".join(f"{n['name']} {n['address']} ({n['tvd']}, mtu {n['mtu']})"
                          for n in ve["nics"])
         lis = "listener ok" if ve["listener_alive"] else "LISTENER DOWN"
         print(f"vm {vm} on {ve['host']} domid {ve['domid']}: {nics}; {lis}")
     if st.get("control"):
-        from xen_tvd.lab import control
-        print("\n".join(control.render_status(st["control"])))
+        from xen_tvd.lab.status import render_status
+        print("\n".join(render_status(st["control"])))
     for e in st["errors"]:
         print(f"error: {e}")
     return EXIT_OK
@@ -185,19 +189,20 @@ def _status(args, L, spec) -> int:
 
 def _verify(args, L, spec, policy) -> int:
     from xen_tvd.lab import verify as V
-    state = L.require_state(spec.name)
-    topo = L.topology_from_json(state["topology"])
+    from xen_tvd.lab.state import require_state, topology_from_json
+    state = require_state(spec.name)
+    topo = topology_from_json(state["topology"])
     want = {(v, n.devid, n.tvd, n.address) for v, vm in spec.vms.items() for n in vm.nics}
     have = {(n.vm, n.devid, n.tvd, n.address) for n in topo.nics()}
     if want != have:
         _err(f"lab {spec.name} was built from a different spec; rerun `tvdctl lab up {args.spec}`")
         return EXIT_FAIL
-    from xen_tvd.lab import control
+    from xen_tvd.lab import verify_admissions
+    from xen_tvd.lab.master import denied_vms
     master = spec.control == "master"
-    m = V.measure(topo, policy, timeout=args.timeout,
-                  denied=frozenset(control.denied_vms(spec)))
+    m = V.measure(topo, policy, timeout=args.timeout, denied=frozenset(denied_vms(spec)))
     # master mode: also the proxies' admissions and the master's audit
-    lines, problems = control.verify(spec, topo) if master else ([], [])
+    lines, problems = verify_admissions.verify(spec, topo) if master else ([], [])
     if args.json:
         out = m.as_json()
         if master:

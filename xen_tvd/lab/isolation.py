@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from xen_tvd.lab.lab import LabError, agent_cmd, agent_env
+from xen_tvd.lab.common import LabError, agent_cmd, agent_env
 from xen_tvd.lab.topology import LabNic, Topology
 
 END_WAIT_S = 15.0   # upper bound for the positive control; normally milliseconds

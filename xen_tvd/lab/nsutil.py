@@ -89,8 +89,10 @@ def ns_exists(name: str) -> bool:
     return os.path.exists(ns_path(name))
 
 
-def ensure_ns(name: str, mark: str) -> None:
-    """Create namespace `name` (if missing), bring `lo` up and stamp it with the lab mark."""
+def ensure_ns(name: str, mark: str, quiet: bool = True) -> None:
+    """Create namespace `name` (if missing), bring `lo` up and stamp it with the lab mark.
+    `quiet`: IPv6 off by default (VMs turn it on per NIC); False for the namespaces whose
+    settings are the dataplane's (the hosts' routers)."""
     if not ns_exists(name):
         try:
             netns.create(name)
@@ -100,9 +102,10 @@ def ensure_ns(name: str, mark: str) -> None:
     with _ns(name) as ns:
         lo = ns.link_lookup(ifname="lo")[0]
         ns.link("set", index=lo, state="up", ifalias=LAB_MARK_PREFIX + mark)
-    # Quiet namespaces: no IPv6 autoconf/DAD/MLD chatter; nothing in the lab uses IPv6.
+    # Quiet namespaces: no IPv6 autoconf/DAD/MLD chatter where nothing asked for IPv6.
     for key in ("net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6"):
-        sysctl(name, key, "1", missing_ok=True)
+        if quiet:
+            sysctl(name, key, "1", missing_ok=True)
 
 
 def ns_mark(name: str) -> str | None:
@@ -284,30 +287,43 @@ def set_link(nsname: str, ifname: str, *, mtu: int | None = None, up: bool | Non
             ns.link("set", index=link["index"], state="up" if up else "down")
 
 
+IFA_F_NODAD = 0x02
+
+
 def ensure_addresses(nsname: str, ifname: str, cidrs: list[str]) -> None:
-    """Exactly these IPv4 addresses on ifname (extra ones are removed)."""
+    """Exactly these IPv4 and global IPv6 addresses on ifname (extra ones are removed; the
+    kernel's link-local IPv6 address stays). IPv6 ones skip DAD: the lab assigns them."""
     want = {str(ipaddress.ip_interface(c)) for c in cidrs}
     with _ns(nsname) as ns:
         idx = ns.link_lookup(ifname=ifname)
         if not idx:
             raise LabKernelError(f"{nsname}: interface {ifname} is missing")
         have = set()
-        for a in ns.get_addr(family=2, index=idx[0]):
-            c = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            if c in want:
-                have.add(c)
-            else:
-                ns.addr("del", index=idx[0], address=a.get_attr("IFA_ADDRESS"),
-                        prefixlen=a["prefixlen"])
+        for family in (2, 10):
+            for a in ns.get_addr(family=family, index=idx[0]):
+                ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+                c = f"{ip}/{a['prefixlen']}"
+                if c in want:
+                    have.add(c)
+                elif not ip.is_link_local:
+                    ns.addr("del", index=idx[0], address=str(ip), prefixlen=a["prefixlen"])
         for c in sorted(want - have):
             ip = ipaddress.ip_interface(c)
-            ns.addr("add", index=idx[0], address=str(ip.ip), prefixlen=ip.network.prefixlen)
+            ns.addr("add", index=idx[0], address=str(ip.ip), prefixlen=ip.network.prefixlen,
+                    **({"flags": IFA_F_NODAD} if ip.version == 6 else {}))
+
+
+def enable_ipv6(nsname: str, ifname: str) -> None:
+    """IPv6 on one NIC of a quiet namespace (ensure_ns turns it off): no autoconf, no RAs."""
+    for key, val in (("disable_ipv6", "0"), ("accept_ra", "0"), ("autoconf", "0")):
+        sysctl(nsname, f"net/ipv6/conf/{ifname}/{key}", val)
 
 
 def ensure_route(nsname: str, dst: str, *, gateway: str | None = None, dev: str | None = None,
                  table: int | None = None, prefsrc: str | None = None) -> None:
     net = ipaddress.ip_network(dst, strict=False)
-    kw: dict = {"dst": str(net.network_address), "dst_len": net.prefixlen}
+    kw: dict = {"dst": str(net.network_address), "dst_len": net.prefixlen,
+                "family": 10 if net.version == 6 else 2}
     with _ns(nsname) as ns:
         if gateway:
             kw["gateway"] = gateway

@@ -20,13 +20,25 @@ import yaml
 
 from xen_tvd.policy.model import Policy, Pos  # first: xen_tvd.diagnostics imports it back
 from xen_tvd.diagnostics import Collector  # noqa: I001
-from xen_tvd.yamlsrc import YamlUnreadable, compose, kind_name, pos_of, read_source, scalar
+from xen_tvd.yamlschema import Reader
+from xen_tvd.yamlsrc import YamlUnreadable, compose, kind_name, read_source
 from xen_tvd.lab import spec_control  # noqa: I001
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 VM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 MAX_DOMID = 32751   # DOMID_FIRST_RESERVED - 1
 MAX_NICS = 16
+
+
+def address6_for(address: str, subnets: tuple[str, ...]) -> str | None:
+    """A dual-stack TVD's VMs get an IPv6 address too: the TVD's first IPv6 subnet with the
+    host number of the NIC's IPv4 address in its own subnet (10.1.0.11/24 -> fd00:1::b/64),
+    so a lab spec names one address per NIC and its IPv6 one is predictable."""
+    v4 = ipaddress.ip_interface(address)
+    net6 = next((n for n in map(ipaddress.ip_network, subnets) if n.version == 6), None)
+    if net6 is None or v4.version != 4:
+        return None
+    return f"{net6[int(v4.ip) - int(v4.network.network_address)]}/{net6.prefixlen}"
 
 
 class SpecUnreadable(Exception):
@@ -67,6 +79,7 @@ class LabSpec:
     policy_path: str        # absolute
     vms: dict[str, VmSpec]
     control: str = "direct"     # direct: the lab plugs vifs; master: tvd-master + tvd-proxy
+    replicas: int = 1           # master mode: N tvd-master replicas on an N-member etcd
 
 
 def default_name(path: str) -> str:
@@ -95,46 +108,50 @@ def load_lab(path: str) -> tuple[LabSpec, Policy]:
             diags.error(Pos(path, 1, 1), "the lab spec is empty")
         raise SpecInvalid("\n".join(str(d) for d in diags.errors))
     spec_path = os.path.abspath(path)
-    p = lambda node: pos_of(node, path)  # noqa: E731
+    r = Reader(path, diags)
 
     if not isinstance(root, yaml.MappingNode):
-        diags.error(p(root), f"a lab spec must be a mapping, got {kind_name(root)}")
+        r.err(root, f"a lab spec must be a mapping, got {kind_name(root)}")
         raise SpecInvalid("\n".join(str(d) for d in diags.errors))
 
-    top = _mapping(root, path, diags, {"name", "policy", "vms", "control"}, "lab spec")
+    top = r.mapping(root, "lab spec", dict.fromkeys(("name", "policy", "vms", "control",
+                                                            "replicas"), False))
     name = default_name(path)
     if "name" in top:
         k, v = top["name"]
-        val = _str(v, path, diags, "name")
+        val = r.nonempty_string(v, "name")
         if val is not None:
             if NAME_RE.match(val):
                 name = val
             else:
-                diags.error(p(v), f"name {val!r} must be 1-24 of a-z 0-9 - (it prefixes "
-                                  "namespace names), starting with a letter or digit")
+                r.err(v, f"name {val!r} must be 1-24 of a-z 0-9 - (it prefixes "
+                         "namespace names), starting with a letter or digit")
     policy: Policy | None = None
     policy_path = ""
     if "policy" not in top:
-        diags.error(p(root), "missing key 'policy' (path of the TVD policy, relative to this file)")
+        r.err(root, "missing key 'policy' (path of the TVD policy, relative to this file)")
     else:
         k, v = top["policy"]
-        rel = _str(v, path, diags, "policy")
+        rel = r.nonempty_string(v, "policy")
         if rel is not None:
             policy_path = os.path.normpath(os.path.join(os.path.dirname(spec_path), rel))
-            policy = _load_policy(policy_path, p(v), diags)
+            policy = _load_policy(policy_path, r.pos(v), diags)
     control = "direct"
     if "control" in top:
-        control = spec_control.parse_control(top["control"][1], path, diags) or control
+        control = spec_control.parse_control(top["control"][1], r) or control
+    replicas = 1
+    if "replicas" in top:
+        replicas = spec_control.parse_replicas(top["replicas"][1], r, control) or replicas
     vms: dict[str, VmSpec] = {}
     if "vms" not in top:
-        diags.error(p(root), "missing key 'vms' (the lab's virtual machines)")
+        r.err(root, "missing key 'vms' (the lab's virtual machines)")
     else:
-        vms = _vms(top["vms"][1], path, diags, policy)
+        vms = _vms(top["vms"][1], r, policy)
         spec_control.check_mode(control, vms, diags)
     if diags.errors:
         raise SpecInvalid("\n".join(str(d) for d in diags.errors))
     assert policy is not None
-    return LabSpec(spec_path, name, policy_path, vms, control), policy
+    return LabSpec(spec_path, name, policy_path, vms, control, replicas), policy
 
 
 def _load_policy(policy_path: str, where: Pos | None, diags: Collector) -> Policy | None:
@@ -165,118 +182,76 @@ class _Raw:
         return self.line
 
 
-def _mapping(node, file, diags, allowed: set[str], what: str) -> dict[str, tuple]:
-    out: dict[str, tuple] = {}
-    for k, v in node.value:
-        key = scalar(k) if isinstance(k, yaml.ScalarNode) else None
-        if not isinstance(key, str):
-            diags.error(pos_of(k, file), f"{what}: keys must be strings")
-            continue
-        if key in out:
-            diags.error(pos_of(k, file), f"{what}: duplicate key {key!r}")
-            continue
-        if key not in allowed:
-            diags.error(pos_of(k, file), f"{what}: unknown key {key!r} "
-                                         f"(allowed: {', '.join(sorted(allowed))})")
-            continue
-        out[key] = (k, v)
-    return out
+VM_KEYS = dict.fromkeys(("host", "domid", "nics", "properties", "expect"), False)
 
 
-def _str(node, file, diags, what) -> str | None:
-    if isinstance(node, yaml.ScalarNode):
-        v = scalar(node)
-        if isinstance(v, str) and v:
-            return v
-    diags.error(pos_of(node, file), f"{what} must be a non-empty string, got {kind_name(node)}")
-    return None
-
-
-def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpec]:
-    p = lambda n: pos_of(n, file)  # noqa: E731
+def _vms(node, r: Reader, policy: Policy | None) -> dict[str, VmSpec]:
     if not isinstance(node, yaml.MappingNode):
-        diags.error(p(node), f"vms must be a mapping of VM name to VM, got {kind_name(node)}")
+        r.err(node, f"vms must be a mapping of VM name to VM, got {kind_name(node)}")
         return {}
     if not node.value:
-        diags.error(p(node), "vms is empty: a lab needs at least one VM")
+        r.err(node, "vms is empty: a lab needs at least one VM")
     vms: dict[str, VmSpec] = {}
     seen_addr: dict[str, Pos | None] = {}
     seen_domid: dict[tuple[str, int], str] = {}
     pending_domid: list[str] = []    # VMs without a domid, in spec order
     raw: dict[str, tuple] = {}
-    for k, v in node.value:
-        name = scalar(k) if isinstance(k, yaml.ScalarNode) else None
-        if not isinstance(name, str) or not VM_RE.match(name):
-            diags.error(p(k), f"VM name {name!r} must be 1-24 of a-z 0-9 - "
-                              "(it names a namespace), starting with a letter or digit")
-            continue
-        if name in raw:
-            diags.error(p(k), f"duplicate VM {name!r}")
+    for name, (k, v) in r.mapping(node, "vms").items():
+        if not VM_RE.match(name):
+            r.err(k, f"VM name {name!r} must be 1-24 of a-z 0-9 - "
+                     "(it names a namespace), starting with a letter or digit")
             continue
         raw[name] = (k, v)
     for name, (k, v) in raw.items():
         what = f"VM {name}"
         if not isinstance(v, yaml.MappingNode):
-            diags.error(p(v), f"{what} must be a mapping with host and nics, got {kind_name(v)}")
+            r.err(v, f"{what} must be a mapping with host and nics, got {kind_name(v)}")
             continue
-        f = _mapping(v, file, diags, {"host", "domid", "nics", "properties", "expect"}, what)
+        f = r.mapping(v, what, VM_KEYS)
         host = None
         if "host" not in f:
-            diags.error(p(v), f"{what}: missing key 'host'")
+            r.err(v, f"{what}: missing key 'host'")
         else:
             hn = f["host"][1]
-            host = _str(hn, file, diags, f"{what}: host")
+            host = r.nonempty_string(hn, f"{what}: host")
             if host is not None and policy is not None:
                 h = policy.hosts.get(host)
                 if h is None:
                     known = ", ".join(sorted(policy.hosts)) or "none"
-                    diags.error(p(hn), f"{what}: host {host!r} is not in the policy's capability "
-                                       f"model (hosts: {known})")
+                    r.err(hn, f"{what}: host {host!r} is not in the policy's capability "
+                              f"model (hosts: {known})")
                     host = None
                 elif not h.nics:
-                    diags.error(p(hn), f"{what}: host {host!r} has no nics in the policy, so the "
-                                       "lab cannot tell which network it sits on")
+                    r.err(hn, f"{what}: host {host!r} has no nics in the policy, so the "
+                              "lab cannot tell which network it sits on")
                     host = None
         domid = None
         if "domid" in f:
-            dn = f["domid"][1]
-            dv = scalar(dn) if isinstance(dn, yaml.ScalarNode) else None
-            if type(dv) is not int or not 1 <= dv <= MAX_DOMID:
-                diags.error(p(dn), f"{what}: domid must be an integer 1..{MAX_DOMID} "
-                                   f"(0 is Dom0), got {kind_name(dn) if type(dv) is not int else dv}")
-            else:
-                domid = dv
-                if host is not None:
-                    other = seen_domid.get((host, dv))
-                    if other:
-                        diags.error(p(dn), f"{what}: domid {dv} is already used by VM {other} "
-                                           f"on host {host}")
-                    else:
-                        seen_domid[(host, dv)] = name
+            domid = _domid(f["domid"][1], r, what, name, host, seen_domid)
         nics: list[NicSpec] = []
         if "nics" not in f:
-            diags.error(p(v), f"{what}: missing key 'nics'")
+            r.err(v, f"{what}: missing key 'nics'")
         else:
             nn = f["nics"][1]
             if not isinstance(nn, yaml.SequenceNode) or not nn.value:
-                diags.error(p(nn), f"{what}: nics must be a non-empty list of "
-                                   "{tvd: NAME, address: A.B.C.D/LEN}")
+                r.err(nn, f"{what}: nics must be a non-empty list of "
+                          "{tvd: NAME, address: A.B.C.D/LEN}")
             elif len(nn.value) > MAX_NICS:
-                diags.error(p(nn), f"{what}: at most {MAX_NICS} nics")
+                r.err(nn, f"{what}: at most {MAX_NICS} nics")
             else:
                 for devid, item in enumerate(nn.value):
-                    nic = _nic(item, devid, file, diags, policy, f"{what} nic {devid}", seen_addr)
+                    nic = _nic(item, devid, r, policy, f"{what} nic {devid}", seen_addr)
                     if nic is not None:
                         nics.append(nic)
-        _external_machine(name, host, nics, policy, p(v), diags)
+        _external_machine(name, host, nics, policy, r.pos(v), r.diags)
         props = expect = None
         if "properties" in f:
-            props = spec_control.parse_properties(f["properties"][1], file, diags, policy, what)
+            props = spec_control.parse_properties(f["properties"][1], r, policy, what)
         if "expect" in f:
-            expect = spec_control.parse_expect(f["expect"][1], file, diags, what)
+            expect = spec_control.parse_expect(f["expect"][1], r, what)
         if host is not None and domid is None:
             pending_domid.append(name)
-        vms[name] = VmSpec(name, host or "", domid or 0, tuple(nics), p(k), props or {},
+        vms[name] = VmSpec(name, host or "", domid or 0, tuple(nics), r.pos(k), props or {},
                            expect or "admitted")
     # Domids not given are assigned per host, smallest free first, in spec order.
     for name in pending_domid:
@@ -287,6 +262,24 @@ def _vms(node, file, diags: Collector, policy: Policy | None) -> dict[str, VmSpe
         seen_domid[(host, d)] = name
         vms[name] = dataclasses.replace(vms[name], domid=d)
     return vms
+
+
+def _domid(dn, r: Reader, what: str, name: str, host: str | None,
+           seen_domid: dict[tuple[str, int], str]) -> int | None:
+    dv, ok = r.value(dn, f"{what}: domid") if isinstance(dn, yaml.ScalarNode) else (None, True)
+    if not ok:
+        return None
+    if type(dv) is not int or not 1 <= dv <= MAX_DOMID:
+        r.err(dn, f"{what}: domid must be an integer 1..{MAX_DOMID} "
+                  f"(0 is Dom0), got {kind_name(dn) if type(dv) is not int else dv}")
+        return None
+    if host is not None:
+        other = seen_domid.get((host, dv))
+        if other:
+            r.err(dn, f"{what}: domid {dv} is already used by VM {other} on host {host}")
+        else:
+            seen_domid[(host, dv)] = name
+    return dv
 
 
 def _external_machine(name: str, host: str | None, nics: list[NicSpec], policy: Policy | None,
@@ -320,36 +313,35 @@ def _external_machine(name: str, host: str | None, nics: list[NicSpec], policy: 
                                     "leg there)")
 
 
-def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
-    p = lambda n: pos_of(n, file)  # noqa: E731
+def _nic(node, devid, r: Reader, policy, what, seen_addr) -> NicSpec | None:
     if not isinstance(node, yaml.MappingNode):
-        diags.error(p(node), f"{what} must be a mapping {{tvd: NAME, address: A.B.C.D/LEN}}, "
-                             f"got {kind_name(node)}")
+        r.err(node, f"{what} must be a mapping {{tvd: NAME, address: A.B.C.D/LEN}}, "
+                    f"got {kind_name(node)}")
         return None
-    f = _mapping(node, file, diags, {"tvd", "address"}, what)
+    f = r.mapping(node, what, {"tvd": False, "address": False})
     ok = True
     tvd = addr = None
     if "tvd" not in f:
-        diags.error(p(node), f"{what}: missing key 'tvd'")
+        r.err(node, f"{what}: missing key 'tvd'")
         ok = False
     else:
         tn = f["tvd"][1]
-        tvd = _str(tn, file, diags, f"{what}: tvd")
+        tvd = r.nonempty_string(tn, f"{what}: tvd")
         if tvd is None:
             ok = False
         elif policy is not None and tvd not in policy.tvds and tvd not in policy.externals:
             known = ", ".join(sorted(policy.tvds)) or "none"
             exts = f"; externals: {', '.join(sorted(policy.externals))}" if policy.externals else ""
-            diags.error(p(tn), f"{what}: TVD {tvd!r} is not defined by the policy (TVDs: "
+            r.err(tn, f"{what}: TVD {tvd!r} is not defined by the policy (TVDs: "
                                f"{known}{exts})")
             ok = False
     if "address" not in f:
-        diags.error(p(node), f"{what}: missing key 'address' (IPv4 with prefix, e.g. "
+        r.err(node, f"{what}: missing key 'address' (IPv4 with prefix, e.g. "
                              "192.168.50.11/24)")
         ok = False
     else:
         an = f["address"][1]
-        s = _str(an, file, diags, f"{what}: address")
+        s = r.nonempty_string(an, f"{what}: address")
         if s is None:
             ok = False
         else:
@@ -364,7 +356,7 @@ def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
                     raise ValueError("not a unicast host address")
                 addr = str(iface)
             except ValueError as e:
-                diags.error(p(an), f"{what}: address {s!r} is not a usable IPv4 host address "
+                r.err(an, f"{what}: address {s!r} is not a usable IPv4 host address "
                                    f"with prefix: {e}")
                 ok = False
             else:
@@ -373,19 +365,26 @@ def _nic(node, devid, file, diags, policy, what, seen_addr) -> NicSpec | None:
                 x = policy.externals.get(tvd) if policy is not None and tvd else None
                 nets = [ipaddress.ip_network(n) for n in (t or x).subnets] if (t or x) else []
                 if nets and not any(iface.ip in n for n in nets):
-                    diags.error(p(an), f"{what}: address {ip} is outside the subnets of "
+                    r.err(an, f"{what}: address {ip} is outside the subnets of "
                                        f"{'external' if x else 'TVD'} {tvd!r} "
                                        f"({', '.join(map(str, nets))}); its router and "
                                        "flow filter identify the TVD by address")
                     ok = False
                 elif any(iface.ip == ipaddress.ip_interface(g).ip for g in (t.gateways if t else ())):
-                    diags.error(p(an), f"{what}: address {ip} is the gateway of TVD {tvd!r}")
+                    r.err(an, f"{what}: address {ip} is the gateway of TVD {tvd!r}")
+                    ok = False
+                elif t and (six := address6_for(addr, t.subnets)) and any(
+                        ipaddress.ip_interface(six).ip == ipaddress.ip_interface(g).ip
+                        for g in t.gateways):
+                    r.err(an, f"{what}: address {ip} would give this NIC IPv6 address "
+                              f"{ipaddress.ip_interface(six).ip}, the gateway of dual-stack "
+                              f"TVD {tvd!r}; pick another host number")
                     ok = False
                 elif ip in seen_addr:
-                    diags.error(p(an), f"{what}: address {ip} is already used at {seen_addr[ip]}")
+                    r.err(an, f"{what}: address {ip} is already used at {seen_addr[ip]}")
                     ok = False
                 else:
-                    seen_addr[ip] = p(an)
+                    seen_addr[ip] = r.pos(an)
     if not ok:
         return None
-    return NicSpec(devid, tvd, addr, p(node))
+    return NicSpec(devid, tvd, addr, r.pos(node))

@@ -20,10 +20,10 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from xen_tvd.lab.spec import LabSpec
+from xen_tvd.desired.names import IFNAME_MAX
+from xen_tvd.lab.spec import LabSpec, address6_for
 from xen_tvd.policy.model import Policy
 
-IFNAMSIZ = 15
 EXTERNAL_NET = "external:"    # prefix of an external LAN's key in Topology.bridges
 
 
@@ -71,10 +71,15 @@ class LabNic:
     eth: str         # VM-side name
     vif: str         # Dom0-side name
     mac: str
+    address6: str | None = None   # CIDR, in a TVD with an IPv6 subnet (spec.address6_for)
 
     @property
     def ip(self) -> str:
         return str(ipaddress.ip_interface(self.address).ip)
+
+    @property
+    def ip6(self) -> str | None:
+        return str(ipaddress.ip_interface(self.address6).ip) if self.address6 else None
 
     @property
     def key(self) -> str:
@@ -120,7 +125,7 @@ def ns_names(name: str) -> dict[str, str]:
 
 
 def _short(preferred: str, fallback: str, used: set[str]) -> str:
-    n = preferred if len(preferred) <= IFNAMSIZ and preferred not in used else fallback
+    n = preferred if len(preferred) <= IFNAME_MAX and preferred not in used else fallback
     used.add(n)
     return n
 
@@ -210,7 +215,9 @@ def build(spec: LabSpec, policy: Policy) -> Topology:
         nics = tuple(LabNic(vname, n.devid, n.tvd, n.address, f"eth{n.devid}",
                             _short(f"xm-{vname}", f"xm{vi}", used_ports)
                             if n.tvd in policy.externals else f"vif{vm.domid}.{n.devid}",
-                            vm_mac(spec.name, vname, n.devid, used_mac))
+                            vm_mac(spec.name, vname, n.devid, used_mac),
+                            None if n.tvd in policy.externals
+                            else address6_for(n.address, policy.tvds[n.tvd].subnets))
                      for n in vm.nics)
         vms[vname] = LabVm(vname, vm.host, vm.domid, names["vm"] + vname, nics)
     if problems:

@@ -4,13 +4,16 @@ For every ordered pair of VM NICs (src, dst) on different VMs, three probes run 
   I  ICMP echo (ping -I eth<n>)
   T  TCP connect to the listener the lab runs in every VM
   A  broadcast ARP request for dst's address, answered or not
+and, when both NICs are in dual-stack TVDs (spec.address6_for), over IPv6:
+  i  ICMPv6 echo          t  TCP connect to the listener
 and, for a controlled pair, a TCP connect to every port of lab.ports.controlled_tcp_ports
 (each rule range's edges and the ports just outside them).
 Expected, from the policy alone:
   - same TVD: everything answers;
   - a routed pair (open or controlled, both TVDs with subnets): ARP never (the TVDs stay two
     broadcast domains); open: ICMP and TCP; controlled: ICMP iff both sides allow icmp, each
-    TCP port iff both sides' rules cover it (the intersection). ICMP and TCP need the reply,
+    TCP port iff both sides' rules cover it (the intersection; ICMPv6 needs `icmpv6`, `icmp`
+    is IPv4's). ICMP and TCP need the reply,
     so with `replies: false` nothing answers (such a flow's own datagrams are checked by the
     dataplane tests);
   - everything else (closed, or open/controlled between TVDs without subnets, which get no
@@ -25,12 +28,14 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 
-from xen_tvd.lab.lab import TCP_PORT, LabError, agent_cmd, agent_env
+from xen_tvd.lab.common import LabError, agent_cmd, agent_env
+from xen_tvd.lab.ports import LAB_TCP_PORT as TCP_PORT
 from xen_tvd.lab.topology import LabNic, Topology
 from xen_tvd.policy.model import FlowKind, Policy
 
 PROBE_KINDS = ("icmp", "tcp", "arp")
-LETTER = {"icmp": "I", "tcp": "T", "arp": "A"}
+IPV6_KINDS = ("icmp6", "tcp6")
+LETTER = {"icmp": "I", "tcp": "T", "arp": "A", "icmp6": "i", "tcp6": "t"}
 DEFAULT_TIMEOUT = 2.0
 RETRY_FACTOR = 3
 
@@ -64,7 +69,8 @@ class Matrix:
 
     def as_json(self) -> dict:
         return {
-            "nics": [{"key": n.key, "vm": n.vm, "eth": n.eth, "tvd": n.tvd, "address": n.address}
+            "nics": [{"key": n.key, "vm": n.vm, "eth": n.eth, "tvd": n.tvd, "address": n.address,
+                      "address6": n.address6}
                      for n in self.nics],
             "cells": [{"src": c.src.key, "dst": c.dst.key, "src_tvd": c.src.tvd,
                        "dst_tvd": c.dst.tvd, "flow": c.flow, "expected": c.expected,
@@ -102,6 +108,10 @@ def expectations(policy: Policy, src_tvd: str, dst_tvd: str,
     out = dict(closed)
     if "icmp" in kinds:
         out["icmp"] = allows("icmp")
+    if "icmp6" in kinds:
+        out["icmp6"] = allows("icmpv6")
+    if "tcp6" in kinds:
+        out["tcp6"] = allows("tcp", LAB_TCP_PORT)
     if "tcp" in kinds:
         out["tcp"] = allows("tcp", LAB_TCP_PORT)
         for p in controlled_tcp_ports(policy):
@@ -111,9 +121,10 @@ def expectations(policy: Policy, src_tvd: str, dst_tvd: str,
 
 def _probe(c: "Cell", kind: str, timeout: float) -> dict:
     base, _, port = kind.partition(":")
+    v6 = kind in IPV6_KINDS
     return {"id": f"{c.src.key}|{c.dst.key}|{kind}", "kind": base, "dev": c.src.eth,
-            "src": c.src.ip, "dst": c.dst.ip, "port": int(port) if port else TCP_PORT,
-            "timeout": timeout}
+            "src": c.src.ip6 if v6 else c.src.ip, "dst": c.dst.ip6 if v6 else c.dst.ip,
+            "port": int(port) if port else TCP_PORT, "timeout": timeout}
 
 
 def measure(topo: Topology, policy: Policy, timeout: float = DEFAULT_TIMEOUT,
@@ -123,14 +134,16 @@ def measure(topo: Topology, policy: Policy, timeout: float = DEFAULT_TIMEOUT,
     nics = topo.nics()
     cells: dict[tuple[str, str], Cell] = {}
     batches: dict[str, list[dict]] = {}
-    memo: dict[tuple[str, str], tuple[str, dict[str, bool]]] = {}
+    memo: dict[tuple[str, str, bool], tuple[str, dict[str, bool]]] = {}
     for s in nics:
         for d in nics:
             if s.vm == d.vm:
                 continue   # two NICs of one VM: traffic between them never leaves the VM
-            if (s.tvd, d.tvd) not in memo:
-                memo[(s.tvd, d.tvd)] = expectations(policy, s.tvd, d.tvd, kinds)
-            flow, expect = memo[(s.tvd, d.tvd)]
+            key = (s.tvd, d.tvd, bool(s.ip6 and d.ip6))
+            if key not in memo:
+                memo[key] = expectations(policy, s.tvd, d.tvd,
+                                         kinds + IPV6_KINDS * key[2])
+            flow, expect = memo[key]
             if s.vm in denied or d.vm in denied:
                 flow, expect = "denied", {k: False for k in expect}
             c = cells[(s.key, d.key)] = Cell(s, d, any(expect.values()), flow, {}, {},
@@ -204,7 +217,7 @@ def render(m: Matrix, color: bool) -> str:
             if c is None:
                 row.append("-".rjust(cw))
                 continue
-            txt = "".join(LETTER[k] if c.results.get(k) else "." for k in PROBE_KINDS
+            txt = "".join(LETTER[k] if c.results.get(k) else "." for k in LETTER
                           if k in c.results)
             port_probes = [k for k in c.results if k.startswith("tcp:")]
             if port_probes:   # controlled pair: how many of its probed ports answered
@@ -214,8 +227,9 @@ def render(m: Matrix, color: bool) -> str:
             row.append(pad + (green if c.ok else red) + mark + reset)
         lines.append(" ".join(row))
     lines.append("")
-    lines.append("cell: I=ICMP T=TCP A=ARP reached, '.' = not reached, +k/n = k of the n probed "
-                 "ports of a controlled pair answered, '!' = differs from the policy, '-' = same VM")
+    lines.append("cell: I=ICMP T=TCP A=ARP (i=ICMPv6 t=TCP over IPv6) reached, '.' = not reached, "
+                 "+k/n = k of the n probed ports of a controlled pair answered, '!' = differs "
+                 "from the policy, '-' = same VM")
     bad = m.mismatches
     for c in bad:
         wrong = ", ".join(f"{k} {'reached' if v else 'not reached'} (policy: "

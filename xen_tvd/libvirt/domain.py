@@ -19,14 +19,12 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from xen_tvd.desired.names import BACKEND_BRIDGE_PREFIX
+from xen_tvd.desired.patterns import MAC_RE, NAME_RE, UUID_RE
 from xen_tvd.libvirt import NETWORK_PREFIX, NS
 
-TVD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")      # docs/policy.md names; same as the proxy
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 ASSURANCE_KINDS = ("trust", "mutable-log", "immutable-log", "evaluation", "introspection",
                    "policy", "audit")              # xen_tvd.policy.model (not imported: fast start)
-BRIDGE_TVD_PREFIX = "tvd:"
 MEMBERSHIP = f"{{{NS}}}membership"
 NIC = f"{{{NS}}}nic"
 PROPERTY = f"{{{NS}}}property"
@@ -66,16 +64,22 @@ class Membership:
     def is_member(self) -> bool:
         return bool(self.tvds)
 
+    def register(self):
+        """The tvd-proxy `register` request (docs/proxy-protocol.md)."""
+        from xen_tvd.proxy.requests import Nic, Register
+        return Register(uuid=self.uuid, name=self.name,
+                        nics=tuple(Nic(tvd=n.tvd, devid=n.devid) for n in self.nics
+                                   if n.tvd and n.devid is not None),
+                        properties=dict(sorted(self.properties.items())))
+
     def register_request(self) -> dict:
-        """The tvd-proxy v1 `register` request (docs/proxy-protocol.md)."""
-        return {"v": 1, "op": "register", "uuid": self.uuid, "name": self.name,
-                "nics": [{"devid": n.devid, "tvd": n.tvd} for n in self.nics
-                         if n.tvd and n.devid is not None],
-                "properties": dict(sorted(self.properties.items()))}
+        """register() as it goes on the wire (`tvdctl libvirt membership --json`)."""
+        from xen_tvd.proxy.protocol import VERSION
+        return {"v": VERSION, **self.register().to_wire()}
 
 
 def _tvd_name(value: str, what: str) -> str:
-    if not TVD_RE.match(value):
+    if not NAME_RE.match(value):
         raise MembershipError(f"{what}: '{value}' is not a TVD name (1-32 of a-z 0-9 _ -, "
                               f"starting with a letter)")
     return value
@@ -92,14 +96,14 @@ def tvd_of_source(kind: str, name: str | None) -> str | None:
     """TVD named by a network/bridge an interface uses, or None for any other name."""
     if not name:
         return None
-    if kind == "bridge" and name.startswith(BRIDGE_TVD_PREFIX):
-        return _tvd_name(name[len(BRIDGE_TVD_PREFIX):], f"<source bridge='{name}'/>")
+    if kind == "bridge" and name.startswith(BACKEND_BRIDGE_PREFIX):
+        return _tvd_name(name[len(BACKEND_BRIDGE_PREFIX):], f"<source bridge='{name}'/>")
     if name.startswith(NETWORK_PREFIX):
         rest = name[len(NETWORK_PREFIX):]
         if re.fullmatch(r"[0-9a-f]{11}", rest):
             raise MembershipError(f"<source {kind}='{name}'/> is the hashed vSwitch of a long TVD "
                                   f"name; name the TVD with network tvd-<name> or <tvd:nic> instead")
-        if TVD_RE.match(rest):
+        if NAME_RE.match(rest):
             return rest
         raise MembershipError(f"<source {kind}='{name}'/> looks like a TVD {kind} but '{rest}' "
                               f"is not a TVD name")
@@ -120,16 +124,23 @@ def _metadata(root: ET.Element):
     return ours[0]
 
 
-def parse_domain(xml: str | bytes) -> Membership:
-    """Membership of the domain described by `xml`; MembershipError when it is contradictory."""
-    if len(xml) > MAX_XML:
-        raise MembershipError(f"domain XML larger than {MAX_XML} bytes")
+def read_xml(xml: str | bytes, what: str, root_tag: str, limit: int = MAX_XML) -> ET.Element:
+    """The root of a document libvirt handed a hook; MembershipError when it is too large, not
+    well-formed or not a <root_tag>."""
+    if len(xml) > limit:
+        raise MembershipError(f"{what} larger than {limit} bytes")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
-        raise MembershipError(f"domain XML is not well-formed: {e}") from None
-    if root.tag != "domain":
-        raise MembershipError(f"expected a <domain> document, got <{root.tag}>")
+        raise MembershipError(f"{what} is not well-formed: {e}") from None
+    if root.tag != root_tag:
+        raise MembershipError(f"expected a <{root_tag}> document, got <{root.tag}>")
+    return root
+
+
+def parse_domain(xml: str | bytes) -> Membership:
+    """Membership of the domain described by `xml`; MembershipError when it is contradictory."""
+    root = read_xml(xml, "domain XML", "domain")
     name = (root.findtext("name") or "").strip()
     uuid = (root.findtext("uuid") or "").strip().lower()
     if not UUID_RE.match(uuid):
@@ -180,6 +191,11 @@ def parse_domain(xml: str | bytes) -> Membership:
             seen_macs.add(mac)
         src = itf.find("source")
         source = None
+        if src is not None and kind == "bridge" and src.get("network"):
+            # a running domain's live XML: a type='network' NIC shows as type='bridge' with
+            # <source network='…' portid='…' bridge='…'/>; the network names the TVD (its
+            # bridge may be the hashed vSwitch of a long TVD name)
+            kind = "network"
         if src is not None and kind in ("network", "bridge"):
             source = src.get(kind)
         where = f"interface {mac or '#' + str(len(nics))}"

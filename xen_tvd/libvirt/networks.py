@@ -4,13 +4,20 @@
       <name>tvd-alpha</name>
       <uuid>…uuid5(NETWORK_UUID_NS, 'alpha')…</uuid>
       <metadata><tvd:tvd xmlns:tvd="https://xen-tvd.org/xmlns/libvirt/1" name="alpha"
-                         vlan="100" vni="10100"/></metadata>
+                         vlan="100" vni="10100" mtu="1450"/></metadata>
       <forward mode="bridge"/>
-      <bridge name="tvd-alpha"/>          (planner.bridge_name: the vSwitch tvd-proxy owns)
+      <bridge name="tvd-alpha"/>          (desired.names.bridge_name: the vSwitch tvd-proxy owns)
     </network>
 
-The bridge belongs to tvd-proxy (it creates it, with its uplink, when the first vif of the TVD
-arrives), so libvirt only points guests at it. No <port isolated>: guests of one TVD talk freely
+The bridge belongs to tvd-proxy (it creates it, with its uplink, when the first vif or libvirt
+port of the TVD arrives), so libvirt only points guests at it.
+
+MTU: libvirt refuses <mtu size=…> on a <forward mode='bridge'/> network ("mtu size only allowed
+in open, route, nat, and isolated mode"; libvirt 9.0 and later alike), so the plan's MTU (the
+VM-facing MTU the planner gives the TVD's segment, planned like tvd-proxy plans it: with every
+host that may carry the TVD) travels in our metadata, for people and tools to read. What makes
+it real is the bridge: tvd-proxy sets the vSwitch to that MTU and libvirt gives each tap the
+bridge's MTU (libxl's vif-bridge does the same for vifs). No <port isolated>: guests of one TVD talk freely
 (paper: the diagonal of the flow matrix is 1). The UUID is derived from the TVD name so every
 host defines the same network and a redefinition never collides with the stored UUID.
 """
@@ -21,8 +28,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from xen_tvd.desired.names import bridge_name
 from xen_tvd.libvirt import NETWORK_PREFIX, NS, NS_PREFIX
-from xen_tvd.planner import bridge_name
+from xen_tvd.planner import PlanError, plan
+from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Policy, Tvd
 
 NETWORK_UUID_NS = _uuid.uuid5(_uuid.NAMESPACE_URL, NS + "#network")
@@ -40,13 +49,29 @@ def network_uuid(tvd: str) -> str:
     return str(_uuid.uuid5(NETWORK_UUID_NS, tvd))
 
 
-def network_element(tvd: Tvd, uuid: str | None = None) -> etree._Element:
+def segment_mtu(policy: Policy, tvd: str) -> int | None:
+    """The MTU tvd-proxy gives TVD `tvd`'s vSwitch: the planner's segment MTU with every host
+    that may carry the TVD as a carrier (as the proxy plans it). None when no host may."""
+    carriers = {h: {tvd} for h, host in policy.hosts.items()
+                if admit(policy, [tvd], dict(host.properties)).admitted}
+    if not carriers:
+        return None
+    try:
+        states = plan(policy, {}, carriers)
+    except PlanError as e:
+        raise DefineError(f"{network_name(tvd)}: the planner cannot place TVD '{tvd}': {e}") from None
+    return min((s.mtu for st in states.values() for s in st.segments if s.tvd == tvd), default=None)
+
+
+def network_element(tvd: Tvd, uuid: str | None = None, mtu: int | None = None) -> etree._Element:
     net = etree.Element("network")
     etree.SubElement(net, "name").text = network_name(tvd.name)
     etree.SubElement(net, "uuid").text = uuid or network_uuid(tvd.name)
     meta = etree.SubElement(net, "metadata")
-    etree.SubElement(meta, f"{{{NS}}}tvd", nsmap={NS_PREFIX: NS},
-                     name=tvd.name, vlan=str(tvd.vlan), vni=str(tvd.vni))
+    attrs = {"name": tvd.name, "vlan": str(tvd.vlan), "vni": str(tvd.vni)}
+    if mtu is not None:   # none: no host may carry the TVD, so it has no segment anywhere
+        attrs["mtu"] = str(mtu)
+    etree.SubElement(meta, f"{{{NS}}}tvd", nsmap={NS_PREFIX: NS}, **attrs)
     etree.SubElement(net, "forward", mode="bridge")
     etree.SubElement(net, "bridge", name=bridge_name(tvd.name))
     return net
@@ -57,8 +82,9 @@ def to_string(el: etree._Element) -> str:
 
 
 def networks(policy: Policy) -> dict[str, str]:
-    """network name -> XML, one per TVD, sorted by name."""
-    return {network_name(t): to_string(network_element(policy.tvds[t])) for t in sorted(policy.tvds)}
+    """network name -> XML, one per TVD, sorted by name. DefineError when a TVD cannot be planned."""
+    return {network_name(t): to_string(network_element(policy.tvds[t], mtu=segment_mtu(policy, t)))
+            for t in sorted(policy.tvds)}
 
 
 def owned_parts(xml: str | bytes) -> dict:
@@ -107,6 +133,7 @@ def define(conn, policy: Policy, autostart: bool = False, start: bool = False) -
     for tname in sorted(policy.tvds):
         tvd = policy.tvds[tname]
         name = network_name(tname)
+        mtu = segment_mtu(policy, tname)
         try:
             existing = conn.networkLookupByName(name)
         except libvirt.libvirtError as e:
@@ -122,10 +149,10 @@ def define(conn, policy: Policy, autostart: bool = False, start: bool = False) -
                 raise DefineError(f"{name}: a network of that name exists and was not made by "
                                   f"xen-tvd (no {NS} metadata); rename or undefine it")
             uuid = existing.UUIDString()
-            xml = to_string(network_element(tvd, uuid))
+            xml = to_string(network_element(tvd, uuid, mtu))
             action = "unchanged" if owned_parts(xml) == have else "redefined"
         else:
-            xml = to_string(network_element(tvd))
+            xml = to_string(network_element(tvd, mtu=mtu))
         net = existing
         if action != "unchanged":
             try:

@@ -16,6 +16,7 @@ import json
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
@@ -52,6 +53,31 @@ def _ou(cert: x509.Certificate) -> list[str]:
     return [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
 
 
+def not_before(cert: x509.Certificate) -> dt.datetime:
+    """Start of validity, timezone-aware (cryptography < 42, e.g. Debian 12's 38, has only the
+    naive UTC attribute)."""
+    when = getattr(cert, "not_valid_before_utc", None)
+    return when if when is not None else cert.not_valid_before.replace(tzinfo=dt.timezone.utc)
+
+
+def not_after(cert: x509.Certificate) -> dt.datetime:
+    """End of validity, timezone-aware (see not_before)."""
+    when = getattr(cert, "not_valid_after_utc", None)
+    return when if when is not None else cert.not_valid_after.replace(tzinfo=dt.timezone.utc)
+
+
+def verify_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
+    """Raise ValueError/InvalidSignature unless `ca` issued `cert`: issuer name and the ECDSA
+    signature of the master's CA (ca.py makes only P-256 keys). Written out rather than
+    cert.verify_directly_issued_by(), which needs cryptography >= 40 (Debian 12 has 38)."""
+    if cert.issuer != ca.subject:
+        raise ValueError("issuer is not the CA's subject")
+    key = ca.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or cert.signature_hash_algorithm is None:
+        raise ValueError("not an ECDSA-signed certificate from an EC CA")
+    key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+
+
 def issued_cert(cert_pem, ca_cert, what: str, error: type[Exception]) -> x509.Certificate:
     """`cert_pem` parsed, issued by the pinned CA and valid now; else `error` with one line
     naming `what` ("bundle signer certificate", "VM certificate"). Shared by the bundle and
@@ -63,14 +89,14 @@ def issued_cert(cert_pem, ca_cert, what: str, error: type[Exception]) -> x509.Ce
     except (ValueError, TypeError):
         raise error(f"{what} is not a PEM certificate") from None
     try:
-        cert.verify_directly_issued_by(ca)
+        verify_issued_by(cert, ca)
     except (ValueError, TypeError, InvalidSignature):
         raise error(f"{what} was not issued by the master's CA") from None
     now = dt.datetime.now(dt.timezone.utc)
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+    start, end = not_before(cert), not_after(cert)
+    if not start <= now <= end:
         raise error(f"{what} is not valid now, expired or not yet valid (valid "
-                    f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
-                    f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})")
+                    f"{start:%Y-%m-%dT%H:%M:%SZ} to {end:%Y-%m-%dT%H:%M:%SZ})")
     return cert
 
 

@@ -196,6 +196,20 @@ class Ca:
         return self._sign(b)
 
 
+def csr_key_sha256(csr_pem: str) -> str:
+    """SHA-256 of the CSR's public key (DER SubjectPublicKeyInfo) if its signature proves
+    possession of the key, else "": names the key a retried enrolment asks for again."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
+        if not csr.is_signature_valid:
+            return ""
+        der = csr.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError, InvalidSignature):
+        return ""
+    return hashlib.sha256(der).hexdigest()
+
+
 def init_ca(directory: str, url: str) -> tuple[Ca, bool]:
     """Create the CA, server and signer certificates. Idempotent: an existing directory made
     for the same URL is kept (returns created=False); another URL is refused."""
@@ -241,6 +255,35 @@ def init_ca(directory: str, url: str) -> tuple[Ca, bool]:
     write_public(url_file, url + "\n")
     # ca.pem last: its presence marks a complete init (a crash before it leaves a retryable dir)
     write_public(os.path.join(directory, "ca.pem"), pem(cert))
+    return ca, True
+
+
+def init_replica(directory: str, url: str, source: str) -> tuple[Ca, bool]:
+    """Another replica of the master in `source`: the same CA and policy signer (copied, 0600),
+    its own TLS key and a server certificate for its own URL. Idempotent like init_ca."""
+    if os.path.exists(os.path.join(directory, "ca.pem")):
+        return init_ca(directory, url)
+    try:
+        ca = Ca.load(source)
+        files = {n: open(os.path.join(source, n), "rb").read()
+                 for n in ("ca.key", "signer.key", "signer.pem")}
+    except OSError as e:
+        raise CaError(f"--ca-from {source}: {e.strerror}: {e.filename}") from None
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for n in ("ca.key", "signer.key"):
+        fd = os.open(os.path.join(directory, n), os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                     | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(files[n])
+            f.flush()
+            os.fsync(f.fileno())
+    write_public(os.path.join(directory, "signer.pem"), files["signer.pem"].decode())
+    skey = new_ec_key()
+    write_private_key(os.path.join(directory, "server.key"), skey)
+    write_public(os.path.join(directory, "server.pem"),
+                 pem(ca.issue_server(skey.public_key(), url)) + pem(ca.cert))
+    write_public(os.path.join(directory, "url"), url + "\n")
+    write_public(os.path.join(directory, "ca.pem"), pem(ca.cert))
     return ca, True
 
 

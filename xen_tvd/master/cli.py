@@ -19,26 +19,24 @@ import threading
 import time
 import uuid as uuidlib
 
+from xen_tvd.errors import Refused, UsageError
+from xen_tvd.log import log, say
 from xen_tvd.master import ca as camod
-from xen_tvd.master.store import Store, StoreError
+from xen_tvd.master import stores
+from xen_tvd.master.store import StoreError, StoreUnavailable
 from xen_tvd.policy.model import ASSURANCE_KINDS
 
 DEFAULT_DIR = os.environ.get("TVD_MASTER_DIR", "/var/lib/tvd-master")
 
 
-class Refused(Exception):
-    pass
+_STORE_SPEC: list[str | None] = [None]     # --store, if given (else DIR/store, else SQLite)
 
 
-class Usage(Exception):
-    pass
-
-
-def _store(d: str) -> Store:
+def _store(d: str):
     if not os.path.exists(os.path.join(d, "ca.pem")):
-        raise Usage(f"{d} is not a tvd-master directory; run 'tvd-master init --dir {d} "
+        raise UsageError(f"{d} is not a tvd-master directory; run 'tvd-master init --dir {d} "
                     "--url URL' first")
-    return Store(os.path.join(d, "master.db"))
+    return stores.open_store(d, _STORE_SPEC[0])
 
 
 def _props(items: list[str]) -> dict[str, str]:
@@ -46,41 +44,80 @@ def _props(items: list[str]) -> dict[str, str]:
     for item in items or []:
         name, sep, kind = item.partition("=")
         if not sep or not name:
-            raise Usage(f"--property {item!r}: write PROPERTY=ASSURANCE")
+            raise UsageError(f"--property {item!r}: write PROPERTY=ASSURANCE")
         if kind not in ASSURANCE_KINDS:
-            raise Usage(f"--property {item!r}: assurance must be one of "
+            raise UsageError(f"--property {item!r}: assurance must be one of "
                         + ", ".join(ASSURANCE_KINDS))
         out[name] = kind
     if not out:
-        raise Usage("give at least one --property PROPERTY=ASSURANCE")
+        raise UsageError("give at least one --property PROPERTY=ASSURANCE")
     return out
 
 
 def cmd_init(a) -> int:
+    spec = stores.spec_of(a.dir, _STORE_SPEC[0])
     try:
-        ca, created = camod.init_ca(a.dir, a.url)
+        if a.ca_from:
+            ca, created = camod.init_replica(a.dir, a.url, a.ca_from)
+        else:
+            ca, created = camod.init_ca(a.dir, a.url)
     except camod.CaError as e:
-        raise Usage(str(e)) from None
-    _store(a.dir)
+        raise UsageError(str(e)) from None
+    pin = camod.ca_pin(ca.cert)
+    if spec != stores.SQLITE:
+        # the cluster remembers its CA and the URL bundles name; a replica made from another
+        # CA must not join it (its proxies would refuse every bundle)
+        store = stores.open_store(a.dir, spec, create=True, meta={"url": a.url, "ca_pin": pin})
+        meta = store.meta()
+        if meta.get("ca_pin") != pin:
+            raise Refused(f"{spec} belongs to a master whose CA pin is {meta.get('ca_pin')}, "
+                          f"not {pin}; make this replica with --ca-from a directory of it")
+        camod.write_public(os.path.join(a.dir, stores.STORE_FILE), spec + "\n")
+    else:
+        _store(a.dir)
     print(f"{'initialised' if created else 'already initialised'} {a.dir} for {a.url}; "
-          f"CA pin {camod.ca_pin(ca.cert)}")
+          f"CA pin {pin}; store {spec}")
+    return 0
+
+
+def cmd_migrate(a) -> int:
+    """SQLite (DIR/master.db) -> etcd; afterwards DIR/store names the etcd store."""
+    if not a.to.startswith(("etcd://", "etcds://")):
+        raise UsageError("--to must be an etcd[s]://HOST:PORT[,...][/PREFIX] store")
+    if stores.spec_of(a.dir) != stores.SQLITE:
+        raise Refused(f"{a.dir} already uses {stores.spec_of(a.dir)}")
+    src = stores.open_store(a.dir, stores.SQLITE)
+    ca = camod.Ca.load(a.dir)
+    with open(os.path.join(a.dir, "url")) as f:
+        url = f.read().strip()
+    dst = stores.open_store(a.dir, a.to, create=True,
+                            meta={"url": url, "ca_pin": camod.ca_pin(ca.cert)})
+    if dst.meta().get("ca_pin") != camod.ca_pin(ca.cert):
+        raise Refused(f"{a.to} belongs to a master with another CA")
+    counts = stores.migrate(src, dst)
+    ok, msg = dst.verify_audit_chain()
+    if not ok:
+        raise Refused(f"after migration: {msg}")
+    camod.write_public(os.path.join(a.dir, stores.STORE_FILE), a.to + "\n")
+    print(f"migrated {counts['rows']} rows and {counts['audit']} audit records to {a.to} "
+          f"({msg}); {a.dir}/master.db is no longer used (keep it as a backup)")
     return 0
 
 
 def cmd_serve(a) -> int:
     from xen_tvd.master.server import make_server
     from xen_tvd.master.service import Master
-    from xen_tvd.proxy.log import log
-    _store(a.dir)
-    master = Master(a.dir)
-    listen = a.listen or _listen_of(master.url)
+    master = Master(a.dir, _store(a.dir))
+    listen = a.listen or _listen_of(master.url_here)
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:
         srv = make_server(master, host, int(port))
     except (OSError, ValueError) as e:
-        raise Usage(f"cannot listen on {listen}: {getattr(e, 'strerror', None) or e}") from None
+        raise UsageError(f"cannot listen on {listen}: {getattr(e, 'strerror', None) or e}") from None
     master.start()
+    writer = _metrics_writer(a, master)
+    page_srv = _page_server(a, master, writer)
 
     def stop(signum, frame):
         threading.Thread(target=srv.shutdown, daemon=True).start()
@@ -90,9 +127,44 @@ def cmd_serve(a) -> int:
     log("info", "listening", addr=f"{addr[0]}:{addr[1]}", url=master.url)
     srv.serve_forever(poll_interval=0.2)
     srv.server_close()
+    if page_srv is not None:
+        page_srv.shutdown()
+        page_srv.server_close()
+    if writer is not None:
+        writer.stop()
     master.stop()
     log("info", "stopped")
     return 0
+
+
+def _page_server(a, master, writer):
+    """The loopback page server of --page-listen (docs/master.md, "The page"), or None."""
+    if not a.page_listen:
+        return None
+    from xen_tvd.master import page_listener
+    try:
+        return page_listener.start(master, a.page_listen)
+    except UsageError:
+        if writer is not None:
+            writer.stop()
+        master.stop()
+        raise
+
+
+def _metrics_writer(a, master):
+    """The textfile writer of --metrics-textfile (docs/metrics.md), started; or None."""
+    if not a.metrics_textfile:
+        return None
+    from xen_tvd.master.metrics import MasterMetrics
+    from xen_tvd.metrics import TextfileWriter
+    try:
+        w = TextfileWriter(a.metrics_textfile, MasterMetrics(master).collect, a.metrics_interval)
+        w.start()
+    except (OSError, ValueError) as e:
+        master.stop()
+        raise UsageError(f"--metrics-textfile {a.metrics_textfile}: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    return w
 
 
 def _listen_of(url: str) -> str:
@@ -105,9 +177,9 @@ def cmd_token(a) -> int:
     store = _store(a.dir)
     from xen_tvd.master.server import HOST_NAME
     if not HOST_NAME.match(a.host):
-        raise Usage(f"host name {a.host!r}: use 1-63 of A-Z a-z 0-9 . _ - (as in the policy)")
+        raise UsageError(f"host name {a.host!r}: use 1-63 of A-Z a-z 0-9 . _ - (as in the policy)")
     if not (1 <= a.ttl <= 30 * 86400):
-        raise Usage("--ttl must be 1..2592000 seconds")
+        raise UsageError("--ttl must be 1..2592000 seconds")
     ca = camod.Ca.load(a.dir)
     tid, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     expires = store.add_token(tid, secret, a.host, a.ttl, _actor())
@@ -134,7 +206,7 @@ def cmd_policy_push(a) -> int:
         with open(a.file, encoding="utf-8") as f:
             text = f.read()
     except (YamlUnreadable, OSError, UnicodeDecodeError) as e:
-        raise Usage(str(getattr(e, "strerror", None) and f"{a.file}: {e.strerror}" or e)) \
+        raise UsageError(str(getattr(e, "strerror", None) and f"{a.file}: {e.strerror}" or e)) \
             from None
     for d in diags:
         print(d, file=sys.stderr)
@@ -151,7 +223,7 @@ def cmd_vm_cert(a) -> int:
     try:
         vm = str(uuidlib.UUID(a.uuid))
     except ValueError:
-        raise Usage(f"--uuid {a.uuid!r} is not a UUID") from None
+        raise UsageError(f"--uuid {a.uuid!r} is not a UUID") from None
     props = _props(a.property)
     ca = camod.Ca.load(a.dir)
     key = camod.new_ec_key()
@@ -159,7 +231,7 @@ def cmd_vm_cert(a) -> int:
     try:
         camod.write_private_key(a.out + ".key", key)
     except FileExistsError:
-        raise Usage(f"{a.out}.key exists; choose another --out or remove it") from None
+        raise UsageError(f"{a.out}.key exists; choose another --out or remove it") from None
     camod.write_public(a.out + ".pem", camod.pem(cert))
     store.add_vm_cert(cert.serial_number, a.name, vm, props, _actor())
     print(f"wrote {a.out}.pem and {a.out}.key (serial {cert.serial_number})")
@@ -169,7 +241,7 @@ def cmd_vm_cert(a) -> int:
 def cmd_image_allow(a) -> int:
     import re
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", a.digest):
-        raise Usage("image digest must be sha256:<64 lowercase hex digits>")
+        raise UsageError("image digest must be sha256:<64 lowercase hex digits>")
     _store(a.dir).allow_image(a.digest, _props(a.property), _actor())
     print(f"image {a.digest} allowed")
     return 0
@@ -178,7 +250,7 @@ def cmd_image_allow(a) -> int:
 def cmd_revoke_vm(a) -> int:
     store = _store(a.dir)
     if (a.uuid is None) == (a.serial is None):
-        raise Usage("give a VM UUID or --serial N (not both)")
+        raise UsageError("give a VM UUID or --serial N (not both)")
     try:
         if a.serial is not None:
             changed = store.revoke_vm_cert(a.serial, _actor())
@@ -187,7 +259,7 @@ def cmd_revoke_vm(a) -> int:
             try:
                 vm = str(uuidlib.UUID(a.uuid))
             except ValueError:
-                raise Usage(f"{a.uuid!r} is not a UUID") from None
+                raise UsageError(f"{a.uuid!r} is not a UUID") from None
             changed = store.revoke_vm(vm, _actor())
             what = f"VM {vm}"
     except StoreError as e:
@@ -205,7 +277,7 @@ def cmd_admin_cert(a) -> int:
     try:
         camod.write_private_key(out + ".key", key)
     except FileExistsError:
-        raise Usage(f"{out}.key exists; choose another --out or remove it") from None
+        raise UsageError(f"{out}.key exists; choose another --out or remove it") from None
     camod.write_public(out + ".pem", camod.pem(cert))
     store.add_admin(a.name, cert.serial_number, _actor())
     print(f"wrote {out}.pem and {out}.key for admin {a.name}; CA: {a.dir}/ca.pem")
@@ -258,12 +330,28 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvd-master", description="the TVD master (paper 5)")
     p.add_argument("--dir", default=DEFAULT_DIR,
                    help="state directory (default $TVD_MASTER_DIR or /var/lib/tvd-master)")
+    p.add_argument("--store", help="sqlite (DIR/master.db, the default) or "
+                   "etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX] (etcds: TLS, with DIR/etcd-ca.pem, "
+                   "etcd-client.pem, etcd-client.key); init remembers it in DIR/store")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     s = sub.add_parser("init", help="create the CA, TLS and policy-signing certificates")
     s.add_argument("--url", required=True, help="https://HOST:PORT proxies will use")
+    s.add_argument("--ca-from", metavar="DIR", help="a replica: copy the CA and signer keys "
+                   "from this master directory and make a TLS certificate for --url")
     s.set_defaults(func=cmd_init)
-    s = sub.add_parser("serve", help="run the HTTPS API")
+    s = sub.add_parser("migrate", help="copy the SQLite store into etcd and use etcd")
+    s.add_argument("--to", required=True, metavar="etcd://...")
+    s.set_defaults(func=cmd_migrate)
+    s = sub.add_parser("serve", help="run the HTTPS API (on etcd: one of several replicas)")
     s.add_argument("--listen", help="ADDR:PORT (default: host and port of the URL)")
+    s.add_argument("--metrics-textfile", metavar="PATH",
+                   help="write Prometheus metrics here for node-exporter's textfile collector, "
+                        "e.g. /var/lib/prometheus/node-exporter/tvd-master.prom")
+    s.add_argument("--metrics-interval", type=float, default=15.0, metavar="SECONDS",
+                   help="how often the metrics file is rewritten (default 15)")
+    s.add_argument("--page-listen", metavar="ADDR:PORT",
+                   help="also serve the read-only page over plain HTTP on this loopback "
+                        "address (admins elsewhere: GET /v1/page with their certificate)")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("token", help="print a one-time enrolment token for HOST")
     s.add_argument("host")
@@ -322,17 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     # everything tvd-master writes (database, WAL, certificates, keys) is for its admin only;
     # restored afterwards because tests and tools call main() in their own process
     old_umask = os.umask(0o077)
+    _STORE_SPEC[0] = args.store
     try:
         return args.func(args)
-    except Usage as e:
-        print(f"tvd-master: {e}", file=sys.stderr)
+    except UsageError as e:
+        say("error", f"tvd-master: {e}")
         return 2
-    except (Refused, StoreError, camod.CaError) as e:
-        print(f"tvd-master: {e}", file=sys.stderr)
+    except (Refused, StoreError, StoreUnavailable, camod.CaError) as e:
+        say("error", f"tvd-master: {e}")
         return 1
     except OSError as e:
-        print(f"tvd-master: {getattr(e, 'filename', '') or ''}: {e.strerror or e}",
-              file=sys.stderr)
+        say("error", f"tvd-master: {getattr(e, 'filename', '') or ''}: {e.strerror or e}")
         return 2
     except KeyboardInterrupt:
         return 130

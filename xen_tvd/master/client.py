@@ -12,6 +12,9 @@ Stable API:
         .request(method, path, body=None, timeout=None) -> (status, json or None)
         .call(method, path, body=None) -> json, raising MasterError on any non-2xx
         helpers: bundle(host, after, wait), put_capabilities(host, report), post_audit(events)
+    MasterPool(urls, ca_pem, cert=None, key=None, timeout=30)
+        the same calls against replicas of one master: a transport error or a 503 (that
+        replica cannot reach its store) moves on to the next URL; any other answer is final.
 Every connection is TLS 1.3 with the master's certificate checked against the pinned CA and
 the URL's host name. Errors are MasterError(status, one-line message); status 0 = transport.
 """
@@ -23,12 +26,14 @@ import os
 import socket
 import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from xen_tvd import boundedjson
 from xen_tvd.master import ca as camod
 
 MAX_RESPONSE = 64 * 1024 * 1024
@@ -39,6 +44,10 @@ class MasterError(Exception):
         self.status = status
         self.message = message
         super().__init__(f"{message} (HTTP {status})" if status else message)
+
+
+class PinMismatch(MasterError):
+    """The master's CA is not the token's: never worth asking again."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ def _roundtrip(url: str, ctx: ssl.SSLContext, method: str, path: str, body, time
     if not raw:
         return resp.status, None
     try:
-        return resp.status, json.loads(raw)
+        return resp.status, boundedjson.loads(raw, MAX_RESPONSE, "master answer")
     except ValueError:
         raise MasterError(resp.status, "master answered with something other than JSON") from None
 
@@ -130,7 +139,7 @@ def fetch_ca_pinned(url: str, pin: str, timeout: float = 10) -> str:
         raise MasterError(status, f"master {url} returned a CA that is not PEM") from None
     if camod.ca_pin(cert) != pin.lower():
         # nothing has been sent yet but this GET: refuse before the token leaves the host
-        raise MasterError(0, f"the CA served by {url} does not match the token's pin "
+        raise PinMismatch(0, f"the CA served by {url} does not match the token's pin "
                              f"(got {camod.ca_pin(cert)}); wrong master or interception")
     return camod.pem(cert)
 
@@ -139,11 +148,19 @@ def fetch_ca_pinned(url: str, pin: str, timeout: float = 10) -> str:
 class Enrolled:
     certificate: str
     ca: str
+    master: str = ""       # the URL its bundles name (replicas share one); "" = the URL asked
 
 
-def enroll(url: str, token: str, host: str, key_path: str, timeout: float = 30) -> Enrolled:
+def enroll(url: str | list[str], token: str, host: str, key_path: str,
+           timeout: float = 30) -> Enrolled:
+    """url: one master URL or a list of its replicas' URLs. While none answers (a master
+    restarting, a replica failing over) they are tried again in rounds for up to `timeout`
+    seconds, always with the same key and CSR: a retry whose first answer was lost gets the
+    same certificate again (the master re-answers a used token for the same key)."""
+    urls = [url] if isinstance(url, str) else list(url)
     tok = parse_token(token)
-    ca_pem = fetch_ca_pinned(url, tok.pin, timeout)
+    deadline = time.monotonic() + timeout
+    ca_pem = _first_answer(urls, lambda u: fetch_ca_pinned(u, tok.pin, timeout), deadline)
     key = camod.new_ec_key()
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, host)]))
@@ -157,8 +174,10 @@ def enroll(url: str, token: str, host: str, key_path: str, timeout: float = 30) 
     os.unlink(tmp)
     camod.write_private_key(tmp, key)
     try:
-        status, obj = _roundtrip(url, client_context(ca_pem), "POST", "/v1/enroll",
-                                 {"token": token.strip(), "host": host, "csr": csr_pem}, timeout)
+        ctx = client_context(ca_pem)
+        body = {"token": token.strip(), "host": host, "csr": csr_pem}
+        status, obj = _first_answer(urls, lambda u: _answered(
+            _roundtrip(u, ctx, "POST", "/v1/enroll", body, timeout)), deadline)
         if status != 200:
             raise MasterError(status, _error_of(obj, "enrolment refused"))
         if not isinstance(obj, dict) or not isinstance(obj.get("certificate"), str):
@@ -173,7 +192,29 @@ def enroll(url: str, token: str, host: str, key_path: str, timeout: float = 30) 
         except FileNotFoundError:
             pass
         raise
-    return Enrolled(obj["certificate"], ca_pem)
+    master = obj.get("master") if isinstance(obj.get("master"), str) else ""
+    return Enrolled(obj["certificate"], ca_pem, master)
+
+
+def _answered(result):
+    """A 503 is a replica that cannot reach its store: as good as no answer."""
+    if result[0] == 503:
+        raise MasterError(0, _error_of(result[1], "master answered 503"))
+    return result
+
+
+def _first_answer(urls: list[str], fn, deadline: float):
+    while True:
+        for u in urls:
+            try:
+                return fn(u)
+            except MasterError as e:
+                if e.status != 0 or isinstance(e, PinMismatch):
+                    raise
+                last = e
+        if time.monotonic() + 1 > deadline:
+            raise last
+        time.sleep(1)
 
 
 def _error_of(obj, default: str) -> str:
@@ -214,3 +255,41 @@ class MasterClient:
 
     def post_audit(self, events: list[dict]):
         return self.call("POST", "/v1/audit", {"events": events})
+
+
+class MasterPool:
+    """MasterClient's calls against a list of replica URLs: the replica that answered last is
+    asked first; a transport error or a 503 tries the next one; when all fail the last error
+    is raised (status 0 or 503). Which URL answered is in .url."""
+
+    def __init__(self, urls: list[str], ca_pem: str, cert: str | None = None,
+                 key: str | None = None, timeout: float = 30) -> None:
+        if not urls:
+            raise MasterError(0, "no master URL given")
+        self.clients = [MasterClient(u, ca_pem, cert, key, timeout) for u in urls]
+        self.current = 0
+
+    @property
+    def url(self) -> str:
+        return self.clients[self.current].url
+
+    def request(self, method: str, path: str, body=None, timeout: float | None = None):
+        last = None
+        for k in range(len(self.clients)):
+            i = (self.current + k) % len(self.clients)
+            try:
+                status, obj = self.clients[i].request(method, path, body, timeout)
+            except MasterError as e:
+                last = e
+                continue
+            if status == 503:
+                last = MasterError(503, _error_of(obj, "master answered 503"))
+                continue
+            self.current = i
+            return status, obj
+        raise last
+
+    call = MasterClient.call
+    bundle = MasterClient.bundle
+    put_capabilities = MasterClient.put_capabilities
+    post_audit = MasterClient.post_audit

@@ -5,18 +5,20 @@ Paper 5.2 step 3-4, contract docs/master-protocol.md "Capability report" and "Bu
 1. Effective host = the policy's `hosts:` entry (the admin's capability model, the upper bound)
    narrowed by what the host reported:
    - functional capabilities: a policy capability counts only if the Dom0 reported the kernel
-     feature that implements it (FUNCTIONAL_EVIDENCE: ethernet <- bridge, ip <- vxlan,
-     vlan <- vlan);
+     feature that implements it (xen_tvd.desired.capabilities.EVIDENCE: ethernet <- bridge,
+     ip <- vxlan, vlan <- vlan);
    - security properties: only those the policy lists for the host AND the report claims with
      the same assurance kind, with non-empty evidence unless the kind is `trust`;
    - NICs: as in the policy (a differing reported address is a warning, not an override).
    Claims beyond the policy are ignored (and returned as warnings for the audit log).
 2. Carriers of TVD t = enrolled, not revoked, reporting hosts whose effective properties
-   satisfy M(t) (xen_tvd.policy.lattice.admit, as the proxy does for its peers).
+   satisfy M(t) (xen_tvd.planner.carriers, the rule the standalone proxy applies too).
 3. Per TVD, the planner (xen_tvd.planner.plan) places the segment on all carriers; a carrier
    that cannot provide what the plan needs is dropped with a reason and the TVD re-planned:
-   no bridge support; VXLAN needed but no `ip` capability; a protection goal over a network
-   not trusted for it (no encrypting transport: refuse, never downgrade).
+   no bridge support; a transport needed (VXLAN) without its capability (`ip`); a protection
+   goal over a network not trusted for it (or one requiring encryption) on a host that cannot
+   ride WireGuard (no confirmed wireguard capability or no reported key): refuse, never
+   downgrade; the hosts that can keep the TVD, encrypted.
 4. One final plan over all hosts with their kept TVDs gives each host's segments, underlay
    peers (only enrolled, non-revoked carriers), VLAN-offload NICs, underlay MTUs and, for
    routed components, its router legs and flow filter plan (for every TVD it may carry; the
@@ -27,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from xen_tvd.dataplane.model import HostState, VxlanUplink
-from xen_tvd.dataplane.serial import segments_to_json, to_json
+from xen_tvd.desired import transports
+from xen_tvd.desired.capabilities import EVIDENCE
+from xen_tvd.desired.model import HostState
+from xen_tvd.desired.serial import segments_to_json, to_json
 from xen_tvd.planner import GUARDED_GOALS, PlanError, plan, routing
-from xen_tvd.policy.lattice import admit
+from xen_tvd.planner import carriers as carrier_rule
 from xen_tvd.policy.model import Host, Policy
 
-FUNCTIONAL_EVIDENCE = {"ethernet": "bridge", "ip": "vxlan", "vlan": "vlan"}
 EVIDENCE_OPTIONAL_KINDS = {"trust"}   # trust is an admin's statement: nothing to record
 
 
@@ -49,10 +52,10 @@ def effective_host(host: Host, report: dict) -> tuple[Host, list[str]]:
     warnings: list[str] = []
     functional = set(report.get("functional") or [])
     caps = frozenset(c for c in host.capabilities
-                     if FUNCTIONAL_EVIDENCE.get(c, c) in functional)
+                     if EVIDENCE.get(c, c) in functional)
     for c in sorted(host.capabilities - caps):
         warnings.append(f"capability {c} not confirmed: report lacks "
-                        f"'{FUNCTIONAL_EVIDENCE.get(c, c)}'")
+                        f"'{EVIDENCE.get(c, c)}'")
     claims = {}
     for s in report.get("security") or []:
         claims[s.get("property")] = s
@@ -78,7 +81,16 @@ def effective_host(host: Host, report: dict) -> tuple[Host, list[str]]:
         if addr is not None and addr != nic.address:
             warnings.append(f"nic {nic.nic} on {nic.network} reported address {addr}, policy "
                             f"says {nic.address}: the policy's address is used")
-    return dataclasses.replace(host, capabilities=caps, properties=props), warnings
+    # the host's WireGuard public key is the one it reports (it made the pair); one the policy
+    # pins must match, else the host has none here (its encrypted segments fail closed)
+    wg_key = report.get("wireguard-key")
+    if host.wireguard_key is not None and wg_key != host.wireguard_key:
+        warnings.append("wireguard-key reported " + ("none" if wg_key is None else
+                        "differs from the policy's hosts entry") + ": the host gets no "
+                        "encrypted segments until the two agree")
+        wg_key = None
+    return dataclasses.replace(host, capabilities=caps, properties=props,
+                               wireguard_key=wg_key), warnings
 
 
 def decide(policy: Policy, reports: dict[str, dict],
@@ -101,17 +113,9 @@ def decide(policy: Policy, reports: dict[str, dict],
     refused: dict[str, dict[str, str]] = {h: {} for h in eff_hosts}
     carry: dict[str, set[str]] = {h: set() for h in eff_hosts}
     for tvd in sorted(policy.tvds):
-        carriers = []
-        for h, host in eff_hosts.items():
-            if "ethernet" not in host.capabilities:
-                refused[h][tvd] = (f"host {h} cannot bridge: capability ethernet is not "
-                                   "confirmed by a reported 'bridge'")
-                continue
-            result = admit(eff, [tvd], dict(host.properties))
-            if result.admitted:
-                carriers.append(h)
-            else:
-                refused[h][tvd] = f"host {h} does not satisfy M({tvd}): {result.reason()}"
+        carriers, why_not = carrier_rule.carriers(eff, tvd)
+        for h, reason in why_not.items():
+            refused[h][tvd] = reason
         if _may_fail(eff, tvd, carriers):
             for h, reason in _place(eff, tvd, carriers).items():
                 refused[h][tvd] = reason
@@ -158,8 +162,12 @@ def _may_fail(policy: Policy, tvd: str, carriers: list[str]) -> bool:
         return False
     if any(g in policy.tvds[tvd].protection for g in GUARDED_GOALS):
         return True
-    return any("ip" not in policy.hosts[h].capabilities or not policy.hosts[h].nics
-               for h in carriers)
+    # a transport that connects any hosts does so without asking for its capability (the
+    # others are eligible only where every host has theirs): a host without it would be dropped
+    anyway = [t.capability.policy for t in transports.ORDER if t.connects_any]
+    return any(any(w not in policy.hosts[h].capabilities for w in anyway)
+               or not policy.hosts[h].nics for h in carriers) or any(
+        policy.networks[policy.hosts[h].nics[0].network].require_encryption for h in carriers)
 
 
 def _place(policy: Policy, tvd: str, carriers: list[str]) -> dict[str, str]:
@@ -173,7 +181,7 @@ def _place(policy: Policy, tvd: str, carriers: list[str]) -> dict[str, str]:
         try:
             states = plan(policy, {}, {h: {tvd} for h in keep})
         except PlanError as e:
-            if len(keep) > 1 and goals:
+            if len(keep) > 1:
                 bad = _untrusted(policy, keep, goals)
                 if bad:
                     dropped.update(bad)
@@ -181,14 +189,17 @@ def _place(policy: Policy, tvd: str, carriers: list[str]) -> dict[str, str]:
             for h in keep:
                 dropped[h] = f"TVD {tvd} cannot be placed: {e}"
             return dropped
-        no_ip = {h: (f"TVD {tvd} needs VXLAN between its hosts here, but host {h} has no "
-                     "confirmed ip capability (report lacks 'vxlan')")
-                 for h in keep
-                 if isinstance(states[h].segment(tvd).uplink, VxlanUplink)
-                 and "ip" not in policy.hosts[h].capabilities}
-        if not no_ip:
+        incapable = {}
+        for h in keep:
+            uplink = states[h].segment(tvd).uplink
+            t = transports.of_uplink(uplink) if uplink is not None else None
+            if t is not None and t.capability.policy not in policy.hosts[h].capabilities:
+                incapable[h] = (f"TVD {tvd} needs {t.title} between its hosts here, but host {h} "
+                                f"has no confirmed {t.capability.policy} capability (report "
+                                f"lacks '{t.capability.functional}')")
+        if not incapable:
             return dropped
-        dropped.update(no_ip)
+        dropped.update(incapable)
 
 
 def _untrusted(policy: Policy, hosts: list[str], goals: list[str]) -> dict[str, str]:
@@ -200,10 +211,19 @@ def _untrusted(policy: Policy, hosts: list[str], goals: list[str]) -> dict[str, 
             continue
         net = policy.networks[host.nics[0].network]
         missing = [g for g in goals if g not in net.trusted_for]
-        if missing:
-            out[h] = (f"requires {' and '.join(missing)}, but host {h} reaches other hosts "
-                      f"over network {net.name}, not trusted for it, and xen-tvd has no "
-                      "encrypting transport: refused rather than downgraded")
+        if not missing and not net.require_encryption:
+            continue
+        # an encrypting transport this host can use keeps it (the others are dropped)
+        protecting = [t for t in transports.ORDER if t.protects and set(missing) <= t.protects]
+        if any(not t.missing([host]) and t.capability.policy in host.capabilities
+               for t in protecting):
+            continue
+        need = (f"requires {' and '.join(missing)}" if missing else "must be encrypted")
+        why = "; ".join(p for t in protecting for p in t.missing([host])) or \
+            "no transport provides it"
+        out[h] = (f"{need}, but host {h} reaches other hosts over network {net.name}"
+                  f"{', not trusted for it' if missing else ', which requires encryption'}, "
+                  f"and {why}: refused rather than downgraded")
     return out
 
 

@@ -1,14 +1,17 @@
 """tvd-master's HTTPS API (docs/master-protocol.md; schemas in docs/master-openapi.yaml).
 
-stdlib ThreadingHTTPServer + ssl: TLS 1.3 only, a client certificate is requested on every
-connection (CERT_OPTIONAL, so GET /v1/ca and POST /v1/enroll work without one) and each route
-names the role it needs. The TLS handshake runs in the connection's own thread, so a slow or
-hostile client cannot stall the accept loop. Every answer is JSON; errors are
-{"error": "one line"}; a bug becomes a 500 with a generic line, never a traceback.
+TLS 1.3 only; a client certificate is requested on every connection (CERT_OPTIONAL, so
+GET /v1/ca and POST /v1/enroll work without one) and each route names the role it needs.
+Connections, handshakes and request reading are listener.py's (one selector thread, explicit
+budgets, so idle or slow clients hold no thread); a Handler runs on a worker thread with the
+whole request in memory. http.server's BaseHTTPRequestHandler only parses the request line and
+headers from those bytes. Every answer is JSON; errors are {"error": "one line"}; a bug
+becomes a 500 with a generic line, never a traceback.
 Log lines never contain request bodies (tokens, CSRs) or keys.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
@@ -18,30 +21,49 @@ import time
 import traceback
 import uuid as uuidlib
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography import x509
 
+from xen_tvd import boundedjson
+from xen_tvd.desired import capabilities
+from xen_tvd.desired.patterns import is_wireguard_key
+from xen_tvd.log import log
 from xen_tvd.master import ca as camod
+from xen_tvd.master import page
 from xen_tvd.master.decide import effective_host
+from xen_tvd.master.listener import Limits, Listener
 from xen_tvd.master.service import Master, verify_policy_text
-from xen_tvd.master.store import StoreError, TokenRefused
+from xen_tvd.master.store import StoreError, StoreUnavailable, TokenRefused
 from xen_tvd.policy import PolicyInvalid
 from xen_tvd.policy.model import ASSURANCE_KINDS
-from xen_tvd.proxy.log import log
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+POLICY_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+MAX_TS = 2**53                        # audit timestamps: exact in a double, fit SQLite
 SMALL_BODY = 64 * 1024
 LARGE_BODY = 8 * 1024 * 1024          # policies (the 1,000-TVD bench policy is 339 KiB)
 MAX_WAIT = 60.0
 REVOCATION_CHECK = 0.5                # an open watch re-checks its certificate this often
-HANDSHAKE_TIMEOUT = 10.0
-READ_TIMEOUT = 30.0                   # per socket read once connected (slow clients)
-MAX_CONNECTIONS = 1000                # open connections (each a thread; watches included)
 AUDIT_EVENTS = {"admitted", "denied", "detached", "session-expired", "revoked"}
-FUNCTIONAL = {"bridge", "vxlan", "vlan", "nftables", "wireguard", "ipsec"}
+FUNCTIONAL = set(capabilities.FUNCTIONAL)
+
+
+class _TlsWriter(io.RawIOBase):
+    """The handler's wfile: every write goes out whole (blocking, under the listener's
+    write timeout)."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sock.sendall(data)
+        return len(data)
 
 
 class HttpError(Exception):
@@ -73,6 +95,7 @@ ROUTES = [
     ("PUT", "/v1/images/{digest}", "admin", "put_image"),
     ("POST", "/v1/vms/{uuid}/revoke", "admin", "post_revoke_vm"),
     ("POST", "/v1/vm-certs/{serial}/revoke", "admin", "post_revoke_vm_cert"),
+    ("GET", "/v1/page", "admin", "get_page"),
 ]
 
 
@@ -90,6 +113,16 @@ class Handler(BaseHTTPRequestHandler):
     master: Master   # set on the subclass made by make_server
 
     # -- plumbing ------------------------------------------------------------------------------
+    def __init__(self, conn, request: bytes, server) -> None:
+        # the listener read the whole request (head and body) before any thread saw it
+        self._request_bytes = request
+        super().__init__(conn.tls, conn.peer, server)
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._request_bytes)
+        self.wfile = _TlsWriter(self.connection)
+
     def log_message(self, fmt, *args):   # http.server's own lines: replaced by _log_request
         pass
 
@@ -126,7 +159,7 @@ class Handler(BaseHTTPRequestHandler):
         self._body_read = False
         self.who = "-"
         parts = urlsplit(self.path)
-        status = 500
+        status, route = 500, None
         try:
             route, params = self._route(method, parts.path)
             self.query = parse_qs(parts.query)
@@ -134,6 +167,12 @@ class Handler(BaseHTTPRequestHandler):
             status, body = getattr(self, route[3])(**params)
         except HttpError as e:
             status, body = e.status, {"error": e.message, **e.extra}
+        except StoreUnavailable as e:
+            # cut off from etcd (or no quorum): answer nothing from stale state; a proxy
+            # with several master URLs tries the next one
+            log("error", "store-unavailable", path=parts.path, error=str(e)[:300])
+            status, body = 503, {"error": "this master cannot reach its store; try another "
+                                          "replica or later"}
         except Exception as e:   # a bug: answer generically, log where (no values)
             tb = traceback.extract_tb(e.__traceback__)[-1]
             log("error", "internal-error", kind=type(e).__name__,
@@ -143,8 +182,10 @@ class Handler(BaseHTTPRequestHandler):
             self.master.store.release()
         self._drain()
         self._send(status, body)
+        took = time.monotonic() - t0
+        self.master.seen.request(route[3] if route else "none", status, took, self.who)
         log("info" if status < 400 else "warning", "request", method=method, path=parts.path,
-            status=status, who=self.who, ms=(time.monotonic() - t0) * 1000)
+            status=status, who=self.who, ms=took * 1000)
 
     def _drain(self) -> None:
         # a refusal sent before the body was read would make the kernel reset the connection
@@ -166,11 +207,16 @@ class Handler(BaseHTTPRequestHandler):
                 pass
 
     def _send(self, status: int, body) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
+        if isinstance(body, page.Html):      # the read-only page: the one non-JSON answer
+            data = body.encode()
+        else:
+            data = b"" if body is None else json.dumps(body).encode()
         try:
             self.send_response(status)
             self.send_header("Connection", "close")
-            if body is not None:
+            if isinstance(body, page.Html):
+                page.headers(self.send_header)
+            elif body is not None:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -234,10 +280,12 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(413, f"request body over {limit} bytes")
         raw = self.rfile.read(length)
         self._body_read = True
+        if len(raw) < length:
+            raise HttpError(400, f"request body shorter than its Content-Length {length}")
         try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise HttpError(400, "request body is not JSON") from None
+            obj = boundedjson.loads(raw, limit, "request body")
+        except boundedjson.JsonRefused as e:
+            raise HttpError(400, str(e)) from None
         if not isinstance(obj, dict):
             raise HttpError(400, "request body must be a JSON object")
         return obj
@@ -275,7 +323,7 @@ class Handler(BaseHTTPRequestHandler):
         m = self.master
         try:
             cert = m.store.enroll(parts[1], parts[2], host, lambda: m.ca.issue_from_csr(
-                csr, host, camod.HOST_OU))
+                csr, host, camod.HOST_OU), camod.csr_key_sha256(csr))
         except TokenRefused as e:
             m.store.audit(f"peer:{self.client_address[0]}", "enrol-refused",
                           {"host": host, "token_id": parts[1], "reason": str(e)})
@@ -286,7 +334,7 @@ class Handler(BaseHTTPRequestHandler):
         self.who = f"host:{host}"
         log("info", "enrolled", host=host, serial=cert.serial_number)
         m.changed()
-        return 200, {"certificate": camod.pem(cert), "ca": m.ca_pem}
+        return 200, {"certificate": camod.pem(cert), "ca": m.ca_pem, "master": m.url}
 
     # -- host endpoints ------------------------------------------------------------------------
     def put_capabilities(self, host: str):
@@ -351,8 +399,11 @@ class Handler(BaseHTTPRequestHandler):
             if e.get("event") not in AUDIT_EVENTS:
                 raise HttpError(400, f"events[{i}].event must be one of "
                                      f"{', '.join(sorted(AUDIT_EVENTS))}")
-            if "ts" in e and not isinstance(e["ts"], (int, float)):
-                raise HttpError(400, f"events[{i}].ts must be a number")
+            ts = e.get("ts")
+            if "ts" in e and (isinstance(ts, bool) or not isinstance(ts, (int, float))
+                              or not 0 <= ts <= MAX_TS):
+                raise HttpError(400, f"events[{i}].ts must be a number of seconds since 1970 "
+                                     f"(0..{MAX_TS})")
             for k in ("vm", "name", "tvd", "ifname", "reason"):
                 if e.get(k) is not None and (not isinstance(e[k], str) or len(e[k]) > 1024):
                     raise HttpError(400, f"events[{i}].{k} must be a string of <= 1024 chars")
@@ -388,13 +439,17 @@ class Handler(BaseHTTPRequestHandler):
         if policy is None:
             return 200, {"tvds": [], "policy_version": None}
         out = []
+        carriers = self.master.tvd_carriers()
         for t in sorted(policy.tvds.values(), key=lambda t: t.name):
             out.append({"id": f"{self.master.url}#{t.name}", "name": t.name, "vlan": t.vlan,
                         "vni": t.vni, "protection": sorted(t.protection),
                         "membership": [str(r) for r in t.membership],
                         "session_seconds": t.session_seconds,
-                        "hosts": sorted(self.master.carriers.get(t.name, []))})
+                        "hosts": sorted(carriers.get(t.name, []))})
         return 200, {"tvds": out, "policy_version": self.master.store.policy()[0]}
+
+    def get_page(self):
+        return 200, page.Html(page.page(self.master))
 
     def get_admissions(self):
         return 200, {"admissions": self.master.store.admissions()}
@@ -410,7 +465,9 @@ class Handler(BaseHTTPRequestHandler):
         text, name = b.get("yaml"), b.get("name", "policy.yaml")
         if not isinstance(text, str) or not isinstance(name, str):
             raise HttpError(400, "policy push needs 'yaml' (text) and optional 'name'")
-        name = name.rsplit("/", 1)[-1][:200] or "policy.yaml"
+        # the name becomes a file name (diagnostics read NAME:LINE:COL): keep it one
+        name = POLICY_NAME_CHARS.sub("_", name.rsplit("/", 1)[-1])[:200].lstrip(".") \
+            or "policy.yaml"
         policy, diags = verify_policy_text(text, name)
         if policy is None:
             errors = [d for d in diags if ": error: " in d or ": warning: " not in d]
@@ -482,63 +539,32 @@ def _check_report(b: dict) -> dict:
                                  + ", ".join(ASSURANCE_KINDS))
         if not isinstance(s.get("evidence", ""), str):
             raise HttpError(400, f"security[{i}].evidence must be a string")
-    extra = sorted(set(b) - {"functional", "nics", "security"})
+    wg_key = b.get("wireguard-key")
+    if wg_key is not None and not is_wireguard_key(wg_key):
+        raise HttpError(400, "wireguard-key must be a WireGuard public key (44 characters of "
+                             "base64)")
+    extra = sorted(set(b) - {"functional", "nics", "security", "wireguard-key"})
     if extra:
         raise HttpError(400, f"unknown field {extra[0]} in capability report")
-    return {"functional": sorted(set(functional)),
-            "nics": [{k: n[k] for k in ("network", "nic", "address")} for n in nics],
-            "security": [{"property": s["property"], "assurance": s["assurance"],
-                          "evidence": s.get("evidence", "")} for s in security]}
+    out = {"functional": sorted(set(functional)),
+           "nics": [{k: n[k] for k in ("network", "nic", "address")} for n in nics],
+           "security": [{"property": s["property"], "assurance": s["assurance"],
+                         "evidence": s.get("evidence", "")} for s in security]}
+    if wg_key is not None:
+        out["wireguard-key"] = wg_key
+    return out
 
 
-class MasterServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512          # 200 proxies connecting at once must not be refused
-    allow_reuse_address = True
+class MasterServer(Listener):
+    """The front end (listener.py: accept, TLS, budgets, whole requests) serving Handler."""
 
-    def __init__(self, addr, handler, ctx: ssl.SSLContext) -> None:
-        self.ctx = ctx
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(addr, handler)
+    def __init__(self, addr, family, handler, ctx: ssl.SSLContext,
+                 limits: Limits = Limits()) -> None:
+        self.RequestHandlerClass = handler
+        super().__init__(addr, family, ctx, self._serve_request, limits)
 
-    def process_request(self, request, client_address):
-        # a thread per connection, but a bounded number of them: beyond that, refuse at once
-        slots = self.slots
-        if not slots.acquire(blocking=False):
-            log("warning", "connection-refused", peer=client_address[0],
-                reason=f"over {MAX_CONNECTIONS} open connections")
-            self.shutdown_request(request)
-            return
-        t = threading.Thread(target=self._serve_one, args=(request, client_address, slots),
-                             daemon=True)
-        t.start()
-
-    def _serve_one(self, request, client_address, slots) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            slots.release()          # the very semaphore this connection took a slot of
-
-    def finish_request(self, request, client_address):
-        # the TLS handshake happens here, in the connection's thread
-        request.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            tls = self.ctx.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            log("warning", "tls-refused", peer=client_address[0],
-                reason=getattr(e, "reason", None) or type(e).__name__)
-            return
-        try:
-            tls.settimeout(READ_TIMEOUT)
-            self.RequestHandlerClass(tls, client_address, self)
-        finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
-
-    def handle_error(self, request, client_address):
-        log("warning", "connection-error", peer=client_address[0])
+    def _serve_request(self, conn, request: bytes) -> None:
+        self.RequestHandlerClass(conn, request, self)
 
 
 def server_context(directory: str) -> ssl.SSLContext:
@@ -552,18 +578,19 @@ def server_context(directory: str) -> ssl.SSLContext:
     return ctx
 
 
-def make_server(master: Master, host: str, port: int) -> MasterServer:
+def make_server(master: Master, host: str, port: int,
+                limits: Limits = Limits()) -> MasterServer:
     handler = type("BoundHandler", (Handler,), {"master": master})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    cls = type("Server", (MasterServer,), {"address_family": family})
-    return cls((host, port), handler, server_context(master.dir))
+    return MasterServer((host, port), family, handler, server_context(master.dir), limits)
 
 
-def start_in_thread(directory: str, host: str = "127.0.0.1", port: int = 0):
+def start_in_thread(directory: str, host: str = "127.0.0.1", port: int = 0,
+                    limits: Limits = Limits()):
     """(master, server, thread): for tests and embedding; stop with stop(server, master)."""
     master = Master(directory)
     master.start()
-    srv = make_server(master, host, port)
+    srv = make_server(master, host, port, limits)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     t.start()
     return master, srv, t

@@ -14,12 +14,14 @@ import tempfile
 import threading
 import time
 
+from xen_tvd.log import log
 from xen_tvd.master import ca as camod
 from xen_tvd.master.bundle import canonical, sign_bundle
 from xen_tvd.master.decide import bundle_content, decide
-from xen_tvd.master.store import Store
+from xen_tvd.master import stores
+from xen_tvd.master.observe import Observations
+from xen_tvd.master.store import LostLeadership, StoreUnavailable
 from xen_tvd.policy import PolicyInvalid, YamlUnreadable, check_file
-from xen_tvd.proxy.log import log
 
 POLL_SECONDS = 0.25
 # After a change, wait this long for more before recomputing: a burst (hosts reporting at
@@ -45,19 +47,27 @@ def verify_policy_text(text: str, name: str):
 
 
 class Master:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, store=None) -> None:
         self.dir = directory
         self.ca = camod.Ca.load(directory)
         with open(os.path.join(directory, "url")) as f:
-            self.url = f.read().strip()
+            self.url_here = f.read().strip()
         with open(os.path.join(directory, "signer.pem")) as f:
             self.signer_pem = f.read()
         self.signer_key = camod.load_key(os.path.join(directory, "signer.key"))
         self.ca_pem = camod.pem(self.ca.cert)
-        self.store = Store(os.path.join(directory, "master.db"))
+        self.store = store if store is not None else stores.open_store(directory)
+        # the URL bundles name (proxies check it): one for all replicas, the first one's
+        self.url = self.store.meta()["url"] if self.store.shared else self.url_here
+        self.replica = None
+        if self.store.shared:          # etcd (and its client library) only when used
+            from xen_tvd.master.replicas import Replica
+            self.replica = Replica(self)
         self.cond = threading.Condition()
         self.envelopes: dict[str, tuple[int, dict]] = {}   # host -> (generation, envelope)
-        self.carriers: dict[str, list[str]] = {}           # tvd -> hosts carrying it
+        self.issued: dict[str, float] = {}                 # host -> when its envelope was signed
+        self.seen = Observations()                         # latency, last contact (metrics, page)
+        self.carriers: dict[str, list[str]] | None = {}    # tvd -> hosts; None: ask tvd_carriers
         self._policy: tuple[int, object] | None = None
         self._wanted = 1        # bumped by every local change; > _done means "recompute"
         self._done = 0
@@ -68,7 +78,13 @@ class Master:
 
     # -- worker ----------------------------------------------------------------------------
     def start(self) -> None:
-        self.recompute()
+        if self.replica is not None:
+            self.replica.start()
+            self.replica.ready.wait(10)
+        try:
+            self.recompute()
+        except StoreUnavailable as e:     # serve what can be served; the worker retries
+            log("error", "recompute-failed", error=str(e)[:300])
         self._worker = threading.Thread(target=self._run, name="recompute", daemon=True)
         self._worker.start()
 
@@ -76,6 +92,8 @@ class Master:
         with self.cond:
             self._stop = True
             self.cond.notify_all()
+        if self.replica is not None:
+            self.replica.stop()
 
     def changed(self) -> None:
         """A bundle input changed in this process: recompute now."""
@@ -94,7 +112,10 @@ class Master:
                 if self._stop:
                     return
                 target = self._wanted
-            now_epoch = self.store.epoch()
+            try:
+                now_epoch = self.store.epoch()
+            except StoreUnavailable:
+                now_epoch = None          # unknown: recompute when it answers again
             if now_epoch == epoch and self._done >= target:
                 continue
             epoch = now_epoch
@@ -107,6 +128,7 @@ class Master:
             try:
                 self.recompute()
             except Exception as e:   # keep serving the last good bundles; say why
+                self.seen.recompute_errors += 1
                 log("error", "recompute-failed", error=f"{type(e).__name__}: {e}"[:300])
             with self.cond:
                 self._done = max(self._done, target)
@@ -136,6 +158,22 @@ class Master:
             self._policy = (version, policy)
         return self._policy[1]
 
+    def tvd_carriers(self) -> dict[str, list[str]]:
+        """TVD -> hosts carrying it; a follower works it out when asked (GET /v1/tvds, the
+        page), as the leader does on every recompute."""
+        with self.cond:
+            carriers = self.carriers
+        if carriers is not None:
+            return carriers
+        try:
+            policy = self.policy()
+        except PolicyInvalid:
+            return {}
+        if policy is None:
+            return {}
+        return _carriers(policy, decide(policy, self.store.reports(),
+                                        self.store.enrolled_hosts()))
+
     def recompute(self) -> None:
         with self._recompute_lock:
             t0 = time.monotonic()
@@ -149,10 +187,18 @@ class Master:
         cur = self.store.policy()
         if cur is None:
             return
+        shared = self.replica is not None
+        if shared and not self.replica.is_leader():
+            # a follower serves the leader's bundles (replicas.py) and decides nothing: on
+            # shared cores three replicas each planning every host would triple the cost
+            with self.cond:
+                self.carriers = None
+            return
         policy = self.policy()
         decisions = decide(policy, self.store.reports(), self.store.enrolled_hosts())
+        carriers = _carriers(policy, decisions)
         evidence = self.store.evidence()
-        stored = self.store.bundle_states()
+        stored = self.replica.bundle_states() if shared else self.store.bundle_states()
         changes, fresh = {}, {}
         policy_digest = hashlib.sha256(cur[1].encode()).hexdigest()
         for host, d in decisions.items():
@@ -160,17 +206,23 @@ class Master:
             # hash the policy once, not once per host: it is most of every payload's bytes
             digest = hashlib.sha256(canonical(dict(content, policy=policy_digest))).hexdigest()
             gen, old = stored.get(host, (0, ""))
-            if digest != old:
+            served = self.envelopes.get(host, (None,))[0]
+            # shared: a generation is published once; one whose envelope is missing (a
+            # migrated store, say) gets the next number rather than a second envelope
+            if digest != old or (shared and served != gen):
                 gen += 1
                 changes[host] = (gen, digest)
-            if digest != old or self.envelopes.get(host, (None,))[0] != gen:
+            if digest != old or served != gen or host in changes:
                 payload = dict(content, generation=gen, issued=time.time())
                 fresh[host] = (gen, sign_bundle(payload, self.signer_key, self.signer_pem))
-        carriers: dict[str, list[str]] = {t: [] for t in policy.tvds}
-        for host, d in decisions.items():
-            for s in d.state.segments:
-                carriers.setdefault(s.tvd, []).append(host)
-        if changes:
+                self.issued[host] = payload["issued"]
+        if shared:
+            try:
+                self.replica.publish(changes, fresh, set(self.envelopes) - set(decisions))
+            except LostLeadership as e:
+                log("warning", "bundles-not-published", reason=str(e) or "lost leadership")
+                return
+        elif changes:
             self.store.set_bundle_states(changes)
         with self.cond:
             self.envelopes.update(fresh)
@@ -181,3 +233,11 @@ class Master:
         if changes:
             log("info", "bundles", changed=len(changes), hosts=len(decisions),
                 ms=(time.monotonic() - t0) * 1000)
+
+
+def _carriers(policy, decisions) -> dict[str, list[str]]:
+    carriers: dict[str, list[str]] = {t: [] for t in policy.tvds}
+    for host, d in decisions.items():
+        for s in d.state.segments:
+            carriers.setdefault(s.tvd, []).append(host)
+    return carriers

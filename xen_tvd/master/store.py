@@ -24,7 +24,10 @@ import sqlite3
 import threading
 import time
 
-from xen_tvd.master.bundle import canonical
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from xen_tvd.master.bundle import canonical, not_after
 
 GENESIS = "0" * 64
 
@@ -69,6 +72,13 @@ MIGRATIONS = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     """,
+    # 1 -> 2: what a token was redeemed for, so that a retried enrolment (its answer was lost)
+    # gets the same certificate again instead of a refusal
+    """
+    ALTER TABLE tokens ADD COLUMN key_sha256 TEXT;
+    ALTER TABLE tokens ADD COLUMN cert_pem TEXT;
+    ALTER TABLE tokens ADD COLUMN serial TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -88,6 +98,15 @@ class StoreError(Exception):
     pass
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached or has no quorum (etcd): refuse, never guess. Not a
+    StoreError, which means "refused on the state" (unknown host, say)."""
+
+
+class LostLeadership(Exception):
+    """A replica's bundles were not published: another replica leads now (replicas.py)."""
+
+
 class TokenRefused(Exception):
     """Why a token was not accepted (audited; the client only sees a generic 401)."""
 
@@ -97,6 +116,8 @@ def sha256_hex(text: str) -> str:
 
 
 class Store:
+    shared = False         # one master process owns it (no replicas, no leader election)
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
@@ -255,7 +276,7 @@ class Store:
             prev = row[0] if row else GENESIS
             ts = time.time() if ts is None else ts
             detail_text = json.dumps(detail or {}, sort_keys=True, ensure_ascii=False)
-            h = _chain_hash(prev, event_id, ts, actor, event, detail_text)
+            h = chain_hash(prev, event_id, ts, actor, event, detail_text)
             c.execute("INSERT INTO audit (event_id, ts, actor, event, detail, prev_hash, hash) "
                       "VALUES (?,?,?,?,?,?,?)", (event_id, ts, actor, event, detail_text, prev, h))
             return True
@@ -271,7 +292,7 @@ class Store:
         prev = GENESIS
         n = 0
         for r in self.conn().execute("SELECT * FROM audit ORDER BY seq"):
-            want = _chain_hash(prev, r["event_id"], r["ts"], r["actor"], r["event"], r["detail"])
+            want = chain_hash(prev, r["event_id"], r["ts"], r["actor"], r["event"], r["detail"])
             if r["prev_hash"] != prev or r["hash"] != want:
                 return False, f"audit record {r['seq']} does not chain to its predecessor"
             prev = r["hash"]
@@ -288,30 +309,40 @@ class Store:
                                                "expires": now + ttl})
         return now + ttl
 
-    def enroll(self, token_id: str, secret: str, host: str, issue) -> object:
+    def enroll(self, token_id: str, secret: str, host: str, issue,
+               key_sha256: str = "") -> object:
         """Redeem a token and record the host's certificate in one transaction.
 
         issue() -> x509.Certificate is called only once the token checked out; TokenRefused
-        carries the reason (which the server audits but does not tell the client)."""
+        carries the reason (which the server audits but does not tell the client).
+        key_sha256 names the requested public key: a retry of a redemption whose answer was
+        lost (same token, host and key) gets the same certificate again (reanswer)."""
         now = time.time()
         with self.tx() as c:
             row = c.execute("SELECT * FROM tokens WHERE id=?", (token_id,)).fetchone()
             if row is None or not hmac.compare_digest(row["secret_sha256"], sha256_hex(secret)):
                 raise TokenRefused("unknown token")
             if row["used_at"] is not None:
+                h = c.execute("SELECT state, cert_serial FROM hosts WHERE name=?",
+                              (host,)).fetchone()
+                again = reanswer(dict(row), host, key_sha256, dict(h) if h else None)
+                if again is not None:
+                    return x509.load_pem_x509_certificate(again.encode())
                 raise TokenRefused(f"token {token_id} was already used")
             if row["expires"] < now:
                 raise TokenRefused(f"token {token_id} expired")
             if row["host"] != host:
                 raise TokenRefused(f"token {token_id} was issued for host {row['host']}")
             cert = issue()
-            c.execute("UPDATE tokens SET used_at=? WHERE id=?", (now, token_id))
+            c.execute("UPDATE tokens SET used_at=?, key_sha256=?, cert_pem=?, serial=? "
+                      "WHERE id=?", (now, key_sha256, pem_of(cert), str(cert.serial_number),
+                                     token_id))
             c.execute("INSERT INTO hosts (name, state, cert_serial, cert_expires, enrolled_at) "
                       "VALUES (?, 'enrolled', ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                       "state='enrolled', cert_serial=excluded.cert_serial, "
                       "cert_expires=excluded.cert_expires, enrolled_at=excluded.enrolled_at, "
                       "revoked_at=NULL",
-                      (host, str(cert.serial_number), cert.not_valid_after_utc.timestamp(), now))
+                      (host, str(cert.serial_number), not_after(cert).timestamp(), now))
             # a re-enrolled host reports afresh: an old report must not speak for a new key
             c.execute("DELETE FROM capability_reports WHERE host=?", (host,))
             self._bump(c)
@@ -505,9 +536,29 @@ class Store:
             "ORDER BY host, tvd, vm, ifname")]
 
 
-def _chain_hash(prev: str, event_id, ts, actor, event, detail_text) -> str:
+def chain_hash(prev: str, event_id, ts, actor, event, detail_text) -> str:
     body = canonical([prev, event_id, ts, actor, event, detail_text])
     return hashlib.sha256(body).hexdigest()
+
+
+def pem_of(cert) -> str:
+    try:
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+    except AttributeError:       # a test's stand-in certificate: nothing to re-answer with
+        return ""
+
+
+def reanswer(token_row: dict, host: str, key_sha256: str, host_row: dict | None) -> str | None:
+    """The certificate PEM a used token was redeemed for, if this request is a retry of that
+    redemption: same host, same public key, and the host still holds that certificate
+    (revoked or re-enrolled since: refused like any used token)."""
+    if (not key_sha256 or token_row.get("key_sha256") != key_sha256
+            or token_row["host"] != host or not token_row.get("cert_pem")):
+        return None
+    if not host_row or host_row["state"] != "enrolled" or \
+            host_row["cert_serial"] != token_row.get("serial"):
+        return None
+    return token_row["cert_pem"]
 
 
 def _statements(script: str) -> list[str]:

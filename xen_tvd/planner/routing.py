@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import hashlib
 
-from xen_tvd.dataplane.model import (ExternalLeg, FlowPlan, FlowRule, PairFilter, Router,
-                                     RouterLeg, TvdSubnets)
+from xen_tvd.desired.model import (ExternalLeg, FlowPlan, FlowRule, PairFilter, Router,
+                                   RouterLeg, TvdSubnets)
+from xen_tvd.desired.names import (bridge_name, external_ifname, leg_peer, leg_port,
+                                   router_netns)
 from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
 
-ROUTER_NS_PREFIX = "tvd-rtr-"
-LEG_PORT_PREFIX = "tvr-"      # host side, a port of the TVD's vSwitch
-LEG_PEER_PREFIX = "leg-"      # router side
-EXT_PREFIX = "ext-"           # an external leg, in the router namespace
 # External ids (chain names) start above every TVD id (VLAN 1..4094) and every conntrack zone
 # flowfilter gives a TVD without subnets (4096 + n, n < 4094).
 EXTERNAL_ID_BASE = 8192
@@ -116,12 +114,7 @@ def leg_mac(host: str, tvd: str) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in h[:5])
 
 
-def external_ifname(name: str) -> str:
-    n = EXT_PREFIX + name
-    return n if len(n) <= 15 else EXT_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:11]
-
-
-def router(policy: Policy, host: str, tvds: set[str], bridge_of) -> Router | None:
+def router(policy: Policy, host: str, tvds: set[str]) -> Router | None:
     if not tvds:
         return None
     exts = []
@@ -134,21 +127,21 @@ def router(policy: Policy, host: str, tvds: set[str], bridge_of) -> Router | Non
     legs = []
     for name in sorted(n for n in tvds if n in policy.tvds):
         t = policy.tvds[name]
-        legs.append(RouterLeg(tvd=name, tvd_id=t.vlan, bridge=bridge_of(name),
-                              port=f"{LEG_PORT_PREFIX}{t.vlan}", peer=f"{LEG_PEER_PREFIX}{t.vlan}",
+        legs.append(RouterLeg(tvd=name, tvd_id=t.vlan, bridge=bridge_name(name),
+                              port=leg_port(t.vlan), peer=leg_peer(t.vlan),
                               mac=leg_mac(host, name), gateways=t.gateways, subnets=t.subnets))
-    return Router(netns=ROUTER_NS_PREFIX + host, legs=tuple(legs), externals=tuple(exts))
+    return Router(netns=router_netns(host), legs=tuple(legs), externals=tuple(exts))
 
 
 def _rules(rules) -> tuple[FlowRule, ...]:
     return tuple(FlowRule(r.proto, r.ports) for r in rules)
 
 
-def flow_plan(policy: Policy, tvds: set[str], bridge_of) -> FlowPlan | None:
+def flow_plan(policy: Policy, tvds: set[str]) -> FlowPlan | None:
     if not tvds:
         return None
     subnets = tuple(TvdSubnets(t.name, t.vlan, t.subnets,
-                               bridge_of(t.name) if t.name in tvds else None)
+                               bridge_name(t.name) if t.name in tvds else None)
                     for t in sorted(policy.tvds.values(), key=lambda t: t.name) if t.subnets)
     # externals are recognised by address everywhere (so a closed TVD's traffic to them is
     # dropped on its vSwitch), whether or not this host has a leg on them

@@ -5,7 +5,7 @@ from xen_tvd.diagnostics import Collector, Diagnostic
 from xen_tvd.policy.model import Policy, Pos
 from xen_tvd.policy.schema import PolicyReader
 from xen_tvd.policy.verify import verify
-from xen_tvd.yamlsrc import YamlUnreadable, compose, read_source
+from xen_tvd.yamlsrc import YamlUnreadable, compose, gc_paused, read_source
 
 __all__ = ["check_file", "load_policy", "PolicyInvalid", "YamlUnreadable", "Policy"]
 
@@ -16,17 +16,21 @@ class PolicyInvalid(Exception):
         super().__init__("\n".join(str(d) for d in diagnostics if d.is_error))
 
 
-def check_file(path: str, semantic: bool = True) -> tuple[Policy | None, list[Diagnostic]]:
-    """Parse, schema-check and (if the schema is clean) verify. Raises YamlUnreadable only."""
+def check_file(path: str, semantic: bool = True,
+               all_pairs: bool = False) -> tuple[Policy | None, list[Diagnostic]]:
+    """Parse, schema-check and (if the schema is clean) verify. Raises YamlUnreadable only.
+
+    all_pairs: one indirect-flow diagnostic per bypassed closed pair instead of per group."""
     diags = Collector()
-    root = compose(read_source(path), path, diags)
-    policy = None
-    if root is not None:
-        policy = PolicyReader(path, diags).policy(root)
-    if root is None and not diags.items:
-        diags.error(Pos(path, 1, 1), "the file is empty; a policy starts with 'version: 1'")
-    if policy is not None and semantic:
-        verify(policy, diags)
+    with gc_paused():
+        root = compose(read_source(path), path, diags)
+        policy = None
+        if root is not None:
+            policy = PolicyReader(path, diags).policy(root)
+        if root is None and not diags.items:
+            diags.error(Pos(path, 1, 1), "the file is empty; a policy starts with 'version: 1'")
+        if policy is not None and semantic:
+            verify(policy, diags, all_pairs)
     return (policy if not diags.errors else None), diags.items
 
 

@@ -13,10 +13,11 @@ Semantics (documented in docs/policy.md):
   TVD carry information like any other, whatever the dummy policy.
 
 The verifier is conservative: for every closed ordered pair (x, y) it looks for any chain of
-information-carrying edges from x to y and reports one shortest chain per pair: an error when
-a chain of open edges exists, a warning when every chain passes a controlled edge or a
-shared-membership VM. (verify.py softens one case to a warning: the replies of an open flow
-y -> x onto an unlisted pair x -> y, which the admin has not stated as closed.)
+information-carrying edges from x to y: an error when a chain of open edges exists, a warning
+when every chain passes a controlled edge or a shared-membership VM. (The report softens one
+case to a warning: the replies of an open flow y -> x onto an unlisted pair x -> y, which the
+admin has not stated as closed.) find_indirect_flows gives one shortest chain per pair (what
+`tvdctl check --all` prints); bypass.py counts the same pairs in groups, without a chain each.
 """
 from __future__ import annotations
 
@@ -157,10 +158,11 @@ class _Graph:
         self.succ[a] |= 1 << b
         self.pred[b] |= 1 << a
 
-    def levels(self, src: int) -> tuple[int, list[int]]:
+    def levels(self, src: int, backward: bool = False) -> tuple[int, list[int]]:
+        """BFS from src (towards src, if backward): all nodes seen, and each level's nodes."""
         seen = frontier = 1 << src
         levels = [frontier]
-        succ = self.succ
+        succ = self.pred if backward else self.succ
         while frontier:
             nxt = 0
             f = frontier
@@ -189,61 +191,83 @@ class _Graph:
         return path
 
 
-def find_indirect_flows(policy: Policy) -> list[IndirectFlow]:
-    """One shortest chain per closed ordered pair that information can still cross."""
-    # an external network is a node like a TVD: TVD a -> corp -> TVD b is a chain, since
-    # anything the external receives it may send on wherever the policy lets it
-    names = sorted(policy.tvds) + sorted(policy.externals)
-    if policy.dummy_policy is FlowKind.OPEN or any(DUMMY_TVD in (f.src, f.dst)
-                                                   for f in policy.flows):
-        names.append(DUMMY_TVD)
-    idx = {n: i for i, n in enumerate(names)}
-    n = len(names)
-    g_open, g_all = _Graph(n), _Graph(n)
-    edge_of: dict[tuple[int, int], Edge] = {}
-    for e in information_edges(policy):
-        if e.src not in idx or e.dst not in idx:
-            continue  # unknown names are reported by the schema layer
-        a, b = idx[e.src], idx[e.dst]
-        g_all.add(a, b)
-        prev = edge_of.get((a, b))
-        # prefer a direct flow over a reply, and open over controlled, when describing a hop
-        if e.kind is FlowKind.OPEN:
-            g_open.add(a, b)
-            if prev is None or prev.kind is not FlowKind.OPEN or prev.why == "reply":
-                edge_of[(a, b)] = e
-        elif prev is None:
-            edge_of[(a, b)] = e
+class InformationGraph:
+    """The information edges of a policy over its nodes (TVDs, externals, the dummy TVD) as
+    bitsets, with which ordered pairs are permitted (an entry or the open dummy default) and
+    which are listed (have an entry at all)."""
 
-    permitted = [0] * n
-    for f in policy.flows:
-        if f.kind is not FlowKind.CLOSED and f.src in idx and f.dst in idx:
-            permitted[idx[f.src]] |= 1 << idx[f.dst]
-    if policy.dummy_policy is FlowKind.OPEN:
-        d = idx[DUMMY_TVD]
-        listed = {(f.src, f.dst) for f in policy.flows}
-        for t in policy.tvds:
-            i = idx[t]
-            if (t, DUMMY_TVD) not in listed:
-                permitted[i] |= 1 << d
-            if (DUMMY_TVD, t) not in listed:
-                permitted[d] |= 1 << i
-    everyone = (1 << n) - 1
+    def __init__(self, policy: Policy) -> None:
+        # an external network is a node like a TVD: TVD a -> corp -> TVD b is a chain, since
+        # anything the external receives it may send on wherever the policy lets it
+        names = sorted(policy.tvds) + sorted(policy.externals)
+        if policy.dummy_policy is FlowKind.OPEN or any(DUMMY_TVD in (f.src, f.dst)
+                                                       for f in policy.flows):
+            names.append(DUMMY_TVD)
+        self.names = names
+        self.idx = idx = {n: i for i, n in enumerate(names)}
+        self.n = n = len(names)
+        self.open, self.all = g_open, g_all = _Graph(n), _Graph(n)
+        self.edge_of: dict[tuple[int, int], Edge] = {}   # the edge that describes a hop
+        self.edges: list[tuple[int, int, Edge]] = []       # every edge, for grouping
+        edge_of = self.edge_of
+        for e in information_edges(policy):
+            if e.src not in idx or e.dst not in idx:
+                continue  # unknown names are reported by the schema layer
+            a, b = idx[e.src], idx[e.dst]
+            self.edges.append((a, b, e))
+            g_all.add(a, b)
+            prev = edge_of.get((a, b))
+            # prefer a direct flow over a reply, and open over controlled, when describing a hop
+            if e.kind is FlowKind.OPEN:
+                g_open.add(a, b)
+                if prev is None or prev.kind is not FlowKind.OPEN or prev.why == "reply":
+                    edge_of[(a, b)] = e
+            elif prev is None:
+                edge_of[(a, b)] = e
+
+        self.permitted = permitted = [0] * n
+        self.listed = listed = [0] * n
+        for f in policy.flows:
+            if f.src in idx and f.dst in idx:
+                listed[idx[f.src]] |= 1 << idx[f.dst]
+                if f.kind is not FlowKind.CLOSED:
+                    permitted[idx[f.src]] |= 1 << idx[f.dst]
+        if policy.dummy_policy is FlowKind.OPEN:
+            d = idx[DUMMY_TVD]
+            for t in policy.tvds:
+                i = idx[t]
+                if not listed[i] >> d & 1:
+                    permitted[i] |= 1 << d
+                if not listed[d] >> i & 1:
+                    permitted[d] |= 1 << i
+
+    def closed(self, x: int) -> int:
+        """The nodes y for which (x, y) is a closed ordered pair."""
+        return ((1 << self.n) - 1) & ~self.permitted[x] & ~(1 << x)
+
+    def chain(self, x: int, y: int, all_open: bool, levels: list[int]) -> IndirectFlow:
+        """The finding for pair (x, y) from the BFS levels of x in the open or full graph."""
+        hops = (self.open if all_open else self.all).path(y, levels)
+        edges = tuple(self.edge_of[(hops[i], hops[i + 1])] for i in range(len(hops) - 1))
+        return IndirectFlow(self.names[x], self.names[y], tuple(self.names[i] for i in hops),
+                            edges, all_open)
+
+
+def find_indirect_flows(policy: Policy,
+                        graph: InformationGraph | None = None) -> list[IndirectFlow]:
+    """One shortest chain per closed ordered pair that information can still cross."""
+    g = graph or InformationGraph(policy)
     found: list[IndirectFlow] = []
-    for x in range(n):
-        closed = everyone & ~permitted[x] & ~(1 << x)
-        reach_all, levels_all = g_all.levels(x)
-        problems = reach_all & closed
+    for x in range(g.n):
+        reach_all, levels_all = g.all.levels(x)
+        problems = reach_all & g.closed(x)
         if not problems:
             continue
-        reach_open, levels_open = g_open.levels(x)
+        reach_open, levels_open = g.open.levels(x)
         while problems:
             low = problems & -problems
             y = low.bit_length() - 1
             problems ^= low
             all_open = bool(reach_open & low)
-            hops = (g_open if all_open else g_all).path(y, levels_open if all_open else levels_all)
-            path = tuple(names[i] for i in hops)
-            edges = tuple(edge_of[(hops[i], hops[i + 1])] for i in range(len(hops) - 1))
-            found.append(IndirectFlow(names[x], names[y], path, edges, all_open))
+            found.append(g.chain(x, y, all_open, levels_open if all_open else levels_all))
     return found

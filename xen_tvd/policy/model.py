@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from xen_tvd.desired import capabilities
 from xen_tvd.diagnostics import Pos  # re-exported: defined there so importing never cycles
 
 PROTECTION_GOALS = ("isolation", "integrity", "confidentiality")
-FUNCTIONAL_CAPABILITIES = ("vlan", "ethernet", "ip")
+FUNCTIONAL_CAPABILITIES = capabilities.POLICY   # C(h): vlan, ethernet, ip (+ a transport's)
 ASSURANCE_KINDS = ("trust", "mutable-log", "immutable-log", "evaluation", "introspection",
                    "policy", "audit")
 DUMMY_TVD = "dummy"  # the paper's TVD_delta for VLANs outside every TVD (section 4.5)
@@ -53,7 +54,7 @@ class Tvd:
     protection: frozenset[str] = frozenset({"isolation"})
     membership: tuple[MembershipRequirement, ...] = ()  # M(t)
     multicast_group: str = ""                 # IPv4 group for VXLAN BUM traffic
-    tx_checksum_offload: bool = False         # vif tx-csum offload (paper 6.2; off = safe)
+    tx_checksum_offload: bool = True          # vif tx-csum offload (off: paper 6.2's workaround)
     session_seconds: int | None = None        # continual membership re-check bound
     pos: Pos | None = field(default=None, compare=False)
     # Routed inter-TVD flows (docs/flow-control-design.md): the TVD's IP subnets (CIDR,
@@ -66,6 +67,9 @@ class Tvd:
     # whose own VMs serve these (a VM-run DHCP server or router) allows them for its vifs.
     allow_dhcp_server: bool = False
     allow_router_advertisements: bool = False
+    # broadcast and multicast frames per second one vif may send into the TVD (port security
+    # drops the excess: a VM's storm reaches its peers at this rate at most); 0 = no limit
+    flood_limit: int = 1000
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Network:
     mtu: int = 1500
     max_mtu: int = 1500               # the underlay may be raised up to this (jumbo frames)
     pos: Pos | None = field(default=None, compare=False)
+    require_encryption: bool = False  # every TVD crossing it rides an encrypting transport
 
 
 @dataclass(frozen=True)
@@ -144,11 +149,15 @@ class HostExternal:
 class Host:
     name: str
     address: str                      # management / primary underlay address
-    capabilities: frozenset[str]      # C(h) subset of {vlan, ethernet, ip}
+    capabilities: frozenset[str]      # C(h) subset of FUNCTIONAL_CAPABILITIES
     properties: dict[str, str] = field(default_factory=dict, hash=False)  # prop -> assurance
     nics: tuple[HostNic, ...] = ()
     pos: Pos | None = field(default=None, compare=False)
     externals: tuple[HostExternal, ...] = ()
+    # the host's WireGuard public key (base64): standalone, the administrator copies it from
+    # `tvd-proxy wireguard-key`; with a master, the host reports it and this entry, if given,
+    # pins it (a differing report is not believed)
+    wireguard_key: str | None = None
 
     def external_on(self, external: str) -> HostExternal | None:
         return next((e for e in self.externals if e.external == external), None)

@@ -1,11 +1,15 @@
-"""Human views of a policy: the flow matrix (paper Figure 1) and a Graphviz drawing."""
+"""Views of a policy: the flow matrix (paper Figure 1) as text or JSON, and a Graphviz drawing
+of TVDs, flows, shared-membership sets and hosts."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 
 from xen_tvd.policy.flows import FlowMatrix
+from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
+
+FORMATS = ("svg", "png")     # what Graphviz renders for `tvdctl graph`; .dot is written as is
 
 
 def _cell(matrix: FlowMatrix, a: str, b: str) -> str:
@@ -56,6 +60,23 @@ def matrix_text(policy: Policy, color: bool = False) -> str:
     return "\n".join(lines)
 
 
+def matrix_json(policy: Policy) -> dict:
+    """The same facts as matrix_text, for programs (`tvdctl show --json`)."""
+    m = FlowMatrix(policy)
+    names = sorted(policy.tvds) + sorted(policy.externals) + [DUMMY_TVD]
+    kind = {a: {b: ("open" if a == b else m.kind(a, b).value) for b in names} for a in names}
+    controlled = [{"from": f.src, "to": f.dst, "sender": [str(r) for r in f.sender],
+                   "receiver": [str(r) for r in f.receiver],
+                   "passes": [str(r) for r in m.rules(f.src, f.dst)], "replies": f.replies}
+                  for f in sorted(policy.flows, key=lambda f: (f.src, f.dst))
+                  if f.kind is FlowKind.CONTROLLED]
+    return {"tvds": sorted(policy.tvds),
+            "externals": {x.name: list(x.subnets) for x in policy.externals.values()},
+            "dummy": {"policy": policy.dummy_policy.value, "vlans": list(policy.dummy_vlans)},
+            "matrix": kind, "controlled": controlled,
+            "shared_membership": [list(s) for s in policy.shared_membership]}
+
+
 def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -82,20 +103,60 @@ def to_dot(policy: Policy) -> str:
         else:
             attrs = 'color=red, style=dotted, label="closed"'
         out.append(f"  {_q(f.src)} -> {_q(f.dst)} [{attrs}];")
+    out += _shared_dot(policy) + _hosts_dot(policy)
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _shared_dot(policy: Policy) -> list[str]:
+    """One node per shared-membership set, joined to its TVDs: a VM may be in all of them at
+    once, so the verifier counts the set as an open channel between them."""
+    out = []
+    for i, tvds in enumerate(policy.shared_membership, 1):
+        node = _q(f"shared:{i}")
+        out.append(f"  {node} [label={_q('shared membership ' + str(i))}, shape=ellipse, "
+                   f"style=filled, fillcolor=lightyellow];")
+        out += [f"  {node} -> {_q(t)} [dir=none, color=purple, penwidth=2];" for t in tvds]
+    return out
+
+
+def _hosts_dot(policy: Policy) -> list[str]:
+    """The capability model: each host with its address, C(h), properties and networks, and a
+    grey line to each TVD its properties let it carry (M(t) alone; the planner may still refuse
+    a TVD the host's networks cannot realise)."""
+    if not policy.hosts:
+        return []
+    out = ["  subgraph cluster_hosts {", '    label="hosts (capability model)"; style=dashed;']
+    for h in sorted(policy.hosts.values(), key=lambda h: h.name):
+        lines = [h.name, h.address, "C(h): " + (", ".join(sorted(h.capabilities)) or "none")]
+        if h.properties:
+            lines.append(", ".join(f"{p}:{k}" for p, k in sorted(h.properties.items())))
+        lines += [f"{n.network}: {n.nic} {n.address}" for n in h.nics]
+        lines += [f"{x.external}: {x.nic} {x.address}" for x in h.externals]
+        label = "\\n".join(x.replace("\\", "").replace('"', "") for x in lines)
+        out.append(f"    {_q('host:' + h.name)} [label=\"{label}\", shape=box3d, style=solid];")
+    out.append("  }")
+    for h in sorted(policy.hosts.values(), key=lambda h: h.name):
+        for t in sorted(policy.tvds):
+            if admit(policy, [t], dict(h.properties)).admitted:
+                out.append(f"  {_q('host:' + h.name)} -> {_q(t)} [dir=none, color=gray, "
+                           f"style=dashed];")
+    return out
 
 
 class RenderError(Exception):
     """Drawing failed for a reason the admin can fix (e.g. Graphviz not installed)."""
 
 
-def dot_to_svg(dot: str, out: str) -> None:
+def render(dot: str, out: str, fmt: str) -> None:
+    """Draw `dot` into `out` as `fmt` (one of FORMATS) with Graphviz."""
+    if fmt not in FORMATS:
+        raise RenderError(f"cannot draw {fmt}: one of {', '.join(FORMATS)}")
     exe = shutil.which("dot")
     if exe is None:
         raise RenderError("Graphviz 'dot' is not installed (apt-get install graphviz); "
                          "write .dot instead")
-    proc = subprocess.run([exe, "-Tsvg", "-o", out], input=dot.encode(), capture_output=True,
+    proc = subprocess.run([exe, f"-T{fmt}", "-o", out], input=dot.encode(), capture_output=True,
                           timeout=60)
     if proc.returncode != 0:
         raise RenderError(f"Graphviz failed: {proc.stderr.decode(errors='replace').strip()}")

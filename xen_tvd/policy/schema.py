@@ -11,6 +11,7 @@ import re
 
 import yaml
 
+from xen_tvd.desired.patterns import IFNAME_RE, is_wireguard_key
 from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.model import (ASSURANCE_KINDS, DUMMY_TVD, FUNCTIONAL_CAPABILITIES,
                                   PROTECTION_GOALS, External, Flow, FlowKind, Host,
@@ -18,7 +19,8 @@ from xen_tvd.policy.model import (ASSURANCE_KINDS, DUMMY_TVD, FUNCTIONAL_CAPABIL
                                   MembershipRequirement, Network, Policy, Property, Rule, Tvd)
 from xen_tvd.yamlschema import Reader
 
-IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
+# a vif's broadcast/multicast frames per second (flood-limit); 0 = no limit
+MAX_FLOOD_LIMIT = 1_000_000
 PORT_RANGE_RE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
 PROTOS = ("tcp", "udp", "icmp", "icmpv6", "any")
 VNI_FROM_VLAN = 10000  # default vni = 10000 + vlan, so vlan 100 <-> vni 10100
@@ -28,14 +30,14 @@ TOP_KEYS = {"version": True, "properties": False, "tvds": True, "flows": False, 
 PROPERTY_KEYS = {"dominates": False, "excludes": False, "description": False}
 TVD_KEYS = {"vlan": True, "vni": False, "protection": False, "membership": False,
             "multicast-group": False, "tx-checksum-offload": False, "session-seconds": False,
-            "subnets": False, "gateway": False, "allow-dhcp-server": False,
+            "subnets": False, "gateway": False, "allow-dhcp-server": False, "flood-limit": False,
             "allow-router-advertisements": False, "description": False}
 FLOW_KEYS = {"from": True, "to": True, "policy": True, "allow": False, "sender": False,
              "receiver": False, "replies": False, "description": False}
 NETWORK_KEYS = {"subnet": True, "vlan-capable": False, "multicast": False, "trusted-for": False,
-                "mtu": False, "max-mtu": False, "description": False}
+                "mtu": False, "max-mtu": False, "require-encryption": False, "description": False}
 HOST_KEYS = {"address": True, "capabilities": True, "properties": False, "nics": False,
-             "externals": False, "description": False}
+             "externals": False, "wireguard-key": False, "description": False}
 EXTERNAL_KEYS = {"subnets": True, "description": False}
 HOST_EXTERNAL_KEYS = {"external": True, "nic": True, "address": True, "gateway": False}
 
@@ -49,6 +51,8 @@ class PolicyReader(Reader):
     def __init__(self, file: str, diags: Collector) -> None:
         super().__init__(file, diags)
         self.refs: list[tuple[str, str, yaml.Node, str]] = []  # (kind, name, node, context)
+        self._addr_nodes: list = []     # (host, address, node) for the uniqueness check
+        self._nic_nodes: list = []      # (host, HostNic, node)
 
     def ref(self, kind: str, name: str | None, node, context: str) -> None:
         if name is not None:
@@ -134,7 +138,7 @@ class PolicyReader(Reader):
             group = default_multicast_group(vni) if vni else ""
             if "multicast-group" in body:
                 group = self.multicast(body["multicast-group"][1], name) or group
-            csum = False
+            csum = True   # as vif-bridge: the 2007 netfront bug is gone (tier 3, docs/perf.md)
             if "tx-checksum-offload" in body:
                 csum = bool(self.boolean(body["tx-checksum-offload"][1],
                                          f"tx-checksum-offload of TVD '{name}'"))
@@ -148,6 +152,11 @@ class PolicyReader(Reader):
                               ("allow-router-advertisements", "allow_router_advertisements")):
                 if key in body:
                     knobs[attr] = bool(self.boolean(body[key][1], f"{key} of TVD '{name}'"))
+            if "flood-limit" in body:
+                limit = self.integer(body["flood-limit"][1], f"flood-limit of TVD '{name}'", 0,
+                                     MAX_FLOOD_LIMIT)
+                if limit is not None:
+                    knobs["flood_limit"] = limit
             if "description" in body:
                 self.string(body["description"][1], "description")
             # keep a TVD with a bad id (already reported) so references to it stay valid
@@ -480,12 +489,15 @@ class PolicyReader(Reader):
                 self.err(body["max-mtu"][1], f"max-mtu {max_mtu} is below mtu {mtu}")
             if subnet is None or mtu is None or max_mtu is None:
                 continue
+            encrypt = ("require-encryption" in body and
+                       self.boolean(body["require-encryption"][1], "require-encryption") is True)
             out[name] = Network(name, subnet, vlan_capable, multicast, trusted, mtu, max_mtu,
-                                self.pos(kn))
+                                self.pos(kn), encrypt)
         return out
 
     def hosts(self, node) -> dict[str, Host]:
         out = {}
+        key_of: dict[str, str] = {}     # WireGuard public key -> the host that has it
         for name, kn, vn in self.items(node, "hosts"):
             if self.name(kn, "host name") is None:
                 continue
@@ -518,12 +530,25 @@ class PolicyReader(Reader):
                         nics.append((HostNic(net, dev, a), item))
             exts = (self.host_externals(body["externals"][1], name)
                     if "externals" in body else [])
+            wg_key = None
+            if "wireguard-key" in body:
+                wg_key = self.string(body["wireguard-key"][1], f"wireguard-key of host '{name}'")
+                if wg_key is not None and not is_wireguard_key(wg_key):
+                    self.err(body["wireguard-key"][1], f"wireguard-key of host '{name}' is not "
+                             "a WireGuard public key (44 characters of base64, as "
+                             "`tvd-proxy wireguard-key` prints it)")
+                    wg_key = None
+                elif wg_key is not None and key_of.setdefault(wg_key, name) != name:
+                    self.err(body["wireguard-key"][1], f"wireguard-key of host '{name}' is "
+                             f"host '{key_of[wg_key]}'s too; each tvd-proxy makes its own key "
+                             "pair: copy each host's from `tvd-proxy wireguard-key` there")
+                    wg_key = None
             if addr is None:
                 continue
-            self._addr_nodes = getattr(self, "_addr_nodes", []) + [(name, addr, body["address"][1])]
-            self._nic_nodes = getattr(self, "_nic_nodes", []) + [(name, n, i) for n, i in nics]
+            self._addr_nodes.append((name, addr, body["address"][1]))
+            self._nic_nodes.extend((name, n, i) for n, i in nics)
             out[name] = Host(name, addr, caps, props, tuple(n for n, _ in nics), self.pos(kn),
-                             tuple(exts))
+                             tuple(exts), wg_key)
         return out
 
     def address(self, node, what: str) -> str | None:
@@ -592,12 +617,12 @@ class PolicyReader(Reader):
             if v in by_vlan:
                 self.err(node, f"dummy VLAN {v} belongs to TVD '{by_vlan[v]}'", "duplicate-vlan")
         seen_addr: dict[str, str] = {}
-        for host, addr, node in getattr(self, "_addr_nodes", []):
+        for host, addr, node in self._addr_nodes:
             if addr in seen_addr:
                 self.err(node, f"address {addr} of host '{host}' is already host "
                                f"'{seen_addr[addr]}'s")
             seen_addr.setdefault(addr, host)
-        for host, nic, node in getattr(self, "_nic_nodes", []):
+        for host, nic, node in self._nic_nodes:
             net = networks.get(nic.network)
             if net and ipaddress.IPv4Address(nic.address) not in ipaddress.IPv4Network(net.subnet):
                 self.err(node, f"host '{host}' address {nic.address} is outside network "

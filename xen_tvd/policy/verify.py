@@ -4,16 +4,19 @@ Runs on a Policy that passed the schema layer and returns diagnostics; never rai
 """
 from __future__ import annotations
 
+from xen_tvd.desired import transports
 from xen_tvd.diagnostics import Collector
-from xen_tvd.policy.flows import FlowMatrix, find_indirect_flows
+from xen_tvd.policy.flows import FlowMatrix
+from xen_tvd.policy.indirect_report import check_indirect_flows
 from xen_tvd.policy.lattice import PropertyOrder, joint_conflicts
-from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy, Pos
+from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Policy
 
 
-def verify(policy: Policy, diags: Collector) -> None:
+def verify(policy: Policy, diags: Collector, all_pairs: bool = False) -> None:
+    """all_pairs: report every bypassed closed pair on its own, not in groups."""
     check_property_order(policy, diags)
     check_membership(policy, diags)
-    check_flows(policy, diags)
+    check_flows(policy, diags, all_pairs)
     check_capabilities(policy, diags)
 
 
@@ -53,7 +56,7 @@ def check_membership(policy: Policy, diags: Collector) -> None:
                         "membership-conflict")
 
 
-def check_flows(policy: Policy, diags: Collector) -> None:
+def check_flows(policy: Policy, diags: Collector, all_pairs: bool = False) -> None:
     matrix = FlowMatrix(policy)
     for group in policy.shared_membership:
         for a in group:
@@ -78,31 +81,7 @@ def check_flows(policy: Policy, diags: Collector) -> None:
                                "flow with it has no sender/receiver to enforce one side",
                         "dummy-controlled")
     check_routable(policy, diags)
-    for ind in find_indirect_flows(policy):
-        # anchor: the first hop's entry, else the source TVD, else the target (the dummy TVD
-        # has no node of its own), else the file
-        first = ind.edges[0].flow
-        anchors = (first, policy.tvds.get(ind.src), policy.externals.get(ind.src),
-                   policy.tvds.get(ind.dst), policy.externals.get(ind.dst))
-        pos = next((a.pos for a in anchors if a is not None and a.pos is not None),
-                   Pos(policy.source, 1, 1))
-        hops = "; ".join(e.describe() for e in ind.edges)
-        if ind.all_open and len(ind.edges) == 1 and ind.edges[0].why == "reply" \
-                and matrix.entry(ind.src, ind.dst) is None:
-            # closed only by default: stateful replies of the reverse open flow cross it
-            diags.warning(pos, f"unlisted pair {ind.src} -> {ind.dst} is closed, but replies of "
-                               f"the open flow {ind.dst} -> {ind.src} carry data {ind.src} -> "
-                               f"{ind.dst}; state the pair (open/controlled), or set 'replies: "
-                               f"false' on {ind.dst} -> {ind.src} for a one-way flow",
-                          "reply-flow")
-        elif ind.all_open:
-            diags.error(pos, f"closed pair {ind.src} -> {ind.dst} is bypassed by open path "
-                             f"{ind.path_text()} ({hops})", "indirect-flow")
-        else:
-            diags.warning(pos, f"closed pair {ind.src} -> {ind.dst} is reachable through "
-                               f"guarded path {ind.path_text()} ({hops}); make sure the "
-                               "controlled rules and shared-membership VMs cannot relay it",
-                          "indirect-flow")
+    check_indirect_flows(policy, diags, all_pairs)
 
 
 def check_routable(policy: Policy, diags: Collector) -> None:
@@ -130,14 +109,18 @@ def check_routable(policy: Policy, diags: Collector) -> None:
 
 def check_capabilities(policy: Policy, diags: Collector) -> None:
     for h in policy.hosts.values():
-        if h.nics and "ip" not in h.capabilities and "vlan" not in h.capabilities:
-            diags.warning(h.pos, f"host '{h.name}' has neither ip nor vlan capability: it can "
+        if h.nics and not any(t.capability.policy in h.capabilities for t in transports.ORDER):
+            words = " nor ".join(sorted(t.capability.policy for t in transports.ORDER))
+            diags.warning(h.pos, f"host '{h.name}' has neither {words} capability: it can "
                                  "carry TVD segments only for its own VMs", "host-capability")
     if policy.hosts:
         for t in policy.tvds.values():
             if "confidentiality" not in t.protection:
                 continue
+            encrypting = [x for x in transports.ORDER if "confidentiality" in x.protects]
             for h in policy.hosts.values():
+                if any(not x.missing([h]) for x in encrypting):
+                    continue       # it can ride an encrypting transport (WireGuard)
                 for nic in h.nics:
                     net = policy.networks.get(nic.network)
                     if net and "confidentiality" not in net.trusted_for:
@@ -145,6 +128,6 @@ def check_capabilities(policy: Policy, diags: Collector) -> None:
                                              f"host '{h.name}' reaches others over network "
                                              f"'{net.name}', which is not trusted for it: the "
                                              "planner will refuse to place the TVD's segment "
-                                             "there until an encrypted transport is available",
-                                      "confidentiality")
+                                             "there unless the host has the wireguard "
+                                             "capability and a wireguard-key", "confidentiality")
                         break

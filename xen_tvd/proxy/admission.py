@@ -4,16 +4,18 @@ A vif's TVD, first match wins (docs/proxy-protocol.md): the backend `bridge` key
 the VM's registration for that devid, then for any devid; otherwise refused (fail closed).
 Then: the TVD exists; this host satisfies M(t) with its capability-model properties (and M of
 every TVD routed together with t, whose segment t's router leg pulls in); the VM
-satisfies M(t) of every TVD it is in (registered, joined, or attached right now) together.
+satisfies M(t) of every TVD it is in (registered, joined, attached right now, or through a
+libvirt network port) together.
 """
 from __future__ import annotations
 
+from xen_tvd.planner import carriers
 from xen_tvd.policy.lattice import admit
 from xen_tvd.policy.model import Policy
 
 from . import routes
 from .protocol import ProtocolError, tvd_from_bridge
-from .state import Registration, VifRecord
+from .state import PortRecord, Registration, VifRecord
 
 
 class Denied(Exception):
@@ -41,18 +43,20 @@ def check_tvd(policy: Policy, tvd: str) -> None:
 
 
 def check_host(policy: Policy, host: str, tvd: str) -> None:
-    h = policy.hosts[host]
-    adm = admit(policy, [tvd], dict(h.properties))
-    if not adm.admitted:
-        raise Denied(f"host '{host}' may not carry TVD '{tvd}': {adm.reason()} "
-                     f"(host properties: {_props(h.properties)})")
+    why = carriers.refusal(policy, host, tvd)
+    if why is not None:
+        raise Denied(f"host '{host}' may not carry TVD '{tvd}': {why} "
+                     f"(host properties: {_props(policy.hosts[host].properties)})")
 
 
 def check_routed(policy: Policy, host: str, tvd: str) -> None:
     """Standalone counterpart of the master's refusal (master/decide.py): a TVD routed
     together with one this host may not carry would pull that TVD's segment and router leg
-    onto the host, so the TVD is refused here as a whole."""
+    onto the host, so the TVD is refused here as a whole. An external in the component has
+    no segment to carry: whether this host has a NIC on it is the planner's check."""
     for other in sorted(routes.needed(policy, host, {tvd}) - {tvd}):
+        if other not in policy.tvds:
+            continue
         try:
             check_host(policy, host, other)
         except Denied as e:
@@ -68,11 +72,16 @@ def check_plan(bundle, host: str, tvd: str, url: str) -> None:
 
 
 def vm_tvds(uuid: str | None, reg: Registration | None, vifs: dict[str, VifRecord],
-            extra: str | None = None, exclude_ifname: str | None = None) -> set[str]:
+            extra: str | None = None, exclude_ifname: str | None = None,
+            ports: dict[str, PortRecord] | None = None, exclude_port: str | None = None) -> set[str]:
+    """Every TVD the VM is in: registered or joined, a vif attached now, a libvirt port."""
     out = set(reg.tvds()) if reg else set()
     for v in vifs.values():
         if uuid and v.uuid == uuid and v.ifname != exclude_ifname:
             out.add(v.tvd)
+    for p in (ports or {}).values():
+        if uuid and p.uuid == uuid and p.port != exclude_port:
+            out.add(p.tvd)
     if extra:
         out.add(extra)
     return out

@@ -15,8 +15,9 @@ import threading
 import time
 import uuid as uuidlib
 
+from xen_tvd.log import log
+
 from .bundle_store import write_private
-from .log import log
 
 SPOOL_FILE = "audit-spool.jsonl"
 

@@ -13,8 +13,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from xen_tvd.dataplane.model import FlowPlan, Router, Segment
-from xen_tvd.dataplane.serial import SerialError, from_json, segments_from_json
+from xen_tvd.desired.model import FlowPlan, Router, Segment
+from xen_tvd.desired.serial import SerialError, from_json, segments_from_json
 from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.model import Policy
 from xen_tvd.policy.schema import PolicyReader

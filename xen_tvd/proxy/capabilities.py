@@ -5,6 +5,7 @@
   autoloads counts and one that is missing does not, and nothing in the host's own namespaces
   is touched. A probe that fails for any reason reports the capability as absent (the master
   then plans without it: fail closed).
+- wireguard-key: this host's WireGuard public key (proxy/wgkey.py; the private key stays here).
 - nics and security: from a JSON file the administrator writes (default
   /etc/xen-tvd/capabilities.json):
 
@@ -22,20 +23,14 @@ import json
 import os
 import subprocess
 
+from xen_tvd.desired import capabilities
+
 DEFAULT_FILE = "/etc/xen-tvd/capabilities.json"
 MAX_EVIDENCE = 256 * 1024
 
-# name -> shell commands run in a fresh network namespace; exit 0 = present
-PROBES = {
-    "bridge": "ip link add tvdprobe0 type bridge",
-    "vxlan": "ip link add tvdprobe0 type vxlan id 1 dstport 4789 local 127.0.0.1",
-    "vlan": "ip link add tvdprobe0 type bridge && ip link add link tvdprobe0 name tvdprobe0.5 type vlan id 5",
-    "nftables": "nft add table inet tvdprobe",
-    "wireguard": "ip link add tvdprobe0 type wireguard",
-    # an ESP state with the AEAD the kernel would need for encrypted segments
-    "ipsec": "ip xfrm state add src 127.0.0.1 dst 127.0.0.2 proto esp spi 0x100 mode transport "
-             "aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128",
-}
+# functional word -> shell commands run in a fresh network namespace; exit 0 = present (the one
+# vocabulary, xen_tvd.desired.capabilities: each transport's probe comes from its unit)
+PROBES = capabilities.PROBES
 
 
 class CapabilityError(Exception):
@@ -118,10 +113,14 @@ def _read_evidence(path: str, where: str) -> str:
     return text
 
 
-def report(path: str = DEFAULT_FILE, required: bool = False) -> dict:
+def report(path: str = DEFAULT_FILE, required: bool = False,
+           wireguard_key: str | None = None) -> dict:
     """The body of PUT /v1/hosts/HOST/capabilities."""
     nics, security = load_file(path, required)
-    return {"functional": detect_functional(), "nics": nics, "security": security}
+    body = {"functional": detect_functional(), "nics": nics, "security": security}
+    if wireguard_key is not None:
+        body["wireguard-key"] = wireguard_key
+    return body
 
 
 def file_required(path: str | None) -> tuple[str, bool]:

@@ -1,5 +1,7 @@
 """`tvd-proxy run --policy FILE --host NAME [--socket PATH] [--state-dir DIR] [--netns NS]`,
-`tvd-proxy run --master --host NAME [...]` and `tvd-proxy enroll URL TOKEN --host NAME`.
+`tvd-proxy run --master --host NAME [...]`, `tvd-proxy enroll URL TOKEN --host NAME` and
+`tvd-proxy wireguard-key [--state-dir DIR]` (prints this host's WireGuard public key, making the
+key pair if there is none: standalone, it goes into the policy's hosts.NAME.wireguard-key).
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (enroll: enrolled), 1 enrolment refused, 2 bad usage
 or unusable policy/host/state/socket/enrolment.
@@ -16,9 +18,10 @@ import signal
 import sys
 import threading
 
+from xen_tvd.log import log, say
 from xen_tvd.policy import PolicyInvalid, load_policy
 
-from .log import log
+from .devices import LAB_DRIVERS
 from .protocol import DEFAULT_SOCKET
 
 DEFAULT_STATE_DIR = "/var/lib/xen-tvd"
@@ -47,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
     e = sub.add_parser("enroll", help="enrol this Dom0 with a tvd-master (one-time token)")
-    e.add_argument("url", metavar="URL", help="the master, https://HOST:PORT")
+    e.add_argument("url", metavar="URL", help="the master, https://HOST:PORT; replicas of one "
+                   "master: their URLs separated by commas (the proxy fails over between them)")
     e.add_argument("token", metavar="TOKEN", help="from 'tvd-master token HOST' (use - to read stdin)")
     e.add_argument("--host", required=True, metavar="NAME", help="this Dom0's name at the master")
     e.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"credentials go to DIR/master/ (default {DEFAULT_STATE_DIR})")
+    k = sub.add_parser("wireguard-key", help="print this host's WireGuard public key (made once, "
+                                             "in the state directory)")
+    k.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"the key pair is DIR/wireguard.key (default {DEFAULT_STATE_DIR})")
     r = sub.add_parser("run", help="serve hotplug scripts and tvdctl on a UNIX socket")
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("--policy", metavar="FILE", help="standalone: the policy file")
@@ -71,7 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--segment-grace", type=float, default=30.0, metavar="SECONDS",
                    help="remove a TVD's vSwitch this long after its last local vif went (default 30)")
     r.add_argument("--netns", metavar="NS", help="manage this network namespace (lab: one proxy per host)")
+    r.add_argument("--log-drops", type=_log_rate, default=0, metavar="PER_SECOND",
+                   help="log dropped frames to the kernel log ('xen-tvd drop REASON: '), at most "
+                        "this many lines per second per drop rule (default 0: count only)")
+    r.add_argument("--metrics-textfile", metavar="PATH",
+                   help="write Prometheus metrics here for node-exporter's textfile collector, "
+                        "e.g. /var/lib/prometheus/node-exporter/tvd-proxy.prom")
+    r.add_argument("--metrics-interval", type=float, default=15.0, metavar="SECONDS",
+                   help="how often the metrics file is rewritten (default 15)")
+    r.add_argument("--vif-driver", action="append", choices=LAB_DRIVERS, metavar="DRIVER",
+                   help="also accept interfaces of this driver as vifs (veth: the labs, where "
+                        "veth pairs stand in for netback; a Dom0 never needs it)")
     return p
+
+
+MAX_LOG_RATE = 1000     # drop log lines per second per rule: beyond that the log is the flood
+
+
+def _log_rate(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= n <= MAX_LOG_RATE:
+        raise argparse.ArgumentTypeError(f"must be within 0..{MAX_LOG_RATE}")
+    return n
 
 
 def _load(path: str):
@@ -80,7 +112,7 @@ def _load(path: str):
     except PolicyInvalid as e:
         for d in e.diagnostics:
             if d.is_error:
-                print(d, file=sys.stderr)
+                say("error", str(d))
         raise RuntimeError(f"policy {path} has errors; run 'tvdctl check {path}'") from None
 
 
@@ -101,38 +133,91 @@ def enroll(args) -> int:
     return 0
 
 
-def _master_proxy(args):
+def wireguard_key(args) -> int:
+    from . import wgkey
+    try:
+        print(wgkey.ensure(args.state_dir))
+    except wgkey.KeyFileError as e:
+        raise RuntimeError(str(e)) from None
+    return 0
+
+
+def _own_key(args, policy) -> str:
+    """This host's WireGuard public key, the key pair made on first start. Standalone, the
+    policy should list it: a missing or different entry is said once (peers cannot reach us
+    over encrypted segments until it is fixed; the key itself is never logged)."""
+    from . import wgkey
+    try:
+        public = wgkey.ensure(args.state_dir)
+    except wgkey.KeyFileError as e:
+        raise RuntimeError(str(e)) from None
+    if policy is not None and args.host in policy.hosts:
+        listed = policy.hosts[args.host].wireguard_key
+        if listed != public:
+            # a warning only where the policy uses WireGuard keys at all
+            used = any(h.wireguard_key for h in policy.hosts.values())
+            log("warning" if used else "info", "wireguard-key-not-in-policy", host=args.host,
+                problem="absent" if listed is None else "differs",
+                fix=f"put the output of 'tvd-proxy wireguard-key --state-dir {args.state_dir}' "
+                    f"into hosts.{args.host}.wireguard-key")
+    return public
+
+
+def _master_core(args, public_key: str):
     from . import capabilities
-    from .daemon import Proxy
+    from .daemon import build_master
     from .master_link import LinkError, MasterLink
     from .sessions import SessionWatch
     cap_path, required = capabilities.file_required(args.capabilities)
     try:
         capabilities.load_file(cap_path, required)   # a broken file stops the start, not later
-        link = MasterLink(args.state_dir, args.host, lambda: capabilities.report(cap_path, required),
+        link = MasterLink(args.state_dir, args.host,
+                          lambda: capabilities.report(cap_path, required, public_key),
                           offline_grace=args.offline_admission_grace)
     except (capabilities.CapabilityError, LinkError) as e:
         raise RuntimeError(str(e)) from None
-    proxy = Proxy(None, args.host, args.state_dir, segment_grace=args.segment_grace, link=link)
-    return proxy, lambda: (link.start(proxy), SessionWatch(proxy).start())
+    core = build_master(link, args.host, args.state_dir, segment_grace=args.segment_grace,
+                        vif_drivers=args.vif_driver or ())
+    return core, link, lambda: (link.start(core.authority),
+                                SessionWatch(core, core.authority.digests).start())
+
+
+def _metrics_writer(args, core):
+    """--metrics-textfile's writer (docs/metrics.md), started; None without the option."""
+    if not args.metrics_textfile:
+        return None
+    from xen_tvd.metrics import TextfileWriter
+    from .observe import collect
+    try:
+        w = TextfileWriter(args.metrics_textfile, lambda: collect(core), args.metrics_interval)
+        w.start()
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"--metrics-textfile {args.metrics_textfile}: "
+                           f"{getattr(e, 'strerror', None) or e}") from None
+    return w
 
 
 def run(args) -> int:
-    from .daemon import Proxy, Server   # after argparse: `--help` stays fast
+    from .daemon import Server, build_standalone   # after argparse: `--help` stays fast
     policy = None if args.master else _load(args.policy)
     if args.netns:
         enter_netns(args.netns)
+    public_key = _own_key(args, policy)
+    link = None
     if args.master:
-        proxy, start_threads = _master_proxy(args)
+        core, link, start_threads = _master_core(args, public_key)
     else:
-        proxy = Proxy(policy, args.host, args.state_dir, segment_grace=args.segment_grace)
+        core = build_standalone(policy, args.host, args.state_dir,
+                                segment_grace=args.segment_grace,
+                                vif_drivers=args.vif_driver or ())
     if args.netns:
         # the router namespace named as apply(netns=) names it for a host namespace
-        from xen_tvd.dataplane.model import HostState
-        from xen_tvd.dataplane.router import ns_name
-        proxy.router_netns = ns_name(HostState(args.host), os.path.basename(args.netns))
-    proxy.startup()
-    server = Server(args.socket, proxy)
+        from xen_tvd.desired.names import router_netns
+        core.router_netns = router_netns(args.host, os.path.basename(args.netns))
+    core.log_drops = args.log_drops
+    core.startup()
+    server = Server(args.socket, core)
+    metrics = _metrics_writer(args, core)
     if args.master:
         start_threads()
     stop = threading.Event()
@@ -143,9 +228,12 @@ def run(args) -> int:
 
     def on_hup(signum, frame):
         def reload():
+            # off the request path: the policy is read on this thread, outside the proxy's
+            # lock; only the switch and the reconcile take it
+            log("info", "reloading", source="stored bundle" if args.master else args.policy)
             if args.master:
-                proxy.startup()    # the stored bundle, verified again
-                proxy.link.report_again.set()   # and the capability file, at the next watch turn
+                core.startup()    # the stored bundle, verified again
+                link.report_again.set()   # and the capability file, at the next watch turn
                 log("info", "reloaded", source="stored bundle")
                 return
             try:
@@ -153,7 +241,7 @@ def run(args) -> int:
             except RuntimeError as e:
                 log("error", "reload-failed", error=str(e))
                 return
-            proxy.reload(new)
+            core.reload(new)
             log("info", "reloaded", policy=args.policy)
         threading.Thread(target=reload, daemon=True).start()
 
@@ -161,11 +249,13 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
     log("info", "listening", socket=args.socket, host=args.host,
-        policy=args.policy or f"master {proxy.link.url}", netns=args.netns or "", pid=os.getpid())
+        policy=args.policy or f"master {link.url}", netns=args.netns or "", pid=os.getpid())
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        if metrics is not None:
+            metrics.stop()
         log("info", "stopped", detail="vifs and vSwitches left as they are")
     return 0
 
@@ -173,9 +263,11 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.cmd == "wireguard-key":
+            return wireguard_key(args)
         return enroll(args) if args.cmd == "enroll" else run(args)
     except RuntimeError as e:
-        print(f"tvd-proxy: {e}", file=sys.stderr)
+        say("error", f"tvd-proxy: {e}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -2,7 +2,8 @@
 report, one long-poll watch for the signed bundle, the audit spool sender, contact tracking.
 
 Credentials live in STATE_DIR/master/: host.key (0600, never logged), host.pem, ca.pem (the
-pinned CA), url, host. The HTTP client, enrolment and the signature check are the master
+pinned CA), url (the master URL its bundles name), urls (the replicas to talk to, one a line,
+tried in turn: a replica that is down or cut off from its store answers nothing or 503), host. The HTTP client, enrolment and the signature check are the master
 package's (xen_tvd.master.client / .bundle), so both ends share one implementation.
 
 Threads: `watch` (report capabilities, then GET bundle?after=GEN&wait=W forever) and `audit`
@@ -17,14 +18,14 @@ import time
 
 from cryptography import x509
 
+from xen_tvd.log import log
 from xen_tvd.master.bundle import BundleRejected, verify_bundle
-from xen_tvd.master.client import MasterClient, MasterError, enroll
+from xen_tvd.master.client import MasterError, MasterPool, enroll
 
 from . import bundle_store
 from .audit_spool import AuditSpool
 from .capabilities import CapabilityError
 from .bundle_store import Bundle, BundleInvalid, write_private
-from .log import log
 
 MASTER_DIR = "master"
 CONTACT_FILE = "contact"     # its mtime is the last successful contact (kept across restarts)
@@ -48,14 +49,17 @@ def _read(path: str) -> str:
 
 def enroll_host(url: str, token: str, host: str, state_dir: str) -> str:
     """`tvd-proxy enroll`: the master package does the pinned-CA fetch, key and CSR; we keep
-    what it returns. Returns the directory written."""
+    what it returns. url: one URL or replicas' URLs separated by commas. Returns the
+    directory written."""
     d = master_dir(state_dir)
     os.makedirs(d, mode=0o700, exist_ok=True)
     os.chmod(d, 0o700)
-    res = enroll(url.rstrip("/"), token, host, os.path.join(d, "host.key"))
+    urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+    res = enroll(urls, token, host, os.path.join(d, "host.key"))
     write_private(os.path.join(d, "host.pem"), res.certificate.encode())
     write_private(os.path.join(d, "ca.pem"), res.ca.encode())
-    write_private(os.path.join(d, "url"), url.rstrip("/").encode() + b"\n")
+    write_private(os.path.join(d, "url"), (res.master or urls[0]).encode() + b"\n")
+    write_private(os.path.join(d, "urls"), "".join(u + "\n" for u in urls).encode())
     write_private(os.path.join(d, "host"), host.encode() + b"\n")
     # a bundle of an earlier enrolment (maybe of another master, maybe revoked) is not ours,
     # and a new master may count generations from 1 again
@@ -109,8 +113,12 @@ class MasterLink:
         self.ca_pem = ca_pem
         self.cert_mtime = os.stat(os.path.join(self.dir, "host.pem")).st_mtime_ns
         try:
-            self.client = MasterClient(self.url, ca_pem, os.path.join(self.dir, "host.pem"),
-                                       os.path.join(self.dir, "host.key"), timeout=10)
+            urls = _read(os.path.join(self.dir, "urls")).split()
+        except FileNotFoundError:       # enrolled before replicas existed
+            urls = [self.url]
+        try:
+            self.client = MasterPool(urls, ca_pem, os.path.join(self.dir, "host.pem"),
+                                     os.path.join(self.dir, "host.key"), timeout=10)
         except MasterError as e:
             raise LinkError(f"{e.message}; {hint}") from None
 
@@ -230,7 +238,7 @@ class MasterLink:
                 if e.status == 403:
                     self._revoked(e.message)
                     continue
-                if e.status == 0:
+                if e.status in (0, 503):     # 503: no replica reaches its store
                     self._unreachable(e.message)
                     reported = False         # report again when it is back (it may be new)
                 else:
@@ -261,7 +269,7 @@ class MasterLink:
         try:
             body = self.client.put_capabilities(self.host, report)
         except MasterError as e:
-            if e.status in (0,):
+            if e.status in (0, 503):
                 raise
             log("error", "capabilities-refused", url=self.url, error=str(e),
                 detail="add this host to the policy's hosts: and push it")
@@ -325,7 +333,7 @@ class MasterLink:
                     if events:
                         self.client.post_audit(events)
                 except MasterError as e:
-                    if e.status == 0:
+                    if e.status in (0, 503):
                         self._unreachable(e.message)
                     else:
                         log("warning", "audit-refused", error=str(e), spooled=self.spool.size())

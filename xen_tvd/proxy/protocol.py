@@ -1,27 +1,26 @@
 """The tvd-proxy local protocol, version 1 (docs/proxy-protocol.md).
 
-One JSON object per line each way, one request per connection. hotplug/vif-tvd speaks the
+One JSON object per line each way, one request per connection. vif-tvd speaks the
 same protocol with its own standard-library copy of `request()` (it must not import xen_tvd).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import time
+
+from xen_tvd import boundedjson
+from xen_tvd.desired.names import BACKEND_BRIDGE_PREFIX
+from xen_tvd.desired.patterns import NAME_RE
 
 VERSION = 1
 DEFAULT_SOCKET = "/run/xen-tvd/proxy.sock"
 MAX_REQUEST = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
 
-OPS = ("ping", "register", "unregister", "join", "leave", "vif-online", "vif-offline", "status")
-
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-TVD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")       # docs/policy.md: names
-IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")  # IFNAMSIZ-1, no '/' or spaces
-BRIDGE_PREFIX = "tvd:"
+OPS = ("ping", "register", "unregister", "join", "leave", "vif-online", "vif-offline", "status",
+       "port-online", "port-offline", "check")
 
 
 class ProtocolError(Exception):
@@ -42,12 +41,10 @@ def encode(obj: dict) -> bytes:
 
 def decode_request(data: bytes) -> dict:
     """Parse and check the envelope; raises ProtocolError with the reason."""
-    if len(data) > MAX_REQUEST:
-        raise ProtocolError(f"request larger than {MAX_REQUEST} bytes")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"malformed request: not a JSON object ({e})") from None
+        obj = boundedjson.loads(data, MAX_REQUEST, "request")
+    except boundedjson.JsonRefused as e:
+        raise ProtocolError(f"malformed request: {e}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("malformed request: not a JSON object")
     if "v" not in obj:
@@ -62,10 +59,10 @@ def decode_request(data: bytes) -> dict:
 
 def tvd_from_bridge(bridge: str | None) -> str | None:
     """'tvd:alpha' -> 'alpha'; any other bridge value -> None; 'tvd:<garbage>' -> ProtocolError."""
-    if not bridge or not bridge.startswith(BRIDGE_PREFIX):
+    if not bridge or not bridge.startswith(BACKEND_BRIDGE_PREFIX):
         return None
-    name = bridge[len(BRIDGE_PREFIX):]
-    if not TVD_RE.match(name):
+    name = bridge[len(BACKEND_BRIDGE_PREFIX):]
+    if not NAME_RE.match(name):
         raise ProtocolError(f"backend bridge key {bridge!r} is not tvd:<name> with a valid TVD name "
                             f"(1-32 of a-z 0-9 _ -, starting with a letter)")
     return name

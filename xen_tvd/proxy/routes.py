@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from xen_tvd.dataplane.model import FlowPlan, Router
+from xen_tvd.desired.model import FlowPlan, Router
 from xen_tvd.planner import routing
 from xen_tvd.policy.model import Policy
 

@@ -1,9 +1,11 @@
-"""What the proxy remembers: registrations (persistent) and the vif table (this boot only).
+"""What the proxy remembers: registrations (persistent), the vif table and the libvirt network
+ports (this boot only).
 
 One JSON file, <state-dir>/state.json, mode 0600, replaced atomically (write a temporary file,
 fsync, rename, fsync the directory) after every change, under the proxy's writer lock.
-vif records carry the kernel boot id: after a reboot vif names are reused by other domains, so
-records from an earlier boot are dropped on load.
+vif and port records carry the kernel boot id: after a reboot vif names are reused by other
+domains and libvirt's ports (kept under /run) are gone, so records from an earlier boot are
+dropped on load.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from xen_tvd.dataplane.model import VifPort
+from xen_tvd.desired.model import VifPort
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
@@ -74,11 +76,26 @@ class VifRecord:
     type: str = "vif"
     mac: str | None = None
     addresses: list[str] | None = None   # backend `ip` key; None: not declared
+    mtu: int | None = None               # backend `mtu` key (xl vif mtu=); None: the segment's
 
     def port(self) -> VifPort:
         """The vif as the dataplane's port security sees it."""
         return VifPort(self.ifname, self.tvd, mac=self.mac,
-                       addresses=None if self.addresses is None else tuple(self.addresses))
+                       addresses=None if self.addresses is None else tuple(self.addresses),
+                       mtu=self.mtu)
+
+
+@dataclass
+class PortRecord:
+    """A libvirt network port the proxy admitted (network hook, port-created): the NIC is a
+    tap/vif libvirt (qemu, or libxl's vif-bridge) attached to the TVD's vSwitch itself, so the
+    proxy knows it by libvirt's port UUID, not by an interface name."""
+    port: str                    # libvirt's networkport UUID
+    uuid: str                    # the VM's UUID (the port's owner)
+    tvd: str
+    name: str = ""               # the VM's name, for logs
+    mac: str | None = None
+    network: str | None = None   # the libvirt network's name, for logs
 
 
 def boot_id() -> str:
@@ -94,15 +111,16 @@ class StateStore:
         self.dir = directory
         self.path = os.path.join(directory, STATE_FILE)
 
-    def load(self) -> tuple[dict[str, Registration], dict[str, VifRecord], list[str]]:
-        """(registrations, vifs, notes). A missing file is an empty state; a corrupt one is an
-        error (the administrator must look: silently starting empty would forget memberships)."""
+    def load(self) -> tuple[dict[str, Registration], dict[str, VifRecord],
+                            dict[str, PortRecord], list[str]]:
+        """(registrations, vifs, ports, notes). A missing file is an empty state; a corrupt one is
+        an error (the administrator must look: silently starting empty would forget memberships)."""
         notes: list[str] = []
         try:
             with open(self.path, encoding="utf-8") as f:
                 raw = json.load(f)
         except FileNotFoundError:
-            return {}, {}, notes
+            return {}, {}, {}, notes
         except (OSError, ValueError) as e:
             raise RuntimeError(f"state file {self.path} is unreadable ({e}); move it away to start "
                                f"with no registrations") from None
@@ -112,20 +130,27 @@ class StateStore:
         for d in raw.get("registrations", []):
             r = Registration.from_json(d)
             regs[r.uuid] = r
-        vifs = {}
+        vifs, ports = {}, {}
         if raw.get("boot_id") == boot_id():
             for d in raw.get("vifs", []):
                 v = VifRecord(**d)
                 vifs[v.ifname] = v
-        elif raw.get("vifs"):
-            notes.append(f"dropped {len(raw['vifs'])} vif record(s) from an earlier boot")
-        return regs, vifs, notes
+            for d in raw.get("ports", []):   # absent in files written before libvirt ports
+                p = PortRecord(**d)
+                ports[p.port] = p
+        else:
+            for key, what in (("vifs", "vif"), ("ports", "libvirt port")):
+                if raw.get(key):
+                    notes.append(f"dropped {len(raw[key])} {what} record(s) from an earlier boot")
+        return regs, vifs, ports, notes
 
-    def save(self, regs: dict[str, Registration], vifs: dict[str, VifRecord]) -> None:
+    def save(self, regs: dict[str, Registration], vifs: dict[str, VifRecord],
+             ports: dict[str, PortRecord]) -> None:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         data = {"v": STATE_VERSION, "boot_id": boot_id(),
                 "registrations": [regs[k].to_json() for k in sorted(regs)],
-                "vifs": [asdict(vifs[k]) for k in sorted(vifs)]}
+                "vifs": [asdict(vifs[k]) for k in sorted(vifs)],
+                "ports": [asdict(ports[k]) for k in sorted(ports)]}
         tmp = f"{self.path}.tmp.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

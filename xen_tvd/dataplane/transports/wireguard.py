@@ -1,0 +1,136 @@
+"""WireGuard uplink plugin: per encrypted segment a VXLAN device (tve-<segment>) between the
+hosts' inner IPv6 addresses, over the host's one WireGuard device (dataplane/wireguard.py).
+
+The WireGuard device is built on the first encrypted segment's plug, from the whole HostState
+(ctx.state: every encrypted segment's peers) and the host's key file (ctx.wireguard_key); if that
+fails (no wireguard module, no key) every encrypted segment fails, is left attached to nothing,
+and apply() says why; plain segments are built as usual. BUM frames are head-end replicated to
+the peers' inner addresses (all-zero FDB entries); unicast is learned.
+
+Its underlay part: WireGuard (UDP to its listen port) only from the underlay peers, and nothing
+to the inner prefix or to VXLAN over IPv6 except through the WireGuard device — the VXLAN
+socket listens on every address, and WireGuard's cryptokey routing only guards what comes out
+of the tunnel. The peers' inner addresses join the admitted sources, so a plain VXLAN segment's
+source rule (the same UDP port) lets the tunnel's VXLAN through.
+"""
+from __future__ import annotations
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xen_tvd.desired import model
+from xen_tvd.desired.transports import wireguard as contract
+from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, WgDevice, WgPeer, inner_address
+
+from .. import common
+from .. import wireguard as wgdev
+from ..common import Ctx
+from ..netlink import Link, doing
+from ..report import DataplaneError
+from .base import UnderlayPart, UplinkPlugin
+
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+def device_of(state: model.HostState) -> WgDevice | None:
+    """The host's WireGuard device: the union of its encrypted segments' peers."""
+    ups = [s.uplink for s in state.segments if isinstance(s.uplink, contract.WireguardUplink)]
+    if not ups:
+        return None
+    keys: dict[str, str] = {}
+    for u in ups:
+        for addr, key in u.peers:
+            if keys.setdefault(addr, key) != key:
+                raise DataplaneError(f"the plan gives WireGuard peer {addr} two different keys")
+    return WgDevice(ups[0].local_ip, max(u.wg_mtu for u in ups),
+                    tuple(WgPeer(k, a, ups[0].listen_port) for a, k in sorted(keys.items())),
+                    ups[0].listen_port)
+
+
+class WireguardPlugin(UplinkPlugin):
+    transport = contract.TRANSPORT
+    kind = "vxlan"
+
+    def host_devices(self, state: model.HostState) -> dict[str, str]:
+        return {DEVICE: wgdev.KIND} if device_of(state) is not None else {}
+
+    def validate(self, ctx: Ctx, seg: model.Segment) -> None:
+        up: contract.WireguardUplink = seg.uplink
+        if not 0 < up.vni < 1 << 24:
+            raise DataplaneError(f"segment {seg.tvd}: VNI {up.vni} outside 1..16777215")
+
+    def _device(self, ctx: Ctx) -> Link:
+        """tvw-wg0, converged once per apply; its failure fails every encrypted segment."""
+        if "wireguard" not in ctx.once:
+            try:
+                if ctx.wireguard_key is None:
+                    raise DataplaneError("no WireGuard key file was given to apply() (tvd-proxy "
+                                         "passes STATE_DIR/wireguard.key)")
+                wgdev.sync(ctx, device_of(ctx.state), ctx.wireguard_key)
+                ctx.once["wireguard"] = None
+            except DataplaneError as e:
+                ctx.once["wireguard"] = str(e)
+        if ctx.once["wireguard"] is not None:
+            raise DataplaneError(f"encrypted segment not built: {ctx.once['wireguard']}")
+        return ctx.require(DEVICE)
+
+    def plug(self, ctx: Ctx, seg: model.Segment, br: Link) -> Link:
+        self._device(ctx)
+        return super().plug(ctx, seg, br)
+
+    def mismatch(self, ctx: Ctx, link: Link, seg: model.Segment) -> list[str]:
+        up: contract.WireguardUplink = seg.uplink
+        want = {"IFLA_VXLAN_ID": up.vni, "IFLA_VXLAN_LOCAL6": inner_address(up.local_ip),
+                "IFLA_VXLAN_PORT": up.port}
+        return [f"{k[11:].lower()} {link.data.get(k)}->{v}" for k, v in want.items()
+                if link.data.get(k) != v]
+
+    def create(self, ctx: Ctx, seg: model.Segment, name: str) -> None:
+        up: contract.WireguardUplink = seg.uplink
+        with doing(f"creating VXLAN {name} (vni {up.vni}) over {DEVICE} in {ctx.where}",
+                   "another VXLAN device with this VNI/port may exist"):
+            ctx.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=up.vni,
+                         vxlan_local6=inner_address(up.local_ip),
+                         vxlan_link=ctx.links.get(DEVICE).index, vxlan_port=up.port,
+                         vxlan_learning=1)
+
+    def mtu_hint(self, seg: model.Segment) -> str:
+        return f"VXLAN over IPv6 needs {DEVICE}'s MTU >= Segment.mtu + 70"
+
+    def sync(self, ctx: Ctx, seg: model.Segment, link: Link) -> None:
+        """Head-end replication list = exactly the peers' inner addresses."""
+        up: contract.WireguardUplink = seg.uplink
+        have = {e.get_attr("NDA_DST") for e in common.fdb(ctx)
+                if e["ifindex"] == link.index and e.get_attr("NDA_LLADDR") == ZERO_MAC
+                and e.get_attr("NDA_DST")}
+        want = set(up.remotes)
+        for dst in sorted(want - have):
+            with doing(f"adding flood entry {dst} to {link.name}"):
+                ctx.ipr.fdb("append", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
+            ctx.changed(f"added remote {dst} to {link.name}")
+        for dst in sorted(have - want):
+            try:
+                ctx.ipr.fdb("del", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
+            except NetlinkError as e:
+                raise DataplaneError(f"removing stale remote {dst} from {link.name} failed "
+                                     f"({e})") from None
+            ctx.changed(f"removed remote {dst} from {link.name}")
+
+    def underlay(self, uplinks: list) -> UnderlayPart:
+        listen = sorted({u.listen_port for u in uplinks})
+        vxlan = sorted({u.port for u in uplinks})
+        return UnderlayPart(
+            sets=(f"  set wireguard_ports {{ type inet_service; elements = {{ "
+                  f"{', '.join(map(str, listen))} }}; }}\n"
+                  f"  set wireguard_vxlan_ports {{ type inet_service; elements = {{ "
+                  f"{', '.join(map(str, vxlan))} }}; }}\n"),
+            rules=("udp dport @wireguard_ports ip saddr != @peers4 counter drop",
+                   "udp dport @wireguard_ports ip6 saddr != @peers6 counter drop",
+                   f'ip6 daddr {INNER_PREFIX} iifname != "{DEVICE}" counter drop',
+                   f'meta nfproto ipv6 udp dport @wireguard_vxlan_ports iifname != "{DEVICE}" '
+                   "counter drop"),
+            # the peers' inner addresses: VXLAN out of the tunnel passes a plain VXLAN
+            # segment's source rule (same port); the rules above keep them to tvw-wg0
+            sources=frozenset(r for u in uplinks for r in u.remotes))
+
+
+PLUGIN = WireguardPlugin()

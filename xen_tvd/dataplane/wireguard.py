@@ -1,0 +1,231 @@
+"""The host's WireGuard device (desired.wireguard.WgDevice): link, key, port, peers, address.
+
+    sync(ctx, dev, key_path)    create or converge tvw-wg0; idempotent (a converged device
+                                gets no writes and reports nothing)
+    remove(ctx, why)            delete it (no encrypted segment left)
+    converge(dev, key_path, netns)   sync() alone, with its own netlink socket
+
+The link is made over rtnetlink (kind wireguard); key, listen port and peers over WireGuard's
+generic netlink family, with a socket opened inside the target namespace. The private key is
+read from the host's key file (made by tvd-proxy, proxy/wgkey.py) with the same checks, handed
+to the kernel and dropped: it is never logged, never in a report or an exception, and never
+read back (the device's public key is compared instead). Peers are exactly dev.peers: each with
+its endpoint and its one inner address as allowed IP (cryptokey routing then drops whatever a
+peer sends from another inner address); a peer not in the plan (a revoked host) is removed.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import socket
+import stat
+import threading
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from xen_tvd.desired import names
+from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, WgDevice
+
+from . import common, sysctl
+from .common import Ctx
+from .netlink import Link, Links, describe, doing, open_ipr
+from .report import ApplyReport, DataplaneError
+
+KIND = "wireguard"
+ALIAS = f"{names.OWNER_ALIAS_PREFIX}wireguard"
+MODULE_HINT = "needs the wireguard module (Linux >= 5.6; Debian 12's kernel has it)"
+
+
+def read_private_key(path: str) -> tuple[str, str]:
+    """(private key, public key), base64, from the host's key file; DataplaneError if the file
+    is missing, not a private regular file of ours, or not a key (the message has no key)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise DataplaneError(f"WireGuard key {path}: {e.strerror or e} (tvd-proxy makes it at "
+                             "start; a symlink is refused)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise DataplaneError(f"WireGuard key {path} is not a regular file of uid "
+                                 f"{os.geteuid()} with mode 0600; not used")
+        data = os.read(fd, 128)
+    finally:
+        os.close(fd)
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise DataplaneError(f"WireGuard key {path} is not a base64 32-byte key")
+    public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode(), base64.b64encode(public).decode()
+
+
+def _wg_socket(netns: str | None):
+    from pyroute2 import WireGuard
+    if not netns:
+        return WireGuard()
+    try:
+        return WireGuard(netns=netns, flags=0)
+    except TypeError:     # pyroute2 < 0.8: no netns= here; open it from a thread inside
+        return _opened_inside(netns, WireGuard)
+
+
+def _opened_inside(netns: str, factory):
+    """factory() called on a thread that has entered `netns` (setns is per thread); the socket
+    stays in that namespace and this thread never changes its own."""
+    import ctypes
+    out: dict = {}
+
+    def run():
+        try:
+            fd = os.open(os.path.join(sysctl.NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
+            out["sock"] = factory()
+        except BaseException as e:   # handed to the caller's thread
+            out["error"] = e
+    t = threading.Thread(target=run, name="wg-netns")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["sock"]
+
+
+def _text(v) -> str | None:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _device_state(msgs) -> tuple[str | None, int | None, dict[str, tuple]]:
+    """(public key, listen port, {peer key: (endpoint, port, allowed IPs)}) from a dump (the
+    kernel may split the peers over several messages)."""
+    public = port = None
+    peers: dict[str, tuple] = {}
+    for m in msgs:
+        public = public or _text(m.get_attr("WGDEVICE_A_PUBLIC_KEY"))
+        port = port or m.get_attr("WGDEVICE_A_LISTEN_PORT")
+        for p in m.get_attr("WGDEVICE_A_PEERS") or []:
+            key = _text(p.get_attr("WGPEER_A_PUBLIC_KEY"))
+            ep = p.get_attr("WGPEER_A_ENDPOINT") or {}
+            allowed = {str(ipaddress.ip_network(a.get("addr"), strict=False))
+                       for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or [] if a.get("addr")}
+            old = peers.get(key)
+            if old is not None:
+                allowed |= old[2]
+            peers[key] = (ep.get("addr"), ep.get("port"), frozenset(allowed))
+    return public, port, peers
+
+
+def validate(ctx: Ctx, dev: WgDevice) -> None:
+    link = ctx.links.get(DEVICE)
+    if link is not None and not link.owned:
+        raise DataplaneError(f"{DEVICE} already exists in {ctx.where} but is not owned by "
+                             "xen-tvd; rename or delete it, xen-tvd will not touch it")
+    if not 1280 <= dev.mtu <= 65535:
+        raise DataplaneError(f"WireGuard MTU {dev.mtu} outside 1280..65535 (IPv6 inside needs "
+                             "1280)")
+
+
+def sync(ctx: Ctx, dev: WgDevice, key_path: str) -> Link:
+    validate(ctx, dev)
+    private, public = read_private_key(key_path)
+    link = ctx.links.get(DEVICE)
+    if link is not None and link.kind != KIND:
+        common.delete(ctx, link, f"is {link.kind}, want {KIND}")
+        link = None
+    if link is None:
+        with doing(f"creating WireGuard device {DEVICE} in {ctx.where}", MODULE_HINT):
+            ctx.ipr.link("add", ifname=DEVICE, kind=KIND)
+        ctx.changed(f"created {KIND} {DEVICE}")
+        link = ctx.require(DEVICE)
+    link = common.set_alias(ctx, link, ALIAS)
+    link = common.set_mtu(ctx, link, dev.mtu, "the underlay's MTU less WireGuard's 60 bytes")
+    _configure(ctx, dev, private, public)
+    # IPv6 on this device only (a Dom0 may have it off elsewhere): the inner addresses are IPv6
+    for k in sysctl.ensure(ctx.netns, {f"net/ipv6/conf/{DEVICE}/disable_ipv6": "0"},
+                           f"enabling IPv6 on {DEVICE}"):
+        ctx.changed(f"set {k}=0")
+    _address(ctx, link, dev.inner)
+    return common.set_up(ctx, link)
+
+
+def _configure(ctx: Ctx, dev: WgDevice, private: str, public: str) -> None:
+    try:
+        wg = _wg_socket(ctx.netns)
+    except (OSError, ValueError) as e:
+        raise DataplaneError(f"cannot open WireGuard's netlink family in {ctx.where} "
+                             f"({describe(e)}); {MODULE_HINT}") from None
+    try:
+        with doing(f"reading WireGuard device {DEVICE} in {ctx.where}", MODULE_HINT):
+            have_public, have_port, have_peers = _device_state(wg.info(DEVICE))
+        if have_public != public or have_port != dev.port:
+            with doing(f"setting the private key and port {dev.port} of {DEVICE}"):
+                wg.set(DEVICE, private_key=private, listen_port=dev.port)
+            ctx.changed(f"set {DEVICE}'s private key and port {dev.port}"
+                        if have_public != public else f"set {DEVICE}'s port {dev.port}")
+        want = {p.public_key: p for p in dev.peers}
+        for key in sorted(set(have_peers) - set(want)):
+            with doing(f"removing a peer from {DEVICE}"):
+                wg.set(DEVICE, peer={"public_key": key, "remove": True})
+            ctx.changed(f"removed WireGuard peer at {have_peers[key][0]} (not in the plan)")
+        for key, p in sorted(want.items()):
+            allowed = frozenset({f"{p.inner}/128"})
+            if have_peers.get(key) == (p.endpoint, p.port, allowed):
+                continue
+            with doing(f"setting WireGuard peer {p.endpoint} on {DEVICE}"):
+                wg.set(DEVICE, peer={"public_key": key, "endpoint_addr": p.endpoint,
+                                     "endpoint_port": p.port, "allowed_ips": sorted(allowed),
+                                     "replace_allowed_ips": True})
+            ctx.changed(f"{'updated' if key in have_peers else 'added'} WireGuard peer "
+                        f"{p.endpoint} ({p.inner})")
+    finally:
+        wg.close()
+
+
+def _address(ctx: Ctx, link: Link, inner: str) -> None:
+    """Exactly one inner address, with the inner prefix: the peers are on-link through it."""
+    with doing(f"reading the addresses of {DEVICE}"):
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                for a in ctx.ipr.get_addr(index=link.index, family=socket.AF_INET6)}
+    want = (inner, INNER_PREFIX.prefixlen)
+    for a, plen in sorted(have - {want}):
+        if ipaddress.ip_address(a).is_link_local:
+            continue
+        with doing(f"removing address {a}/{plen} from {DEVICE}"):
+            ctx.ipr.addr("del", index=link.index, address=a, prefixlen=plen,
+                         family=socket.AF_INET6)
+        ctx.changed(f"removed {a}/{plen} from {DEVICE}")
+    if want not in have:
+        with doing(f"adding address {inner}/{want[1]} to {DEVICE}"):
+            # no DAD: the kernel skips it on an IFF_NOARP device such as WireGuard's
+            ctx.ipr.addr("add", index=link.index, address=inner, prefixlen=want[1],
+                         family=socket.AF_INET6)
+        ctx.changed(f"added {inner}/{want[1]} to {DEVICE}")
+
+
+def remove(ctx: Ctx, why: str) -> None:
+    link = ctx.links.get(DEVICE)
+    if link is not None and link.owned:
+        common.delete(ctx, link, why)
+
+
+def converge(dev: WgDevice, key_path: str, netns: str | None = None) -> ApplyReport:
+    """sync() on a netlink socket of its own: the device alone, outside an apply() run."""
+    report = ApplyReport()
+    with open_ipr(netns) as ipr:
+        ctx = Ctx(ipr, Links(ipr), report, netns)
+        try:
+            sync(ctx, dev, key_path)
+        except DataplaneError as e:
+            e.report = report
+            raise
+    return report

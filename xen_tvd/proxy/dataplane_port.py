@@ -1,0 +1,57 @@
+"""The proxy core's one door to the kernel (the dataplane's public API, nothing else).
+
+The core (core.py) is given a port: KernelDataplane on a Dom0 and in the labs; unit tests
+give it a small recording stand-in (tests/proxy/test_core.py) so the core's decisions are
+tested without namespaces. Every failure is a DataplaneError with a one-line message.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from xen_tvd.dataplane import (ApplyReport, DataplaneError, DeviceFacts, apply, bridge_ports,
+                               drop_counters, health, identify, plug_vif, unplug_vif)
+from xen_tvd.desired.model import HostState, Segment, VifPort
+
+__all__ = ["DataplanePort", "KernelDataplane", "DataplaneError", "DeviceFacts"]
+
+
+class DataplanePort(Protocol):
+    def apply(self, state: HostState) -> ApplyReport: ...
+    def plug(self, port: VifPort, segment: Segment, log_drops: int = 0) -> None: ...
+    def unplug(self, ifname: str) -> None: ...
+    def bridge_ports(self) -> dict[str, list[str]]: ...
+    def identify(self, ifname: str) -> DeviceFacts | None: ...
+    def health(self, state: HostState) -> dict: ...
+    def drop_counters(self) -> dict: ...
+
+
+class KernelDataplane:
+    """The current network namespace (tvd-proxy --netns setns()es the whole process).
+    wireguard_key: the host's WireGuard private key file (made at start by main.py, read only
+    by the dataplane when a segment rides WireGuard)."""
+
+    def __init__(self, wireguard_key: str | None = None) -> None:
+        self.wireguard_key = wireguard_key
+
+    def apply(self, state: HostState) -> ApplyReport:
+        return apply(state, wireguard_key=self.wireguard_key)
+
+    def plug(self, port: VifPort, segment: Segment, log_drops: int = 0) -> None:
+        plug_vif(port, segment, log_drops=log_drops)
+
+    def unplug(self, ifname: str) -> None:
+        unplug_vif(ifname)
+
+    def bridge_ports(self) -> dict[str, list[str]]:
+        return bridge_ports(None)
+
+    def identify(self, ifname: str) -> DeviceFacts | None:
+        return identify(ifname)
+
+    def health(self, state: HostState) -> dict:
+        """Read-only, for status (observe.py): segments' and vifs' problems."""
+        return health(state)
+
+    def drop_counters(self) -> dict:
+        """Read-only, for status and metrics (observe.py): what the drop rules counted."""
+        return drop_counters(None)

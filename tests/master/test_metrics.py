@@ -11,6 +11,7 @@ import pytest
 
 from xen_tvd.metrics import Family, Histogram, render
 from xen_tvd.master.store import Store
+from xen_tvd.reasons import VOCABULARY
 
 from master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, init_dir)
 from metrics_helpers import families, parse, scrape_until, value
@@ -62,17 +63,28 @@ def test_a_real_master_writes_metrics_that_parse_and_match_its_api(served):
     h1.client.put_capabilities("h1", REPORT)
     env = h1.client.bundle("h1", 0, wait=5)
     assert env is not None
+    vm2 = "22222222-2222-4222-8222-222222222222"
+    # reasons as proxies word them (xen_tvd/proxy/admission.py) and free text a host may post:
+    # counted under one word of a fixed vocabulary each, never under the text itself
+    denials = [("admission denied for vif2.0: VM b does not satisfy M(t) of TVD 'beta': "
+                "needs signed-kernel", "membership"),
+               ("host 'h1' may not carry TVD 'beta': no vxlan", "host"),
+               ("VM b: VM 2222 is revoked by the master", "revoked"),
+               ("x", "other"), ('a "hostile"\nreason {le="+Inf"} ' * 20, "other")]
     h1.client.post_audit([{"id": "e1", "event": "admitted", "vm": "11111111-1111-4111-8111-"
-                           "111111111111", "tvd": "alpha", "ifname": "vif1.0"},
-                          {"id": "e2", "event": "denied", "vm": "22222222-2222-4222-8222-"
-                           "222222222222", "tvd": "beta", "ifname": "vif2.0", "reason": "x"}])
+                           "111111111111", "tvd": "alpha", "ifname": "vif1.0"}]
+                         + [{"id": f"d{i}", "event": "denied", "vm": vm2, "tvd": "beta",
+                             "ifname": "vif2.0", "reason": r} for i, (r, _) in enumerate(denials)]
+                         + [{"id": "x1", "event": "detached", "vm": vm2, "tvd": "beta",
+                             "ifname": "vif2.1", "reason": "vif-offline (the domain's vif went "
+                                                           "away)"}])
     admin = admin_client(d, url, str(tmp))
     hosts = {h["host"]: h for h in admin.call("GET", "/v1/hosts")["hosts"]}
     version = admin.call("GET", "/v1/policy")["version"]
     assert hosts["h1"]["generation"] >= 1
 
     s = scrape_until(prom, lambda s: value(s, "tvd_master_audit_events_total",
-                                           event="denied") == 1
+                                           event="denied") == len(denials)
                      and value(s, "tvd_master_request_duration_seconds_count",
                                route="get_hosts", code="200") == 1)
     assert value(s, "tvd_master_hosts", state="enrolled") == 1
@@ -84,6 +96,15 @@ def test_a_real_master_writes_metrics_that_parse_and_match_its_api(served):
     assert value(s, "tvd_master_vm_nics", tvd="alpha", state="admitted") == 1
     assert value(s, "tvd_master_vm_nics", tvd="beta", state="denied") == 1
     assert value(s, "tvd_master_audit_events_total", event="admitted") == 1
+    # admissions and denials by reason (issue #17.3): one word each, from a bounded vocabulary
+    by_reason = {dict(labels)["reason"]: n for (name, labels), n in s.items()
+                 if name == "tvd_master_admission_events_total"
+                 and dict(labels)["event"] == "denied"}
+    assert by_reason == {"membership": 1, "host": 1, "revoked": 1, "other": 2}, by_reason
+    assert value(s, "tvd_master_admission_events_total", event="admitted", reason="") == 1
+    assert value(s, "tvd_master_admission_events_total", event="detached", reason="gone") == 1
+    assert {dict(labels)["reason"] for (name, labels) in s
+            if name == "tvd_master_admission_events_total"} <= set(VOCABULARY)
     assert value(s, "tvd_master_recompute_errors_total") == 0
     assert value(s, "tvd_master_request_duration_seconds_count", route="get_bundle",
                  code="200") == 1

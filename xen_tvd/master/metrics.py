@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 
 from xen_tvd.metrics import Family
+from xen_tvd.reasons import reason_class
 
 AUDIT_PAGE = 10_000      # audit records read per store call when catching up
+# the hosts' admission events (server.AUDIT_EVENTS), counted by their reason's class too
+ADMISSION_EVENTS = ("admitted", "denied", "detached", "session-expired", "revoked")
 
 
 class MasterMetrics:
@@ -18,12 +21,18 @@ class MasterMetrics:
         self.m = master
         self._audit_seq = 0
         self._audit_counts: dict[str, int] = {}
+        # (event, reason class) of the hosts' admission events: bounded by ADMISSION_EVENTS x
+        # reasons.VOCABULARY whatever text a host posts as its reason
+        self._admission_counts: dict[tuple[str, str], int] = {}
 
     def _count_audit(self) -> None:
         while True:
             page = self.m.store.audit_events(self._audit_seq, AUDIT_PAGE)
             for e in page:
                 self._audit_counts[e["event"]] = self._audit_counts.get(e["event"], 0) + 1
+                if e["event"] in ADMISSION_EVENTS and str(e.get("actor")).startswith("host:"):
+                    k = (e["event"], reason_class((e.get("detail") or {}).get("reason")))
+                    self._admission_counts[k] = self._admission_counts.get(k, 0) + 1
                 self._audit_seq = e["seq"]
             if len(page) < AUDIT_PAGE:
                 return
@@ -84,6 +93,13 @@ class MasterMetrics:
                    "and revocations, and the master's own).")
         for ev, n in sorted(self._audit_counts.items()):
             f.add(n, event=ev)
+        fam.append(f)
+        f = Family("tvd_master_admission_events_total", "counter",
+                   "The hosts' admission decisions and removals (admitted, denied, detached, "
+                   "session-expired, revoked) by the class of their reason (empty for an "
+                   "admission); the whole reason is in the audit.")
+        for (ev, reason), n in sorted(self._admission_counts.items()):
+            f.add(n, event=ev, reason=reason)
         fam.append(f)
         fam.append(Family("tvd_master_recompute_errors_total", "counter",
                           "Bundle recomputations that failed (the last good bundles stay "

@@ -3,46 +3,22 @@ Prometheus metrics (docs/metrics.md): admission events by TVD and reason class, 
 durations and errors, and the dataplane's drop counters (flow filter per TVD pair and reason,
 port security per vif and reason, the Dom0 guard) read with the dataplane's own readers.
 
-Reasons are a small fixed set of classes (REASON_CLASSES) so a metric's label values stay
-bounded whatever a message says; the whole message stays in the log and the audit.
+Reasons are a small fixed set of classes (xen_tvd/reasons.py, shared with tvd-master) so a
+metric's label values stay bounded whatever a message says; the whole message stays in the log
+and the audit.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 import time
 
 from xen_tvd.dataplane import DataplaneError
 from xen_tvd.desired import transports
 from xen_tvd.metrics import Family, Histogram
+from xen_tvd.reasons import reason_class
 
-# (pattern of the one-line reason, its class); first match wins, else "other"
-REASON_CLASSES = (
-    (re.compile(r"does not satisfy M\(t\)"), "membership"),
-    (re.compile(r"no shared-membership set"), "shared-membership"),
-    (re.compile(r"left TVD"), "left"),
-    (re.compile(r"unknown TVD"), "unknown-tvd"),
-    (re.compile(r"^no TVD for"), "no-tvd"),
-    (re.compile(r"may not carry TVD"), "host"),
-    (re.compile(r"routed together"), "routed"),
-    (re.compile(r"revoked"), "revoked"),
-    (re.compile(r"no valid policy bundle"), "no-bundle"),
-    (re.compile(r"unreachable since"), "master-offline"),
-    (re.compile(r"evidence|certificate|image "), "evidence"),
-    (re.compile(r"session"), "session"),
-    (re.compile(r"vif-offline|went away|left|libvirt deleted"), "gone"),
-)
 APPLY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-def reason_class(msg: str | None) -> str:
-    if not msg:
-        return ""
-    for rx, cls in REASON_CLASSES:
-        if rx.search(msg):
-            return cls
-    return "other"
 
 
 class Counters:

@@ -7,27 +7,25 @@
 
 The link is made over rtnetlink (kind wireguard); key, listen port and peers over WireGuard's
 generic netlink family, with a socket opened inside the target namespace. The private key is
-read from the host's key file (made by tvd-proxy, proxy/wgkey.py) with the same checks, handed
-to the kernel and dropped: it is never logged, never in a report or an exception, and never
-read back (the device's public key is compared instead). Peers are exactly dev.peers: each with
+read from the host's key file (made by tvd-proxy, proxy/wgkey.py) with the same checks as the
+proxy's (desired.wireguard.read_key_file), handed to the kernel and dropped: it is never
+logged, never in a report or an exception, and never read back (the device's public key is compared instead). Peers are exactly dev.peers: each with
 its endpoint and its one inner address as allowed IP (cryptokey routing then drops whatever a
 peer sends from another inner address); a peer not in the plan (a revoked host) is removed.
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import os
 import socket
-import stat
 import threading
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from xen_tvd.desired import names
-from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, WgDevice
+from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, KeyFileError, WgDevice, read_key_file
 
 from . import common, sysctl
 from .common import Ctx
@@ -43,24 +41,10 @@ def read_private_key(path: str) -> tuple[str, str]:
     """(private key, public key), base64, from the host's key file; DataplaneError if the file
     is missing, not a private regular file of ours, or not a key (the message has no key)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise DataplaneError(f"WireGuard key {path}: {e.strerror or e} (tvd-proxy makes it at "
-                             "start; a symlink is refused)") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise DataplaneError(f"WireGuard key {path} is not a regular file of uid "
-                                 f"{os.geteuid()} with mode 0600; not used")
-        data = os.read(fd, 128)
-    finally:
-        os.close(fd)
-    try:
-        raw = base64.b64decode(data.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise DataplaneError(f"WireGuard key {path} is not a base64 32-byte key")
+        raw = read_key_file(path)
+    except KeyFileError as e:
+        raise DataplaneError(f"{e} (the dataplane takes only a regular file of uid "
+                             f"{os.geteuid()} with mode 0600; not used)") from None
     public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode(), base64.b64encode(public).decode()

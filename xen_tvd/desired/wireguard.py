@@ -6,11 +6,16 @@ endpoint and one inner address (allowed IP), so WireGuard's cryptokey routing ac
 peer only packets with that peer's inner source address. Inner addresses need no plan or
 configuration: each host's is its underlay IPv4 address inside a fixed IPv6 ULA prefix
 (INNER_PREFIX), unique because underlay addresses are (the policy checks that). The private key
-is not here: the dataplane reads it from the host's own key file (proxy/wgkey.py).
+is not here: the dataplane reads it from the host's own key file (proxy/wgkey.py makes it);
+read_key_file() is the one reader of that file, for both.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass
 
 DEVICE = "tvw-wg0"      # owned by its prefix, names.WIREGUARD_PREFIX
@@ -22,6 +27,51 @@ INNER_PREFIX = ipaddress.IPv6Network("fd74:7664:7767::/64")
 OVERHEAD_IPV4 = 60
 # VXLAN inside it, over the inner IPv6 addresses: IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
 VXLAN_INNER_OVERHEAD = 70
+
+
+KEY_BYTES = 32
+
+
+class KeyFileError(ValueError):
+    """The key file is unusable; the message says what to fix (and never contains the key)."""
+
+
+def read_key_file(path: str) -> bytes:
+    """The raw 32-byte private key in `path` (WireGuard's format: base64 and a newline, as
+    `wg genkey` writes it), read only if the file is a regular file of this process's uid that
+    group and others cannot read; KeyFileError names what is wrong, never repairs it (someone
+    may have copied the key) and never carries key material."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KeyFileError(f"WireGuard key {path} does not exist (tvd-proxy makes it at "
+                           "start)") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot open WireGuard key {path}: {e.strerror or e} (a symlink "
+                           "is refused)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"WireGuard key {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise KeyFileError(f"WireGuard key {path} is owned by uid {st.st_uid}, not by "
+                               f"this process's uid {os.geteuid()}")
+        if st.st_mode & 0o077:
+            raise KeyFileError(f"WireGuard key {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                               "group or others may have read it: remove the file to make a "
+                               "new key pair (and let the master or the policy learn the new "
+                               "public key)")
+        data = os.read(fd, 128)
+    finally:
+        os.close(fd)
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != KEY_BYTES:
+        raise KeyFileError(f"WireGuard key {path} is not a base64 32-byte key (as `wg genkey` "
+                           "writes); remove it to make a new key pair")
+    return raw
 
 
 def inner_address(underlay: str) -> str:

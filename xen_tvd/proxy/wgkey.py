@@ -8,25 +8,23 @@ user and unreadable by group and others; anything else is refused, never repaire
 have copied it). Only the public key leaves this module: into the capability report (master
 mode) or for the administrator to put into the policy's capability model (standalone:
 `hosts.NAME.wireguard-key`). The private key is handed to the kernel over netlink by the
-dataplane, which reads this file itself (xen_tvd.dataplane.wireguard.read_private_key).
+dataplane, which reads this file itself; both read it with the same checks
+(xen_tvd.desired.wireguard.read_key_file).
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import os
-import stat
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from xen_tvd.desired.wireguard import KEY_BYTES, KeyFileError, read_key_file
+
+__all__ = ["FILE_NAME", "KEY_BYTES", "KeyFileError", "ensure", "load", "path_in", "public_key"]
+
 FILE_NAME = "wireguard.key"
-KEY_BYTES = 32
 _RAW = dict(encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw)
-
-
-class KeyFileError(Exception):
-    """The key file is unusable; the message says what to fix (and never contains the key)."""
 
 
 def path_in(state_dir: str) -> str:
@@ -65,37 +63,7 @@ def ensure(state_dir: str) -> str:
 
 def load(path: str) -> X25519PrivateKey:
     """The private key in `path`, after the file's checks (KeyFileError names what is wrong)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise KeyFileError(f"WireGuard key {path} does not exist (tvd-proxy makes it at "
-                           "start)") from None
-    except OSError as e:
-        raise KeyFileError(f"cannot open WireGuard key {path}: {e.strerror or e} (a symlink "
-                           "is refused)") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"WireGuard key {path} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise KeyFileError(f"WireGuard key {path} is owned by uid {st.st_uid}, not by "
-                               f"this process's uid {os.geteuid()}")
-        if st.st_mode & 0o077:
-            raise KeyFileError(f"WireGuard key {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                               "group or others may have read it: remove the file to make a "
-                               "new key pair (and let the master or the policy learn the new "
-                               "public key)")
-        data = os.read(fd, 128)
-    finally:
-        os.close(fd)
-    try:
-        raw = base64.b64decode(data.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != KEY_BYTES:
-        raise KeyFileError(f"WireGuard key {path} is not a base64 32-byte key (as `wg genkey` "
-                           "writes); remove it to make a new key pair")
-    return X25519PrivateKey.from_private_bytes(raw)
+    return X25519PrivateKey.from_private_bytes(read_key_file(path))
 
 
 def public_key(state_dir: str) -> str:

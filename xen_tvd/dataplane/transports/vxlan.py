@@ -39,6 +39,24 @@ def _flood_list(ctx: Ctx, link: Link) -> set[str]:
             if e["ifindex"] == link.index and e.get_attr("NDA_LLADDR") == ZERO_MAC and e.get_attr("NDA_DST")}
 
 
+def sync_flood_list(ctx: Ctx, link: Link, remotes, kernels=frozenset()) -> None:
+    """The VXLAN device's head-end replication list (all-zero FDB entries) = exactly `remotes`;
+    `kernels`: entries the kernel keeps itself (a multicast group's), left alone. Shared by
+    every plugin whose uplink is a VXLAN device."""
+    have = _flood_list(ctx, link) - set(kernels)
+    want = set(remotes)
+    for dst in sorted(want - have):
+        with doing(f"adding flood entry {dst} to {link.name}"):
+            ctx.ipr.fdb("append", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
+        ctx.changed(f"added remote {dst} to {link.name}")
+    for dst in sorted(have - want):
+        try:
+            ctx.ipr.fdb("del", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
+        except NetlinkError as e:
+            raise DataplaneError(f"removing stale remote {dst} from {link.name} failed ({e})") from None
+        ctx.changed(f"removed remote {dst} from {link.name}")
+
+
 class VxlanPlugin(UplinkPlugin):
     transport = vxlan.TRANSPORT
     kind = "vxlan"
@@ -81,18 +99,7 @@ class VxlanPlugin(UplinkPlugin):
         GRO on the underlay NIC (offload.ensure_gro_on)."""
         up: vxlan.VxlanUplink = seg.uplink
         offload.ensure_gro_on(ctx, ctx.links.get(up.underlay_dev))
-        have = _flood_list(ctx, link) - ({up.group} if up.group else set())
-        want = set(up.remotes)
-        for dst in sorted(want - have):
-            with doing(f"adding flood entry {dst} to {link.name}"):
-                ctx.ipr.fdb("append", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
-            ctx.changed(f"added remote {dst} to {link.name}")
-        for dst in sorted(have - want):
-            try:
-                ctx.ipr.fdb("del", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
-            except NetlinkError as e:
-                raise DataplaneError(f"removing stale remote {dst} from {link.name} failed ({e})") from None
-            ctx.changed(f"removed remote {dst} from {link.name}")
+        sync_flood_list(ctx, link, up.remotes, {up.group} if up.group else set())
 
     def underlay(self, uplinks: list) -> UnderlayPart:
         ports = sorted({u.port for u in uplinks})

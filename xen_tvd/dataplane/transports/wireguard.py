@@ -15,20 +15,16 @@ source rule (the same UDP port) lets the tunnel's VXLAN through.
 """
 from __future__ import annotations
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from xen_tvd.desired import model
 from xen_tvd.desired.transports import wireguard as contract
 from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, WgDevice, WgPeer, inner_address
 
-from .. import common
 from .. import wireguard as wgdev
 from ..common import Ctx
 from ..netlink import Link, doing
 from ..report import DataplaneError
 from .base import UnderlayPart, UplinkPlugin
-
-ZERO_MAC = "00:00:00:00:00:00"
+from .vxlan import sync_flood_list
 
 
 def device_of(state: model.HostState) -> WgDevice | None:
@@ -98,22 +94,7 @@ class WireguardPlugin(UplinkPlugin):
 
     def sync(self, ctx: Ctx, seg: model.Segment, link: Link) -> None:
         """Head-end replication list = exactly the peers' inner addresses."""
-        up: contract.WireguardUplink = seg.uplink
-        have = {e.get_attr("NDA_DST") for e in common.fdb(ctx)
-                if e["ifindex"] == link.index and e.get_attr("NDA_LLADDR") == ZERO_MAC
-                and e.get_attr("NDA_DST")}
-        want = set(up.remotes)
-        for dst in sorted(want - have):
-            with doing(f"adding flood entry {dst} to {link.name}"):
-                ctx.ipr.fdb("append", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
-            ctx.changed(f"added remote {dst} to {link.name}")
-        for dst in sorted(have - want):
-            try:
-                ctx.ipr.fdb("del", ifindex=link.index, lladdr=ZERO_MAC, dst=dst)
-            except NetlinkError as e:
-                raise DataplaneError(f"removing stale remote {dst} from {link.name} failed "
-                                     f"({e})") from None
-            ctx.changed(f"removed remote {dst} from {link.name}")
+        sync_flood_list(ctx, link, seg.uplink.remotes)
 
     def underlay(self, uplinks: list) -> UnderlayPart:
         listen = sorted({u.listen_port for u in uplinks})

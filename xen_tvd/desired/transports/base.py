@@ -79,6 +79,19 @@ class Transport:
         planner's refusal names them."""
         return []
 
+    def mtus(self, policy: PolicyView, hosts: list[HostView],
+             primary: dict[str, NicView]) -> tuple[int | None, int]:
+        """(underlay MTU to raise every carrier's network to, or None; the VM-facing MTU) for a
+        transport adding `overhead` bytes: VMs keep 1500 where every network's max-mtu lets
+        the underlay be raised by the overhead, else they get the smallest underlay MTU less
+        it (never more than 1500)."""
+        nets = {policy.networks[primary[h.name].network] for h in hosts}
+        low_mtu = min(n.mtu for n in nets)
+        if all(n.max_mtu >= VM_MTU + self.overhead for n in nets) and \
+                low_mtu < VM_MTU + self.overhead:
+            return VM_MTU + self.overhead, VM_MTU      # raise the underlay
+        return None, min(VM_MTU, low_mtu - self.overhead)
+
     def place(self, policy: PolicyView, tvd: TvdView, hosts: list[HostView],
               primary: dict[str, NicView]) -> dict[str, HostUplink] | None:
         """Each host's uplink for a segment of `tvd` on `hosts` (two or more; `primary`: each

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import VM_MTU, Capability, HostUplink, Transport
+from .base import Capability, HostUplink, Transport
 
 OVERHEAD_IPV4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
@@ -46,13 +46,7 @@ class Vxlan(Transport):
     connects_any = True
 
     def place(self, policy, tvd, hosts, primary):
-        nets = {policy.networks[primary[h.name].network] for h in hosts}
-        low_mtu = min(n.mtu for n in nets)
-        if all(n.max_mtu >= VM_MTU + self.overhead for n in nets) and \
-                low_mtu < VM_MTU + self.overhead:
-            raise_to, vm_mtu = VM_MTU + self.overhead, VM_MTU   # raise the underlay
-        else:
-            raise_to, vm_mtu = None, min(VM_MTU, low_mtu - self.overhead)
+        raise_to, vm_mtu = self.mtus(policy, hosts, primary)
         out = {}
         for h in hosts:
             me = primary[h.name]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..wireguard import LISTEN_PORT, OVERHEAD_IPV4, VXLAN_INNER_OVERHEAD, inner_address
-from .base import VM_MTU, Capability, HostUplink, Transport
+from .base import Capability, HostUplink, Transport
 
 GOALS = frozenset({"integrity", "confidentiality"})
 
@@ -66,13 +66,7 @@ class Wireguard(Transport):
     def place(self, policy, tvd, hosts, primary):
         if self.missing(hosts):
             return None
-        nets = {policy.networks[primary[h.name].network] for h in hosts}
-        low_mtu = min(n.mtu for n in nets)
-        if all(n.max_mtu >= VM_MTU + self.overhead for n in nets) and \
-                low_mtu < VM_MTU + self.overhead:
-            raise_to, vm_mtu = VM_MTU + self.overhead, VM_MTU   # raise the underlay
-        else:
-            raise_to, vm_mtu = None, min(VM_MTU, low_mtu - self.overhead)
+        raise_to, vm_mtu = self.mtus(policy, hosts, primary)
         out = {}
         for h in hosts:
             me = primary[h.name]

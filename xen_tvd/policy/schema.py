@@ -138,7 +138,7 @@ class PolicyReader(Reader):
             group = default_multicast_group(vni) if vni else ""
             if "multicast-group" in body:
                 group = self.multicast(body["multicast-group"][1], name) or group
-            csum = True   # as vif-bridge: the 2007 netfront bug is gone (tier 3, docs/perf.md)
+            csum = True   # as vif-bridge (docs/policy.md, tx-checksum-offload: what is verified and what not)
             if "tx-checksum-offload" in body:
                 csum = bool(self.boolean(body["tx-checksum-offload"][1],
                                          f"tx-checksum-offload of TVD '{name}'"))

@@ -7,10 +7,11 @@ import ast
 import os
 import re
 
-from adversarial_helpers import FIELDS, load
+from tests.adversarial.adversarial_helpers import FIELDS, load
+from tests.common.paths import REPO as ROOT
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOT = os.path.dirname(TESTS)
+TESTS = os.path.join(ROOT, "tests")
+
 
 
 def functions(path: str) -> dict[str, str]:

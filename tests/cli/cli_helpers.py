@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.common import paths
+
+REPO = Path(paths.REPO)
 FIGURE1 = REPO / "xl-configs" / "paper-figure1.yaml"
 SUMMARY = re.compile(r"^\d+ file\(s\): \d+ error\(s\), \d+ warning\(s\)$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from cli_helpers import diag_lines, no_traceback, tvdctl
+from tests.cli.cli_helpers import diag_lines, no_traceback, tvdctl
 
 
 def open_chain(n: int) -> str:

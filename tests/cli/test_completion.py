@@ -13,7 +13,7 @@ import pytest
 from xen_tvd.cli import completion
 from xen_tvd.cli.tvdctl import build_parser
 
-from cli_helpers import tvdctl
+from tests.cli.cli_helpers import tvdctl
 
 pytestmark = pytest.mark.skipif(not shutil.which("bash"), reason="no bash")
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cli_helpers import diag_lines, no_traceback, tvdctl
+from tests.cli.cli_helpers import diag_lines, no_traceback, tvdctl
 
 V = "version: 1\n"
 T2 = "tvds:\n  a: {vlan: 10}\n  b: {vlan: 20}\n"

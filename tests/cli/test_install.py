@@ -15,7 +15,7 @@ import pytest
 from xen_tvd.cli import install
 from xen_tvd.cli.tvdctl import main
 
-from cli_helpers import REPO, no_traceback, tvdctl
+from tests.cli.cli_helpers import REPO, no_traceback, tvdctl
 
 DATA = REPO / "xen_tvd" / "data"
 BIN = Path(sys.prefix) / "bin"

@@ -10,7 +10,7 @@ import pytest
 
 from xen_tvd.cli import tvdctl as tvdctl_mod
 
-from cli_helpers import FIGURE1, REPO, diag_lines, no_traceback, tvdctl
+from tests.cli.cli_helpers import FIGURE1, REPO, diag_lines, no_traceback, tvdctl
 
 HOSTS_POLICY = REPO / "xl-configs" / "tvd-hosts-policy.yaml"   # shared-membership and hosts
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-from cli_helpers import tvdctl
-from tvd_fixtures import _root_and_no_leftovers, lab, lab2  # noqa: F401  (namespace harness)
-from tvd_harness import REPO, link_info
+from tests.cli.cli_helpers import tvdctl
+from tests.hotplug.tvd_fixtures import _root_and_no_leftovers, lab, lab2  # noqa: F401  (namespace harness)
+from tests.hotplug.tvd_harness import REPO, link_info
 
 from xen_tvd import xlcfg
 

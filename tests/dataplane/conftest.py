@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 
 import pytest
 from pyroute2 import IPRoute, netns
 
-# the adversarial corpus (tests/adversarial/corpus.yaml): the attack tests read it
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "adversarial"))
 from pyroute2.netlink.exceptions import NetlinkError
 
 NS_PREFIX = "tvdt-"

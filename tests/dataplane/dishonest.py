@@ -8,6 +8,8 @@ import ipaddress
 import socket
 import struct
 
+from tests.common.packets import inet_checksum
+
 MARK = b"XTVD-ATK:"
 BCAST = "ff:ff:ff:ff:ff:ff"
 ETH_IP, ETH_ARP, ETH_IP6, ETH_8021Q, ETH_8021AD = 0x0800, 0x0806, 0x86DD, 0x8100, 0x88A8
@@ -19,15 +21,6 @@ def marker(kind: str, seq: int = 0) -> bytes:
 
 def mac_b(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def eth(dst: str, src: str, ethertype: int, payload: bytes, tags: tuple[tuple[int, int], ...] = (),
@@ -43,7 +36,7 @@ def eth(dst: str, src: str, ethertype: int, payload: bytes, tags: tuple[tuple[in
 def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0, ttl, proto, 0,
                     socket.inet_aton(src), socket.inet_aton(dst))
-    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + payload
+    return h[:10] + struct.pack("!H", inet_checksum(h)) + h[12:] + payload
 
 
 def udp4(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
@@ -52,13 +45,13 @@ def udp4(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
 
 def icmp4_echo(src: str, dst: str, data: bytes) -> bytes:
     body = struct.pack("!BBHHH", 8, 0, 0, 0x7476, 1) + data
-    return ipv4(src, dst, 1, body[:2] + struct.pack("!H", _csum(body)) + body[4:])
+    return ipv4(src, dst, 1, body[:2] + struct.pack("!H", inet_checksum(body)) + body[4:])
 
 
 def tcp4_syn(src: str, dst: str, sport: int, dport: int) -> bytes:
     hdr = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 8192, 0, 0)
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(hdr))
-    return ipv4(src, dst, 6, hdr[:16] + struct.pack("!H", _csum(pseudo + hdr)) + hdr[18:])
+    return ipv4(src, dst, 6, hdr[:16] + struct.pack("!H", inet_checksum(pseudo + hdr)) + hdr[18:])
 
 
 def arp(op: int, sha: str, spa: str, tha: str, tpa: str) -> bytes:
@@ -74,7 +67,7 @@ def ipv6(src: str, dst: str, nh: int, payload: bytes, hlim: int = 255) -> bytes:
 def _l4_6(src: str, dst: str, nh: int, body: bytes, csum_at: int) -> bytes:
     pseudo = (ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed +
               struct.pack("!I3xB", len(body), nh))
-    c = _csum(pseudo + body)
+    c = inet_checksum(pseudo + body)
     return ipv6(src, dst, nh, body[:csum_at] + struct.pack("!H", c) + body[csum_at + 2:])
 
 
@@ -209,7 +202,7 @@ class Lab:
         failing."""
         import dataclasses
 
-        from dp_helpers import addr, sh, veth
+        from tests.dataplane.dp_helpers import addr, sh, veth
         from xen_tvd.dataplane import DataplaneError, apply, plug_vif
         from xen_tvd.desired.model import VifPort
         from xen_tvd.planner import plan

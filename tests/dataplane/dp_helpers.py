@@ -157,14 +157,7 @@ class Sniffer:
 
     def sources(self) -> list[str]:
         """Source MACs of all frames received so far (drains the queue)."""
-        out = []
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except BlockingIOError:
-                return out
-            if addr[2] != socket.PACKET_OUTGOING:
-                out.append(":".join(f"{b:02x}" for b in data[6:12]))
+        return [":".join(f"{b:02x}" for b in data[6:12]) for data in self.frames()]
 
     def frames(self) -> list[bytes]:
         """Every frame received so far, whole (drains the queue)."""

@@ -1,4 +1,5 @@
-"""Runs inside a test VM namespace (stdlib only).
+"""Runs inside a test VM namespace (stdlib only), as `python -m tests.dataplane.flow_agent`
+from the source tree (agent_argv in flow_helpers).
 
   listen PORT...                       TCP listeners; prints "ready", serves until stdin closes
   connect IP PORT TIMEOUT [SRC]        prints "ok" or "fail ..." (SRC: bind to that address)
@@ -18,6 +19,8 @@ import struct
 import sys
 import threading
 import time
+
+from tests.common.packets import inet_checksum
 
 
 def listen(ports):
@@ -76,15 +79,6 @@ def udp_ask(ip, port, timeout):
         print("none")
 
 
-def _csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def blast(dev, dstmac, srcip, dstip, seconds, magic):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((dev, 0))
@@ -96,14 +90,14 @@ def blast(dev, dstmac, srcip, dstip, seconds, magic):
         s6, d6 = socket.inet_pton(socket.AF_INET6, srcip), socket.inet_pton(socket.AF_INET6, dstip)
         udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
         pseudo = s6 + d6 + struct.pack("!IxxxB", len(udp), 17)
-        udp = udp[:6] + struct.pack("!H", _csum(pseudo + udp) or 0xFFFF) + udp[8:]
+        udp = udp[:6] + struct.pack("!H", inet_checksum(pseudo + udp) or 0xFFFF) + udp[8:]
         hdr = struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + s6 + d6
         frame = dst + src + b"\x86\xdd" + hdr + udp
     else:
         udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
                           socket.inet_aton(srcip), socket.inet_aton(dstip))
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", inet_checksum(hdr)) + hdr[12:]
         frame = dst + src + b"\x08\x00" + hdr + udp
     n, end = 0, time.monotonic() + float(seconds)
     while time.monotonic() < end:

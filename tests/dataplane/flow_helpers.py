@@ -3,7 +3,6 @@ VMs as namespaces behind vifs, everything planned from one policy by the real pl
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,8 @@ from xen_tvd.desired.model import HostState, VifPort
 from xen_tvd.planner import plan
 from xen_tvd.policy import load_policy
 
-from dp_helpers import addr, ipr, sh, veth
+from tests.common.paths import REPO
+from tests.dataplane.dp_helpers import addr, ipr, sh, veth
 
 POLICY = """
 version: 1
@@ -119,14 +119,16 @@ def teardown(rig: Rig) -> None:
         apply(HostState(h), netns=ns)
 
 
-AGENT = os.path.join(os.path.dirname(__file__), "flow_agent.py")
+def agent_argv(ns: str, *args: str) -> list[str]:
+    """The traffic agent (flow_agent.py) inside namespace `ns`; run it with cwd=REPO."""
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.dataplane.flow_agent", *args]
 
 
 def tcp_ok(rig: Rig, src: str, dst: str, port: int, timeout: float = 1.0,
            v6: bool = False) -> bool:
-    r = subprocess.run(["ip", "netns", "exec", rig.vms[src], sys.executable, AGENT, "connect",
-                        rig.ip6(dst) if v6 else rig.ip(dst), str(port), str(timeout)],
-                       capture_output=True, text=True)
+    r = subprocess.run(agent_argv(rig.vms[src], "connect", rig.ip6(dst) if v6 else rig.ip(dst),
+                                  str(port), str(timeout)),
+                       capture_output=True, text=True, cwd=REPO)
     return r.stdout.strip() == "ok"
 
 
@@ -140,9 +142,9 @@ class Bg:
 
     def __init__(self, rig: Rig, vm: str, *args: str):
         """`vm`: a VM's name, or any namespace's (a router's, to sniff its legs)."""
-        self.p = subprocess.Popen(["ip", "netns", "exec", rig.vms.get(vm, vm), sys.executable, AGENT,
-                                   *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(agent_argv(rig.vms.get(vm, vm), *args), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=REPO)
         line = self.p.stdout.readline().strip()
         assert line == "ready", (line, self.p.stderr.read())
 
@@ -152,8 +154,7 @@ class Bg:
 
 
 def agent(rig: Rig, vm: str, *args: str) -> str:
-    r = subprocess.run(["ip", "netns", "exec", rig.vms[vm], sys.executable, AGENT, *args],
-                       capture_output=True, text=True)
+    r = subprocess.run(agent_argv(rig.vms[vm], *args), capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 

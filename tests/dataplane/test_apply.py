@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pyroute2 import netns as pr_netns
 
-from dp_helpers import (add_link, addr, del_link, ethtool_k, flood_list, link, names, set_link,
+from tests.dataplane.dp_helpers import (add_link, addr, del_link, ethtool_k, flood_list, link, names, set_link,
                         sh, state, underlay, veth, vx_segment)
 from xen_tvd.dataplane import ApplyReport, DataplaneError, apply
 from xen_tvd.desired.model import HostState, Segment

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dp_helpers import Sniffer, addr, mac, ping, sh, state, veth, vx_segment
+from tests.dataplane.dp_helpers import Sniffer, addr, mac, ping, sh, state, veth, vx_segment
 from xen_tvd.dataplane import apply, plug_vif
 from xen_tvd.desired.model import VifPort
 

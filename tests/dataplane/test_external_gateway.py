@@ -12,14 +12,14 @@ import contextlib
 import itertools
 import os
 import subprocess
-import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dp_helpers import addr, link, names, sh, veth
-from flow_helpers import AGENT, Bg, agent, build, leg_mac, nft, ping_ok, tcp_ok, teardown
+from tests.dataplane.dp_helpers import addr, link, names, sh, veth
+from tests.common.paths import REPO
+from tests.dataplane.flow_helpers import Bg, agent_argv, agent, build, leg_mac, nft, ping_ok, tcp_ok, teardown
 
 POLICY = """
 version: 1
@@ -77,7 +77,7 @@ def _corp(rig, mkns) -> str:
 @contextlib.contextmanager
 def _rig(mkns, tmp_path, corp: bool = True, **kw):
     """The rig of this module; `corp=False` leaves h1's external NIC to the test."""
-    import flow_helpers
+    from tests.dataplane import flow_helpers
     saved = dict(flow_helpers.VMS)
     flow_helpers.VMS.clear()
     flow_helpers.VMS.update(VMS)       # Rig.ip() and mac_of() read it
@@ -103,8 +103,8 @@ def rig(mkns, tmp_path):
 
 
 def _corp_tcp(rig, src, vm, port) -> bool:
-    r = subprocess.run(["ip", "netns", "exec", rig.vms["corp"], sys.executable, AGENT, "connect",
-                        rig.ip(vm), str(port), "1", src], capture_output=True, text=True)
+    r = subprocess.run(agent_argv(rig.vms["corp"], "connect", rig.ip(vm), str(port), "1", src),
+                       capture_output=True, text=True, cwd=REPO)
     return r.stdout.strip() == "ok"
 
 

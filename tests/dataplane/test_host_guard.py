@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 
-from adversarial_helpers import assert_count, attack
-from dishonest import (BCAST, ETH_IP, ETH_IP6, VMS, Injector, Lab, eth, icmp4_echo, icmp6,
+from tests.adversarial.adversarial_helpers import assert_count, attack
+from tests.dataplane.dishonest import (BCAST, ETH_IP, ETH_IP6, VMS, Injector, Lab, eth, icmp4_echo, icmp6,
                        link_local, print_table, tcp4_syn, udp4)
-from dp_helpers import ping, sh
+from tests.dataplane.dp_helpers import ping, sh
 from xen_tvd.dataplane import apply, hostguard, nftables
 
 DOM0_IP = "10.0.0.1"   # h1's underlay address (dishonest.POLICY)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from dp_helpers import FakeNicDriver, offload_ctx
+from tests.dataplane.dp_helpers import FakeNicDriver, offload_ctx
 from xen_tvd.dataplane import ethtool, offload
 
 F = ethtool.Feature

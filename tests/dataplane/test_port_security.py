@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from dishonest import (BCAST, ETH_ARP, ETH_IP, ETH_IP6, Injector, Lab, MarkSniffer, VMS, arp,
+from tests.dataplane.dishonest import (BCAST, ETH_ARP, ETH_IP, ETH_IP6, Injector, Lab, MarkSniffer, VMS, arp,
                        dhcp_offer, eth, link_local, marker, nd_na, nd_ra, print_table, udp4, udp6)
-from dp_helpers import ping, sh, state, underlay, veth, vx_segment
+from tests.dataplane.dp_helpers import ping, sh, state, underlay, veth, vx_segment
 from xen_tvd.dataplane import DataplaneError, apply, nftables, plug_vif, portsec, unplug_vif
 from xen_tvd.desired.model import HostState, Segment, VifPort
 

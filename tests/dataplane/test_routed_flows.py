@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dp_helpers import ipr, link, names, sh
-from flow_helpers import (VMS, Bg, agent, build, leg_mac, nft, ping_ok, tcp_ok, teardown)
+from tests.dataplane.dp_helpers import ipr, link, names, sh
+from tests.dataplane.flow_helpers import (VMS, Bg, agent, build, leg_mac, nft, ping_ok, tcp_ok, teardown)
 
 TCP_PORTS = (22, 80, 8080)
 KERNEL_FALLBACK = {"tunl0", "gre0", "gretap0", "erspan0", "ip_vti0", "ip6_vti0", "sit0",
@@ -245,7 +245,7 @@ BLAST_S = 18   # upper bound; the reload loop ends after 12 full replacements
 
 
 def test_atomic_reload_under_traffic_leaks_nothing(rig, tmp_path):
-    from flow_helpers import POLICY
+    from tests.dataplane.flow_helpers import POLICY
     from xen_tvd.dataplane import apply
     from xen_tvd.planner import plan
     from xen_tvd.policy import load_policy
@@ -281,7 +281,7 @@ def test_atomic_reload_under_traffic_leaks_nothing(rig, tmp_path):
 
 
 def _dual_stack_policy() -> str:
-    from flow_helpers import POLICY
+    from tests.dataplane.flow_helpers import POLICY
     text = POLICY
     for t, n in (("a", 100), ("b", 200), ("c", 300)):
         text = text.replace(f"{t}: {{vlan: {n}, subnets: [10.{n // 100}.0.0/24]}}",
@@ -362,7 +362,7 @@ def test_what_the_policy_does_not_route_never_reaches_the_router(mkns, tmp_path)
     filter and reached the router leg (IPv6 above all: its sets were empty). Now the filter
     drops them at the leg and counts them; the control without the filter shows they would
     arrive. a1's sources are not pinned, so port security does not stop them first."""
-    from adversarial_helpers import assert_count, attack
+    from tests.adversarial.adversarial_helpers import assert_count, attack
     from xen_tvd.dataplane import flowfilter
     seconds = attack("unrouted-to-router")["seconds"]
     rig = build(mkns, tmp_path, _dual_stack_policy(), unpinned=("a1",))

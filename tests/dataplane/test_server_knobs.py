@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from dishonest import (BCAST, ETH_IP, ETH_IP6, Injector, MarkSniffer, dhcp_offer, eth,
+from tests.dataplane.dishonest import (BCAST, ETH_IP, ETH_IP6, Injector, MarkSniffer, dhcp_offer, eth,
                        link_local, marker, nd_ra, udp6)
-from dp_helpers import addr, ipr, veth
+from tests.dataplane.dp_helpers import addr, ipr, veth
 from xen_tvd.dataplane import apply, plug_vif
 from xen_tvd.desired.model import HostState, VifPort
 from xen_tvd.planner import plan

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 
-from adversarial_helpers import assert_count, attack
-from dishonest import BCAST, ETH_IP, VMS, Injector, Lab, MarkSniffer, eth, marker, print_table, udp4
-from dp_helpers import ping, sh
+from tests.adversarial.adversarial_helpers import assert_count, attack
+from tests.dataplane.dishonest import BCAST, ETH_IP, VMS, Injector, Lab, MarkSniffer, eth, marker, print_table, udp4
+from tests.dataplane.dp_helpers import ping, sh
 
 LIMIT = 1000          # alpha's flood-limit: dishonest.POLICY leaves the default
 NOISE = 60            # frames a VM may receive meanwhile from elsewhere (ARP, ND, barrier)

@@ -9,13 +9,12 @@ peer's source address still gets in — only encryption stops that.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import socket
 import time
 
-from dishonest import (BCAST, ETH_IP, ROGUE_IP, VMS, Lab, eth, marker, print_table, udp4, vxlan)
-from dp_helpers import ping
+from tests.dataplane.dishonest import (BCAST, ETH_IP, ROGUE_IP, VMS, Lab, eth, marker, print_table, udp4, vxlan)
+from tests.dataplane.dp_helpers import ping
 from xen_tvd.dataplane import apply, nftables
 from xen_tvd.desired.model import HostState, Segment, VxlanUplink
 from xen_tvd.planner import plan
@@ -56,7 +55,7 @@ def _attack(lab: Lab, seq: int) -> dict[str, tuple[int, dict]]:
 
 def test_planner_lists_hosts_sharing_a_vxlan_segment(tmp_path):
     from xen_tvd.policy import load_policy
-    from dishonest import POLICY
+    from tests.dataplane.dishonest import POLICY
     from xen_tvd.desired.model import VifPort
     f = tmp_path / "p.yaml"
     f.write_text(POLICY)
@@ -101,7 +100,7 @@ def test_forged_vxlan_from_the_underlay_is_dropped_before_decapsulation(mkns, tm
 
 
 def test_underlay_table_follows_segments_and_peers(ns):
-    from dp_helpers import underlay
+    from tests.dataplane.dp_helpers import underlay
     underlay(ns)
     seg = Segment("alpha", "tvd-alpha", VxlanUplink(100, "10.0.0.1", "ul0", remotes=("10.0.0.9",)), 1450)
     apply(HostState("h", segments=(seg,)), netns=ns)                      # peers not computed
@@ -127,7 +126,7 @@ def test_tvd_traffic_to_the_vxlan_port_passes_the_underlay_filter(mkns, tmp_path
     frames bridged between a TVD's ports traverse inet hooks too, so a VM's own UDP to port
     4789 (e.g. a nested overlay) must not be mistaken for forged VXLAN: neither on the same
     host (vif -> vif) nor across hosts (decapsulated, vxlan -> vif)."""
-    from dishonest import Injector
+    from tests.dataplane.dishonest import Injector
     lab = Lab(mkns, tmp_path)
     try:
         for h, ns in lab.hosts.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dp_helpers import add_link, ethtool_k, link, set_link, state, underlay, veth, vx_segment
+from tests.dataplane.dp_helpers import add_link, ethtool_k, link, set_link, state, underlay, veth, vx_segment
 from xen_tvd.dataplane import DataplaneError, apply, plug_vif, unplug_vif
 from xen_tvd.desired.model import HostState, Segment, VifPort
 

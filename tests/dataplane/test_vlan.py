@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dp_helpers import addr, link, ping, sh, state, underlay, veth, vlan_segment
+from tests.dataplane.dp_helpers import addr, link, ping, sh, state, underlay, veth, vlan_segment
 from xen_tvd.dataplane import apply
 from xen_tvd.desired.names import OWNER_ALIAS_PREFIX
 

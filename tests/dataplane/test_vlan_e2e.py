@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from dp_helpers import Sniffer, addr, ethtool_k, link, mac, ping, veth
+from tests.dataplane.dp_helpers import Sniffer, addr, ethtool_k, link, mac, ping, veth
 from xen_tvd.dataplane import apply
 from xen_tvd.desired.model import VifPort, VlanUplink
 from xen_tvd.planner import plan

@@ -11,12 +11,10 @@ dropped from the plan (a revoked host) is removed from the device.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import pytest
 
-from dp_helpers import Sniffer, addr, sh, veth
+from tests.dataplane.dp_helpers import Sniffer, addr, sh, veth
 from xen_tvd.dataplane import DataplaneError
 from xen_tvd.dataplane import wireguard as wgdp
 from xen_tvd.desired.wireguard import DEVICE, LISTEN_PORT, WgDevice, WgPeer, inner_address

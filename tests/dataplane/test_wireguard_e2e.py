@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from dishonest import (BCAST, ETH_IP, ETH_IP6, VMS, Injector, Lab, MarkSniffer, eth, marker,
+from tests.dataplane.dishonest import (BCAST, ETH_IP, ETH_IP6, VMS, Injector, Lab, MarkSniffer, eth, marker,
                        udp4, udp6, vxlan)
-from dp_helpers import link, mac, ping, sh
+from tests.dataplane.dp_helpers import link, mac, ping, sh
 from xen_tvd.dataplane import DataplaneError, apply, nftables
 from xen_tvd.desired.transports.vxlan import VxlanUplink
 from xen_tvd.desired.transports.wireguard import WireguardUplink

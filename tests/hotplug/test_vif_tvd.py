@@ -13,8 +13,8 @@ import time
 
 from xen_tvd.proxy import requests as rq
 
-from dp_helpers import ethtool_k
-from tvd_harness import POLICY, link_info
+from tests.dataplane.dp_helpers import ethtool_k
+from tests.hotplug.tvd_harness import POLICY, link_info
 
 
 def assert_error(lab, vm, devid, r, *needles):
@@ -122,7 +122,7 @@ def test_proxy_not_running(lab):
     vm = lab.vm("web", 6, nics={0: ("tvd:alpha", "10.99.0.6")})
     # the vif was left attached to something else: the script itself must detach it
     ns = lab.host_ns["dom0-a"]
-    from tvd_harness import ip
+    from tests.hotplug.tvd_harness import ip
     ip("link", "add", "name", "stray0", "type", "bridge", ns=ns)
     ip("link", "set", vm.vif(), "master", "stray0", "up", ns=ns)
     assert_error(lab, vm, 0, lab.hotplug(vm), "tvd-proxy is not running")
@@ -159,7 +159,7 @@ def test_proxy_timeout(lab, tmp_path):
 
 
 def test_default_timeout_is_under_libxl_hotplug_timeout():
-    from tvd_harness import VIF_TVD
+    from tests.hotplug.tvd_harness import VIF_TVD
     src = open(VIF_TVD).read()
     assert 'os.environ.get("TVD_PROXY_TIMEOUT") or 10' in src   # 10 s < LIBXL_HOTPLUG_TIMEOUT 40 s
 
@@ -230,7 +230,7 @@ def test_offline_of_a_vanished_vif_is_fine(lab):
     lab.proxy()
     vm = lab.vm("web", 14, nics={0: ("tvd:beta", "10.99.0.14")})
     assert lab.hotplug(vm).returncode == 0
-    from tvd_harness import ip
+    from tests.hotplug.tvd_harness import ip
     ip("link", "del", vm.vif(), ns=lab.host_ns["dom0-a"])   # domain destroyed: netback gone
     assert lab.hotplug(vm, "offline").returncode == 0
 
@@ -316,7 +316,7 @@ def test_backend_mac_and_ip_pin_the_vm_port_security(lab):
         assert lab.hotplug(vm).returncode == 0
     assert lab.ping(a, "10.99.0.2", count=2)
     # the VM takes an address it was not given: its frames no longer get through
-    from tvd_harness import ip
+    from tests.hotplug.tvd_harness import ip
     ip("addr", "flush", "dev", "eth0", ns=a.ns)
     ip("addr", "add", "10.99.0.77/24", "dev", "eth0", ns=a.ns)
     assert not lab.ping(a, "10.99.0.2", count=2)

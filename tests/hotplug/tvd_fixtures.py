@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import tvd_harness  # noqa: E402
+from tests.hotplug import tvd_harness  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

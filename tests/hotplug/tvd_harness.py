@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,9 @@ from dataclasses import dataclass, field
 from xen_tvd.proxy import protocol
 from xen_tvd.proxy.client import ProxyClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+from tests.common.processes import log_text, stop_process
+
 VIF_TVD = os.path.join(REPO, "xen_tvd", "data", "hotplug", "vif-tvd")
 STUBS = os.path.join(REPO, "tests", "hotplug", "xenstore-stubs")
 POLICY = os.path.join(REPO, "xl-configs", "tvd-hosts-policy.yaml")
@@ -153,23 +154,13 @@ class Proxy:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_process(self.proc)
         self.logf.close()
-        rc, self.proc = self.proc.returncode, None
+        self.proc = None
         return rc
 
     def log(self) -> str:
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except OSError:
-            return ""
+        return log_text(self.log_path)
 
     def wait_log(self, needle: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -6,18 +6,10 @@ The lab is brought up once per module through the CLI (`python3 -m xen_tvd.lab u
 from __future__ import annotations
 
 import pytest
-from lab_helpers import Lab, lab_cli, need_root_and_tools, unique_name, write_spec
+from tests.lab.lab_helpers import PAPER_POLICY, PAPER_SPEC, running_lab
 
 
 @pytest.fixture(scope="module")
 def paper_lab(tmp_path_factory):
-    need_root_and_tools()
-    name = unique_name("p")
-    spec = write_spec(str(tmp_path_factory.mktemp("lab")), name)
-    lab = Lab(spec, name)
-    try:
-        lab.cli("up", check=True)
+    with running_lab(PAPER_SPEC, PAPER_POLICY, "p", str(tmp_path_factory.mktemp("lab"))) as lab:
         yield lab
-    finally:
-        r = lab_cli("down", "--name", name)
-        assert r.returncode == 0, r.stderr

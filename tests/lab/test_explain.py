@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from lab_helpers import REPO, running_lab
+from tests.lab.lab_helpers import REPO, running_lab
 
 from xen_tvd.cli.explain import run
 from xen_tvd.lab.explain import LabSource

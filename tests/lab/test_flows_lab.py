@@ -3,21 +3,16 @@ controlled (per port, different sender/receiver halves) and closed pairs across 
 over VXLAN, and dishonest VMs trying to get around them. Brought up once for the module."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import time
 
 import pytest
-from lab_helpers import REPO, running_lab
+from tests.lab.lab_helpers import REPO, assert_exact_matrix, blast_spoofed, running_lab
 
 from xen_tvd.lab.isolation import flood_and_sniff
-from xen_tvd.planner.routing import leg_mac
 
 FLOWS_SPEC = os.path.join(REPO, "xl-configs", "lab-flows.yaml")
 FLOWS_POLICY = os.path.join(REPO, "xl-configs", "lab-flows-policy.yaml")
-BLASTER = os.path.join(REPO, "tests", "dataplane", "flow_agent.py")
 
 # Written out by hand from lab-flows-policy.yaml (not computed by the code under test):
 # the TCP ports the lab probes for controlled pairs (each rule range's edges +-1) ...
@@ -46,23 +41,8 @@ def _policy():
 
 
 def test_exact_reachability_matrix(flows_lab):
-    r = flows_lab.cli("verify", "--json")
-    m = json.loads(r.stdout)
-    assert r.returncode == 0 and m["ok"], [c for c in m["cells"] if not c["ok"]]
-    assert m["pairs"] == 8 * 7
-    wrong = []
-    for c in m["cells"]:
-        pair = (c["src_tvd"], c["dst_tvd"])
-        keys = KINDS | ({f"tcp:{p}" for p in PORTS} if pair in CONTROLLED else set())
-        if set(c["results"]) != keys:
-            wrong.append(f"{c['src']} -> {c['dst']}: probed {sorted(c['results'])}")
-            continue
-        answer = set(keys) if pair[0] == pair[1] else ANSWERS.get(pair, set())
-        got = {k for k, v in c["results"].items() if v}
-        if got != answer:
-            wrong.append(f"{c['src']}({pair[0]}) -> {c['dst']}({pair[1]}): answered "
-                         f"{sorted(got)}, want {sorted(answer)}")
-    assert not wrong, "\n".join(wrong)
+    assert_exact_matrix(flows_lab, 8 * 7, lambda pair: KINDS | (
+        {f"tcp:{p}" for p in PORTS} if pair in CONTROLLED else set()), ANSWERS)
     # every probe that got no answer between two routed TVDs was counted where it died, under
     # its pair and the rule that dropped it (issue #16.7): the lab's status shows it
     st = flows_lab.status()
@@ -103,27 +83,11 @@ def test_floods_from_every_tvd_reach_no_other_tvd(flows_lab, src_vm):
           f"{sum(not r.same_tvd for r in results)} foreign NICs, arrived 0")
 
 
-def _blast(lab, src_vm, host, tvd, src_ip, dst_vm, dst_ip, seconds=1.0):
-    magic = f"lab-spoof-{time.monotonic_ns()}"
-    topo = lab.topology()
-    sn = subprocess.Popen(["ip", "netns", "exec", topo.vms[dst_vm].ns, sys.executable, BLASTER,
-                           "sniff", "eth0", magic], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True)
-    assert sn.stdout.readline().strip() == "ready"
-    try:
-        out = subprocess.run(["ip", "netns", "exec", topo.vms[src_vm].ns, sys.executable,
-                              BLASTER, "blast", "eth0", leg_mac(host, tvd), src_ip, dst_ip,
-                              str(seconds), magic], capture_output=True, text=True, check=True)
-    finally:
-        got, _ = sn.communicate("", timeout=10)
-    return int(out.stdout), int(got)
-
-
 def test_spoofing_an_open_tvds_address_does_not_open_a_closed_pair(flows_lab):
     # db -> web is closed, app -> web is open: db2 claims an app address towards web2
-    sent, got = _blast(flows_lab, "db2", "h2", "db", "10.120.0.99", "web2", "10.110.0.12")
+    sent, got = blast_spoofed(flows_lab, "db2", "h2", "db", "10.120.0.99", "web2", "10.110.0.12")
     assert sent > 1000 and got == 0
     print(f"spoofed app source from db2 to web2: sent {sent}, arrived {got}")
     # control: the honest app VM on the same path does arrive
-    sent, got = _blast(flows_lab, "app1", "h1", "app", "10.120.0.11", "web2", "10.110.0.12", 0.3)
+    sent, got = blast_spoofed(flows_lab, "app1", "h1", "app", "10.120.0.11", "web2", "10.110.0.12", 0.3)
     assert got > 0

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from lab_helpers import Lab, lab_cli, need_root_and_tools, unique_name, write_spec
+from tests.lab.lab_helpers import Lab, lab_cli, need_root_and_tools, unique_name, write_spec
 from pyroute2 import IPRoute
 
 from xen_tvd.lab import nsutil, processes

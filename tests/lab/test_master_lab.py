@@ -12,18 +12,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-import yaml
-from lab_helpers import REPO, Lab, lab_cli, need_root_and_tools, unique_name
+from tests.lab.lab_helpers import PAPER_POLICY, REPO, lab_cli, running_lab, spec_error
+from tests.common.waiting import wait_for
 
 from xen_tvd.lab import master, processes, proxies
 from xen_tvd.lab.state import Paths
 from xen_tvd.proxy.client import ProxyClient
 
 MASTER_SPEC = os.path.join(REPO, "xl-configs", "lab-master.yaml")
-PAPER_POLICY = os.path.join(REPO, "xl-configs", "lab-paper-policy.yaml")
+
 
 
 def ip_json(ns: str, *args: str) -> list[dict]:
@@ -45,36 +44,10 @@ def audit(name: str) -> list[dict]:
     return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
 
 
-def wait_for(cond, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def mlab(tmp_path_factory):
-    need_root_and_tools()
-    name = unique_name("m")
-    with open(MASTER_SPEC) as f:
-        doc = yaml.safe_load(f)
-    doc["name"], doc["policy"] = name, PAPER_POLICY
-    path = str(tmp_path_factory.mktemp("mlab") / f"{name}.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
-    lab = Lab(path, name)
-    lab.doc = doc
-    try:
-        t0 = time.monotonic()
-        lab.cli("up", check=True)
-        lab.up_seconds = time.monotonic() - t0
+    with running_lab(MASTER_SPEC, PAPER_POLICY, "m", str(tmp_path_factory.mktemp("mlab"))) as lab:
         yield lab
-    finally:
-        r = lab_cli("down", "--name", name)
-        assert r.returncode == 0, r.stderr
 
 
 def test_up_admits_through_the_proxies_and_verify_is_clean(mlab):
@@ -210,16 +183,8 @@ def test_down_after_a_crash_leaves_nothing_behind(mlab):
     (lambda d: d["vms"]["x1"].update(expect="maybe"), "expect 'maybe' must be one of admitted, denied"),
 ])
 def test_spec_master_keys_are_checked(tmp_path, edit, message):
-    from xen_tvd.lab.spec import SpecInvalid, load_lab
-    with open(MASTER_SPEC) as f:
-        doc = yaml.safe_load(f)
-    doc["policy"] = PAPER_POLICY
-    edit(doc)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    with pytest.raises(SpecInvalid) as e:
-        load_lab(str(path))
-    assert message in str(e.value) and str(path) in str(e.value)
+    error = spec_error(tmp_path, MASTER_SPEC, PAPER_POLICY, edit)
+    assert message in error and str(tmp_path / "spec.yaml") in error
 
 
 def test_spec_master_keys_parsed():
@@ -236,23 +201,12 @@ def test_routed_flows_lab_in_master_mode(tmp_path):
     """lab-flows.yaml (open, controlled and closed routed pairs over three hosts) with the
     master deciding: the bundle carries routers and flow filters, so verify's exact matrix
     (per port, both directions) holds as in direct mode."""
-    need_root_and_tools()
-    name = unique_name("f")
-    with open(os.path.join(REPO, "xl-configs", "lab-flows.yaml")) as f:
-        doc = yaml.safe_load(f)
-    doc.update(name=name, control="master",
-               policy=os.path.join(REPO, "xl-configs", "lab-flows-policy.yaml"))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    lab = Lab(str(path), name)
-    try:
-        lab.cli("up", check=True)
+    with running_lab(os.path.join(REPO, "xl-configs", "lab-flows.yaml"),
+                     os.path.join(REPO, "xl-configs", "lab-flows-policy.yaml"), "f", str(tmp_path),
+                     control="master") as lab:
         r = lab.cli("verify", "--json")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr
         out = json.loads(r.stdout)
         assert out["ok"] and out["control"]["ok"]
         flows = {c["flow"] for c in out["cells"]}
         assert {"open", "controlled", "closed", "same-tvd"} <= flows
-    finally:
-        r = lab_cli("down", "--name", name)
-        assert r.returncode == 0, r.stderr

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from lab_helpers import REPO, running_lab
+from tests.lab.lab_helpers import REPO, running_lab, spec_error
 
 from xen_tvd.lab import master, replicas
 from xen_tvd.lab.state import Paths
@@ -104,17 +104,7 @@ def test_three_replicas_on_etcd_admit_and_survive_a_killed_leader(tmp_path):
     (lambda d: d.update(replicas="three"), "replicas must be an integer"),
 ])
 def test_spec_replicas_key_is_checked(tmp_path, edit, message):
-    import yaml
-    from xen_tvd.lab.spec import SpecInvalid, load_lab
-    with open(SPEC) as f:
-        doc = yaml.safe_load(f)
-    doc["policy"] = POLICY
-    edit(doc)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    with pytest.raises(SpecInvalid) as e:
-        load_lab(str(path))
-    assert message in str(e.value)
+    assert message in spec_error(tmp_path, SPEC, POLICY, edit)
 
 
 def test_spec_replicas_parsed():

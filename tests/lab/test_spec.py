@@ -2,12 +2,11 @@
 invalid spec, 2 for an unreadable one; never a traceback. Needs no kernel objects."""
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
-from lab_helpers import PAPER_POLICY, PAPER_SPEC, lab_cli
+from tests.lab.lab_helpers import PAPER_POLICY, PAPER_SPEC, lab_cli
 from xen_tvd.lab.spec import SpecInvalid, SpecUnreadable, load_lab
 from xen_tvd.lab.topology import build
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lab_helpers import PAPER_SPEC, REPO
+from tests.lab.lab_helpers import PAPER_SPEC, REPO
 from xen_tvd.lab.ports import controlled_tcp_ports
 from xen_tvd.lab.spec import SpecInvalid, load_lab
 from xen_tvd.lab.topology import build

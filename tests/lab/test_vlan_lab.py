@@ -8,12 +8,12 @@ lab fails closed with the reason); tier 2 runs it on Debian's stock kernel, wher
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
 import pytest
-from lab_helpers import REPO, lab_cli, need_root_and_tools, running_lab, unique_name
+from tests.lab.lab_helpers import (REPO, assert_exact_matrix, lab_cli, need_root_and_tools,
+                                   running_lab, unique_name, up_fails_closed, write_spec)
 
 from xen_tvd.lab.isolation import flood_and_sniff
 from xen_tvd.policy import load_policy
@@ -80,20 +80,8 @@ def test_vlan_lab_transport_per_tvd_and_nic_offloads(vlan_lab):
 
 
 def test_vlan_lab_exact_reachability_matrix(vlan_lab):
-    r = vlan_lab.cli("verify", "--json")
-    m = json.loads(r.stdout)
-    assert r.returncode == 0 and m["ok"], [c for c in m["cells"] if not c["ok"]]
-    assert m["pairs"] == 8 * 7
-    wrong = []
-    for c in m["cells"]:
-        pair = (c["src_tvd"], c["dst_tvd"])
-        keys = {"icmp", "tcp", "arp"} | ({f"tcp:{p}" for p in PORTS} if pair in ANSWERS else set())
-        answer = keys if pair[0] == pair[1] else ANSWERS.get(pair, set())
-        got = {k for k, v in c["results"].items() if v}
-        if set(c["results"]) != keys or got != answer:
-            wrong.append(f"{c['src']}({pair[0]}) -> {c['dst']}({pair[1]}): probed "
-                         f"{sorted(c['results'])}, answered {sorted(got)}, want {sorted(answer)}")
-    assert not wrong, "\n".join(wrong)
+    assert_exact_matrix(vlan_lab, 8 * 7, lambda pair: {"icmp", "tcp", "arp"} | (
+        {f"tcp:{p}" for p in PORTS} if pair in ANSWERS else set()), ANSWERS)
 
 
 @pytest.mark.parametrize("src_vm", ["b1", "a1", "g3"])
@@ -118,14 +106,9 @@ def test_without_8021q_the_vlan_lab_fails_closed_with_the_reason(tmp_path):
     if probe("vlan"):
         pytest.skip("this kernel has 8021q: the lab runs instead (test_vlan_lab_* above)")
     name = unique_name("vn")
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(open(VLAN_SPEC).read().replace("name: vlan", f"name: {name}")
-                    .replace("policy: lab-vlan-policy.yaml", f"policy: {VLAN_POLICY}"))
+    spec = write_spec(str(tmp_path), name, spec_file=VLAN_SPEC, policy_file=VLAN_POLICY)
     try:
-        r = lab_cli("up", str(spec))
-        assert r.returncode != 0
-        assert "needs the 8021q module" in r.stderr and "DEGRADED" in (r.stdout + r.stderr)
-        st = json.loads(lab_cli("status", str(spec), "--json", check=True).stdout)
+        st = up_fails_closed(spec, "needs the 8021q module")
         for host in ("h1", "h2", "h3"):
             assert not any(p["kind"] == "vlan" for vs in st["hosts"][host]["vswitches"]
                            for p in vs["ports"]), host

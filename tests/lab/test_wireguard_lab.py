@@ -10,11 +10,11 @@ closed with the reason instead; tier 2 runs it on Debian's stock kernel, where a
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-from lab_helpers import REPO, lab_cli, need_root_and_tools, running_lab, unique_name
+from tests.lab.lab_helpers import (REPO, assert_exact_matrix, lab_cli, need_root_and_tools,
+                                   running_lab, unique_name, up_fails_closed, write_spec)
 
 from xen_tvd.proxy.capabilities import probe
 
@@ -53,17 +53,7 @@ def test_wireguard_lab_uplinks_mtus_and_exact_matrix(wg_lab):
     for vm in st["vms"].values():
         for nic in vm["nics"]:
             assert nic["present"] and nic["mtu"] == MTU[nic["tvd"]], (vm, nic)
-    r = wg_lab.cli("verify", "--json")
-    m = json.loads(r.stdout)
-    assert r.returncode == 0 and m["ok"], [c for c in m["cells"] if not c["ok"]]
-    assert m["pairs"] == 5 * 4
-    wrong = []
-    for c in m["cells"]:
-        answer = {"icmp", "tcp", "arp"} if c["src_tvd"] == c["dst_tvd"] else set()
-        got = {k for k, v in c["results"].items() if v}
-        if set(c["results"]) != {"icmp", "tcp", "arp"} or got != answer:
-            wrong.append(f"{c['src']} -> {c['dst']}: answered {sorted(got)}, want {sorted(answer)}")
-    assert not wrong, "\n".join(wrong)
+    assert_exact_matrix(wg_lab, 5 * 4, lambda pair: {"icmp", "tcp", "arp"}, {})
     # the largest DF packet of alpha's MTU crosses the tunnel between two hosts
     big = wg_lab.exec("a1", "ping", "-c", "1", "-w", "5", "-M", "do", "-s", str(1370 - 28),
                       "192.168.62.13")
@@ -77,14 +67,9 @@ def test_without_the_wireguard_module_the_lab_fails_closed_with_the_reason(tmp_p
     if probe("wireguard"):
         pytest.skip("this kernel has the wireguard module: the lab runs instead (above)")
     name = unique_name("wn")
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(open(WG_SPEC).read().replace("name: wg", f"name: {name}")
-                    .replace("policy: lab-wireguard-policy.yaml", f"policy: {WG_POLICY}"))
+    spec = write_spec(str(tmp_path), name, spec_file=WG_SPEC, policy_file=WG_POLICY)
     try:
-        r = lab_cli("up", str(spec))
-        assert r.returncode != 0
-        assert "needs the wireguard module" in r.stderr and "DEGRADED" in (r.stdout + r.stderr)
-        st = json.loads(lab_cli("status", str(spec), "--json", check=True).stdout)
+        st = up_fails_closed(spec, "needs the wireguard module")
         for host in ("h1", "h2", "h3"):
             assert "alpha" not in _uplinks(st, host), host
             for v in st["hosts"][host]["vifs"]:

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from lv_fakeproxy import FakeProxy
-from lv_helpers import EXAMPLE, FAKE_TVDS, HOOK, REPO
+from tests.libvirt.lv_fakeproxy import FakeProxy
+from tests.libvirt.lv_helpers import EXAMPLE, FAKE_TVDS, HOOK, REPO
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def make_libvirtd(tmp_path):
     install-hook) before it starts, as libvirtd only looks for hooks at start; record=True adds
     a recorder after them (Libvirtd.record_hooks). Skipped, naming the missing piece, where it
     cannot run (it runs in CI on Debian 12 as root)."""
-    import lv_libvirtd
+    from tests.libvirt import lv_libvirtd
     why = lv_libvirtd.missing()
     if why:
         pytest.skip(f"real libvirtd: {why}")

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+
 HOOK = os.path.join(REPO, "xen_tvd", "data", "hotplug", "libvirt-hook")
 NETWORK_HOOK = os.path.join(REPO, "xen_tvd", "data", "hotplug", "libvirt-network-hook")
 EXAMPLE = os.path.join(REPO, "xl-configs", "libvirt-domain.xml")
@@ -130,12 +131,3 @@ def idle_initramfs(path: str, busybox: str = "/bin/busybox") -> str:
         cw.write_file(b"init", IDLE_INIT, mode=0o755)
         cw.write_trailer()
     return path
-
-
-def wait_for(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False

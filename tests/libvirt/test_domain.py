@@ -5,7 +5,7 @@ import pytest
 
 from xen_tvd.libvirt.domain import MembershipError, parse_domain
 
-from lv_helpers import EXAMPLE, domain_xml, membership, nic
+from tests.libvirt.lv_helpers import EXAMPLE, domain_xml, membership, nic
 
 M1, M2, M3 = "00:16:3e:00:00:01", "00:16:3e:00:00:02", "00:16:3e:00:00:03"
 

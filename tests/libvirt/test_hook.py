@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lv_helpers import domain_xml, membership, nic
+from tests.libvirt.lv_helpers import domain_xml, membership, nic
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 

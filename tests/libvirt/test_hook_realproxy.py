@@ -11,7 +11,7 @@ import pytest
 
 from xen_tvd.proxy import protocol
 
-from lv_helpers import domain_xml, membership, nic, real_proxy
+from tests.libvirt.lv_helpers import domain_xml, membership, nic, real_proxy
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 

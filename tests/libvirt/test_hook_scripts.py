@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lv_helpers import HOOK, NETWORK_HOOK, REPO, hook_data
+from tests.libvirt.lv_helpers import HOOK, NETWORK_HOOK, REPO, hook_data
 
 # (hook script, the event that admits, the event that only cleans up)
 DOMAIN = (HOOK, ["web-frontend", "prepare", "begin", "-"], ["web-frontend", "stopped", "end", "-"])

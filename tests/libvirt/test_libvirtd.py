@@ -3,7 +3,6 @@ libvirt-python and read back; redefinition is idempotent."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 from lxml import etree
@@ -14,7 +13,7 @@ from xen_tvd.libvirt.networks import (network_element, network_uuid, owned_parts
                                      to_string)
 from xen_tvd.policy import load_policy
 
-from lv_helpers import HOSTS_POLICY, POLICY
+from tests.libvirt.lv_helpers import HOSTS_POLICY, POLICY
 
 
 def define(libvirtd, capsys, policy=POLICY, *extra):

@@ -13,8 +13,9 @@ import os
 import pytest
 from lxml import etree
 
-from lv_fakeproxy import FakeProxy
-from lv_helpers import EXAMPLE, FAKE_TVDS, HOSTS_POLICY, QEMU, qemu_domain, wait_for
+from tests.libvirt.lv_fakeproxy import FakeProxy
+from tests.libvirt.lv_helpers import EXAMPLE, FAKE_TVDS, HOSTS_POLICY, QEMU, qemu_domain
+from tests.common.waiting import wait_for
 
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64 (apt-get install "
@@ -70,7 +71,7 @@ def test_admitted_guest_starts_and_is_unregistered_on_destroy(host):
     links = d.nsexec("ip", "-o", "link", "show").stdout
     assert "master tvd-alpha" in links and "master tvd-gamma" in links
     dom.destroy()
-    assert wait_for(lambda: any(r["op"] == "unregister" for r in proxy.requests))
+    wait_for(lambda: any(r["op"] == "unregister" for r in proxy.requests), "unregister request", timeout=10)
     assert UUID not in proxy.registrations
 
 

@@ -22,7 +22,8 @@ import pytest
 from xen_tvd.libvirt.network_hook import Port, parse_port
 from xen_tvd.proxy import protocol
 
-from lv_helpers import HOSTS_POLICY, NS, QEMU, idle_initramfs, qemu_domain, real_proxy, wait_for
+from tests.libvirt.lv_helpers import HOSTS_POLICY, NS, QEMU, idle_initramfs, qemu_domain, real_proxy
+from tests.common.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64 (apt-get install "
                                 "--no-install-recommends qemu-system-x86) for libvirt's qemu driver")
@@ -126,7 +127,8 @@ def test_network_nics_are_admitted_with_the_plans_mtu_and_forgotten(host):
     assert seen == [Port(network="tvd-alpha", tvd="alpha", port=ports["alpha"]["port"], owner=UUID,
                          owner_name="web-frontend", mac=MAC["alpha"], bridge="tvd-alpha")]
     dom.destroy()
-    assert wait_for(lambda: host.status()["ports"] == [] and host.status()["segments"] == [])
+    wait_for(lambda: host.status()["ports"] == [] and host.status()["segments"] == [],
+             "no ports and no segments", timeout=10)
     assert UUID not in {r["uuid"] for r in host.status()["registrations"]}
 
 
@@ -183,7 +185,7 @@ def test_hot_unplugged_nic_is_forgotten(host, tmp_path):
         except libvirt.libvirtError:
             pass       # e.g. "device not found" once a previous request went through
         return "gamma" not in host.ports()
-    assert wait_for(unplugged, timeout=120, step=1.0), host.status()["ports"]
+    wait_for(unplugged, "ports unplugged", timeout=120, step=1.0, detail=lambda: str(host.status()["ports"]))
     assert sorted(host.ports()) == ["alpha"] and host.taps_on("tvd-gamma") == []
 
 
@@ -221,11 +223,11 @@ def test_reconnect_rechecks_membership_and_stops_a_revoked_guest(host):
     d.start()
     host.conn = d.connect()
     dom = host.conn.lookupByUUIDString(UUID)
-    assert wait_for(lambda: not dom.isActive(), timeout=30)
+    wait_for(lambda: not dom.isActive(), "domain stopped", timeout=30)
     assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DAEMON]
     assert "stopping domain web-frontend (libvirtd reconnected): admission denied for VM " \
            "web-frontend (running, re-checked): VM web-frontend left TVD 'gamma'" in open(d.log).read()
-    assert wait_for(lambda: host.ports() == {})
+    wait_for(lambda: host.ports() == {}, "no ports", timeout=10)
     assert host.taps_on("tvd-alpha") == [] and host.taps_on("tvd-gamma") == []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lv_helpers import NETWORK_HOOK, domain_xml, hook_data, nic
+from tests.libvirt.lv_helpers import NETWORK_HOOK, domain_xml, hook_data, nic
 
 OWNER = "11111111-2222-4333-8444-555555555555"
 PORT = "2bb7f7c1-08ed-4cd7-a771-62b912fa4251"

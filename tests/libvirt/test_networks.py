@@ -10,7 +10,7 @@ from xen_tvd.libvirt.networks import network_element, network_uuid, owned_parts,
 from xen_tvd.policy import load_policy
 from xen_tvd.policy.model import Tvd
 
-from lv_helpers import HOSTS_POLICY, POLICY
+from tests.libvirt.lv_helpers import HOSTS_POLICY, POLICY
 
 
 def test_one_network_per_tvd_on_stdout(capsys):

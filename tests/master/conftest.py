@@ -1,6 +1,4 @@
 import os
-import sys
-from types import SimpleNamespace
 
 import pytest
 
@@ -8,12 +6,8 @@ from xen_tvd.master import ca as camod
 from xen_tvd.master import server
 from xen_tvd.master.store import Store
 
-from master_helpers import POLICY, Enrolled, admin_client, init_dir
-import etcd_helpers
-
-# the adversarial corpus's helpers (tests/adversarial), for the attack tests
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "adversarial"))
+from tests.master.master_helpers import start_master
+from tests.master import etcd_helpers
 
 
 @pytest.fixture(scope="session")
@@ -38,26 +32,6 @@ def other_ca(tmp_path_factory):
 def signer(ca_dir):
     with open(os.path.join(ca_dir, "signer.pem")) as f:
         return camod.load_key(os.path.join(ca_dir, "signer.key")), f.read()
-
-
-def start_master(tmp_path, limits=None, store_url=None):
-    """A master serving on a free loopback port, in this process, with POLICY pushed; stop
-    it with server.stop(ns.srv, ns.m). store_url: an etcd store instead of SQLite."""
-    from xen_tvd.master import stores
-    d = str(tmp_path / "m")
-    url = init_dir(d)
-    if store_url:
-        stores.open_store(d, store_url, create=True,
-                          meta={"url": url, "ca_pin": camod.ca_pin(camod.Ca.load(d).cert)})
-        camod.write_public(os.path.join(d, stores.STORE_FILE), store_url + "\n")
-    stores.open_store(d).add_policy(POLICY, "p.yaml", "test")
-    m, srv, _ = server.start_in_thread(d, "127.0.0.1", int(url.rsplit(":", 1)[1]),
-                                       **({"limits": limits} if limits else {}))
-    ns = SimpleNamespace(dir=d, url=url, tmp=str(tmp_path), m=m, store=m.store, srv=srv,
-                         port=int(url.rsplit(":", 1)[1]))
-    ns.enroll = lambda host: Enrolled(d, url, host, str(tmp_path / host))
-    ns.admin = lambda: admin_client(d, url, str(tmp_path))
-    return ns
 
 
 @pytest.fixture

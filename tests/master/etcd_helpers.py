@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 
-from master_helpers import free_port
+from tests.master.master_helpers import free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 SKIP_REASON = ("etcd-server is not installed (scripts/bootstrap installs it; tier 1 runs "

@@ -3,16 +3,24 @@ thread or as a real `tvd-master serve` process), enrolment and admin clients."""
 from __future__ import annotations
 
 import os
+import contextlib
+import io
 import re
 import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 from xen_tvd.master import ca as camod
 from xen_tvd.master import client as mc
+from xen_tvd.master import server
+from xen_tvd.master.cli import main as master_main
 from xen_tvd.master import stores
 from xen_tvd.master.store import Store
+
+from tests.common.paths import REPO as ROOT
+from tests.common.processes import stop_process
 
 POLICY = """\
 version: 1
@@ -50,7 +58,6 @@ REPORT = {"functional": ["bridge", "vxlan", "nftables"],
           "security": [{"property": "hv-integrity", "assurance": "immutable-log",
                         "evidence": "pcr-log-base64"}]}
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def free_port() -> int:
@@ -135,13 +142,7 @@ class MasterProcess:
         self.log.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -158,3 +159,34 @@ def raw_request(url: str, ctx, method: str, path: str, body: bytes = b"",
         return r.status, r.read()
     finally:
         c.close()
+
+
+def start_master(tmp_path, limits=None, store_url=None):
+    """A master serving on a free loopback port, in this process, with POLICY pushed; stop
+    it with server.stop(ns.srv, ns.m). store_url: an etcd store instead of SQLite."""
+    d = str(tmp_path / "m")
+    url = init_dir(d)
+    if store_url:
+        stores.open_store(d, store_url, create=True,
+                          meta={"url": url, "ca_pin": camod.ca_pin(camod.Ca.load(d).cert)})
+        camod.write_public(os.path.join(d, stores.STORE_FILE), store_url + "\n")
+    stores.open_store(d).add_policy(POLICY, "p.yaml", "test")
+    m, srv, _ = server.start_in_thread(d, "127.0.0.1", int(url.rsplit(":", 1)[1]),
+                                       **({"limits": limits} if limits else {}))
+    ns = SimpleNamespace(dir=d, url=url, tmp=str(tmp_path), m=m, store=m.store, srv=srv,
+                         port=int(url.rsplit(":", 1)[1]))
+    ns.enroll = lambda host: Enrolled(d, url, host, str(tmp_path / host))
+    ns.admin = lambda: admin_client(d, url, str(tmp_path))
+    return ns
+
+
+def cli(d, *args, check=True):
+    """tvd-master's CLI in this process (a subprocess per call is slow on a busy machine;
+    `serve` itself always runs as a real process here)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = master_main(["--dir", d, *args])
+    r = SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r

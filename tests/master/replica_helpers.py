@@ -14,8 +14,8 @@ from xen_tvd.master import replicas, stores
 from xen_tvd.master.cli import main as master_cli
 from xen_tvd.proxy import master_link
 
-from etcd_helpers import EtcdCluster
-from master_helpers import POLICY, REPORT, MasterProcess, free_port, token
+from tests.master.etcd_helpers import EtcdCluster
+from tests.master.master_helpers import POLICY, REPORT, MasterProcess, free_port, token
 
 LEASE_TTL = "2"          # etcd's minimum; failover within about 2-3 s
 
@@ -156,15 +156,5 @@ class Host:
     def stop(self) -> None:
         self.link.stop.set()
         self.link.spool.pending.set()
-
-
-def wait_for(what: str, cond, timeout: float = 30, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 

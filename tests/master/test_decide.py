@@ -5,7 +5,7 @@ from xen_tvd.desired.model import VxlanUplink
 from xen_tvd.master.decide import decide, effective_host
 from xen_tvd.policy import load_policy
 
-from master_helpers import POLICY, REPORT
+from tests.master.master_helpers import POLICY, REPORT
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from xen_tvd.metrics import Family, Histogram, render
 from xen_tvd.master.store import Store
 from xen_tvd.reasons import VOCABULARY
 
-from master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, init_dir)
-from metrics_helpers import families, parse, scrape_until, value
+from tests.master.master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, init_dir)
+from tests.master.metrics_helpers import families, parse, scrape_until, value
 
 
 def test_exposition_with_hostile_label_values_parses_back_exactly():
@@ -129,7 +129,7 @@ def test_a_real_master_writes_metrics_that_parse_and_match_its_api(served):
 def test_an_unwritable_metrics_path_is_a_one_line_usage_error(tmp_path):
     import subprocess
     import sys
-    from master_helpers import ROOT
+    from tests.master.master_helpers import ROOT
     d = str(tmp_path / "m")
     url = init_dir(d)
     r = subprocess.run([sys.executable, "-m", "xen_tvd.master", "--dir", d, "serve", "--listen",

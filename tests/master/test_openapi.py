@@ -5,7 +5,7 @@ import yaml
 
 from xen_tvd.master.server import ROUTES
 
-from master_helpers import ROOT
+from tests.master.master_helpers import ROOT
 
 
 def test_every_server_route_is_documented_and_every_documented_route_exists():

@@ -5,7 +5,6 @@ on it match the master's API."""
 from __future__ import annotations
 
 import os
-import shutil
 import urllib.request
 
 import pytest
@@ -16,7 +15,7 @@ from xen_tvd.master.store import Store
 from xen_tvd.policy import check_file
 from xen_tvd.policy.render import matrix_json
 
-from master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, free_port,
+from tests.master.master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, free_port,
                             init_dir, raw_request)
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -180,7 +179,7 @@ def test_the_page_over_tls_needs_an_admin_certificate_and_forbids_scripts(site):
 def test_the_page_listener_takes_loopback_addresses_only(tmp_path):
     import subprocess
     import sys
-    from master_helpers import ROOT
+    from tests.master.master_helpers import ROOT
     d = str(tmp_path / "m")
     url = init_dir(d)
     for bad in ("10.0.0.1:8080", "0.0.0.0:8080", "localhost:8080", "127.0.0.1"):

@@ -1,7 +1,5 @@
 """tvd-master as the operator runs it: CLI commands and a real `serve` process, SIGKILLed and
 restarted; its log must never show a token, a key or a CSR."""
-import contextlib
-import io
 import json
 import os
 import re
@@ -9,27 +7,12 @@ import stat
 import subprocess
 import sys
 
-from types import SimpleNamespace
-
 import pytest
 
 from xen_tvd.master import client as mc
 from xen_tvd.master.bundle import verify_bundle
-from xen_tvd.master.cli import main
 
-from master_helpers import POLICY, REPORT, ROOT, MasterProcess, free_port
-
-
-def cli(d, *args, check=True):
-    """tvd-master's CLI in this process (a subprocess per call is slow on a busy machine;
-    `serve` itself always runs as a real process here)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--dir", d, *args])
-    r = SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
+from tests.master.master_helpers import POLICY, REPORT, ROOT, MasterProcess, cli, free_port
 
 
 def test_the_console_entry_point_runs_as_a_process(tmp_path):

@@ -13,10 +13,11 @@ import pytest
 
 from xen_tvd.master import client as mc
 
-import etcd_helpers
-from master_helpers import POLICY
-from replica_helpers import Host, Site, wait_for
-from test_process import cli
+from tests.master import etcd_helpers
+from tests.master.master_helpers import POLICY
+from tests.master.replica_helpers import Host, Site
+from tests.common.waiting import wait_for
+from tests.master.master_helpers import cli
 
 def _need_etcd():
     if not etcd_helpers.available():
@@ -57,7 +58,7 @@ def test_failures_lose_nothing_duplicate_nothing_and_hosts_converge(backend, tmp
     hosts = []
     try:
         hosts = [Host(site, h, str(tmp_path / h)) for h in ("h1", "h2", "h3")]
-        wait_for("first bundles", lambda: _converged(site, hosts))
+        wait_for(lambda: _converged(site, hosts), "first bundles", timeout=30)
         extra = []
         version = 0
 
@@ -71,10 +72,10 @@ def test_failures_lose_nothing_duplicate_nothing_and_hosts_converge(backend, tmp
             assert not t.is_alive(), f"{what}: enrolments hung"
             assert [h.name for h in enrolled] == names, f"{what}: an enrolment failed"
             extra.extend(enrolled)
-            wait_for(f"{what}: hosts converge on the newest bundle",
-                     lambda: _converged(site, hosts), timeout=45)
-            wait_for(f"{what}: audit spools drain",
-                     lambda: all(h.link.spool.size() == 0 for h in hosts), timeout=45)
+            wait_for(lambda: _converged(site, hosts),
+                     f"{what}: hosts converge on the newest bundle", timeout=45)
+            wait_for(lambda: all(h.link.spool.size() == 0 for h in hosts),
+                     f"{what}: audit spools drain", timeout=45)
 
         def kill_leader():
             i = site.wait_leader()
@@ -165,8 +166,9 @@ def test_a_replica_cut_off_from_etcd_refuses_writes_and_hosts_use_another(tmp_pa
         # the majority comes back; replica 2 answers again, and the event it refused is
         # recorded once when the host posts it again
         site.etcd.start([0, 1])
-        wait_for("replica 2 answers", lambda: direct.request(
-            "POST", "/v1/audit", {"events": [{"id": "cut-off", "event": "admitted"}]})[0] == 200)
+        wait_for(lambda: direct.request(
+            "POST", "/v1/audit", {"events": [{"id": "cut-off", "event": "admitted"}]})[0] == 200,
+            "replica 2 answers", timeout=30)
         ids = [e["id"] for e in site.store().audit_events(limit=1000)]
         assert ids.count("cut-off") == 1 and ids.count("before") == 1
     finally:

@@ -13,12 +13,11 @@ from xen_tvd.master import client as mc
 from xen_tvd.master.bundle import verify_bundle
 from xen_tvd.master import stores
 
-from master_helpers import POLICY, REPORT, Enrolled, token
+from tests.master.master_helpers import POLICY, REPORT, Enrolled, start_master, token
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
 def master(request, tmp_path):
-    from conftest import start_master
     from xen_tvd.master import server
     url = None
     if request.param == "etcd":

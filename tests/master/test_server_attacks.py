@@ -18,9 +18,9 @@ from xen_tvd.master.bundle import verify_bundle
 from xen_tvd.master.listener import Limits
 from xen_tvd.master.store import Store
 
-from adversarial_helpers import assert_count, attack
-from flood_helpers import Flood
-from master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, init_dir,
+from tests.adversarial.adversarial_helpers import assert_count, attack
+from tests.master.flood_helpers import Flood
+from tests.master.master_helpers import (POLICY, REPORT, Enrolled, MasterProcess, admin_client, init_dir,
                             raw_request)
 
 DIGEST = "sha256:" + "ab" * 32

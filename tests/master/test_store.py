@@ -258,7 +258,7 @@ def test_etcd_over_tls_with_a_client_certificate_and_nothing_without_one(tmp_pat
     """etcds://: the store talks TLS to etcd with the replica's client certificate
     (DIR/etcd-ca.pem, etcd-client.pem, etcd-client.key); a client without those files is
     refused before it connects, and etcd refuses a connection without a certificate."""
-    import etcd_helpers
+    from tests.master import etcd_helpers
     from xen_tvd.master import stores
     from xen_tvd.master.store import StoreUnavailable
     from xen_tvd.master.store_etcd import EtcdStore

@@ -7,8 +7,8 @@ import pytest
 from xen_tvd.master import ca as camod
 from xen_tvd.master import stores
 
-from master_helpers import POLICY
-from test_process import cli
+from tests.master.master_helpers import POLICY
+from tests.master.master_helpers import cli
 
 
 @pytest.fixture(params=["sqlite", "etcd"])

@@ -9,7 +9,7 @@ from xen_tvd.master import server
 from xen_tvd.master.cli import main as master_cli
 from xen_tvd.master.store import Store
 
-from master_helpers import POLICY, REPORT, Enrolled, init_dir
+from tests.master.master_helpers import POLICY, REPORT, Enrolled, init_dir
 
 
 @pytest.fixture

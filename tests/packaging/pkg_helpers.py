@@ -9,9 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import tvd_harness
+from tests.hotplug import tvd_harness
+from tests.common import paths
 
-REPO = Path(tvd_harness.REPO)
+REPO = Path(paths.REPO)
 DATA = REPO / "xen_tvd" / "data"
 # development artefacts a build must not see (and must not write into this checkout)
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pkg_helpers import (DATA, SYSTEM_ENV, dom0_works, exec_start, installed_files, mode,
+from tests.packaging.pkg_helpers import (DATA, SYSTEM_ENV, dom0_works, exec_start, installed_files, mode,
                          same_bytes, source_copy, timed)
 
 DIST = "/usr/lib/python3/dist-packages"

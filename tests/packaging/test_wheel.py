@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pkg_helpers import (DATA, dom0_works, exec_start, installed_files, mode, same_bytes,
+from tests.packaging.pkg_helpers import (DATA, dom0_works, exec_start, installed_files, mode, same_bytes,
                          source_copy, timed)
 
 DOM0_FILES = {"/etc/xen/scripts/vif-tvd", "/etc/libvirt/hooks/libxl.d/50-xen-tvd",

@@ -1,6 +1,5 @@
 """Planner decisions (pure): transport choice, multicast vs head-end replication, MTU,
 protection refusals, VLAN offload NICs, single-host segments."""
-import textwrap
 
 import pytest
 

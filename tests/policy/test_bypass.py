@@ -8,7 +8,7 @@ from __future__ import annotations
 from xen_tvd.policy.bypass import GUARDED, OPEN, REPLY, Condensation, bypass_groups
 from xen_tvd.policy.flows import InformationGraph
 
-from policy_helpers import flow, mk_policy
+from tests.policy.policy_helpers import flow, mk_policy
 
 
 def groups_of(policy):

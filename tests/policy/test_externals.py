@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy_helpers import check_text, errors, warnings, where
+from tests.policy.policy_helpers import check_text, errors, warnings, where
 
 BASE = """\
 version: 1

@@ -6,7 +6,7 @@ import pytest
 from xen_tvd.policy.flows import FlowMatrix, find_indirect_flows, intersect_rules
 from xen_tvd.policy.model import DUMMY_TVD, FlowKind, Rule
 
-from policy_helpers import check_text, errors, flow, mk_policy, warnings, where
+from tests.policy.policy_helpers import check_text, errors, flow, mk_policy, warnings, where
 
 O, C, X = FlowKind.OPEN, FlowKind.CONTROLLED, FlowKind.CLOSED
 

@@ -30,7 +30,7 @@ from xen_tvd.policy.bypass import GUARDED, OPEN, REPLY, bypass_groups
 from xen_tvd.policy.flows import InformationGraph, find_indirect_flows
 from xen_tvd.policy.model import DUMMY_TVD, Flow, FlowKind, Policy, Rule, Tvd
 
-from policy_helpers import pairs_reported
+from tests.policy.policy_helpers import pairs_reported
 
 KINDS = ("open", "controlled", "closed")
 RULES = (Rule("tcp", (443, 443)),)

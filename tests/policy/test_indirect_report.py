@@ -6,7 +6,7 @@ from xen_tvd.policy import check_file
 from xen_tvd.policy.indirect_report import EXPAND_UP_TO, MAX_LINES
 from xen_tvd.policy.verify import verify
 
-from policy_helpers import check_text, errors, flow, mk_policy, pairs_reported, warnings, where
+from tests.policy.policy_helpers import check_text, errors, flow, mk_policy, pairs_reported, warnings, where
 
 
 CHAIN6 = """

@@ -7,7 +7,7 @@ from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.lattice import PropertyOrder, admit, joint_conflicts
 from xen_tvd.policy.verify import check_membership, check_property_order
 
-from policy_helpers import check_text, errors, mk_policy, prop, req, where
+from tests.policy.policy_helpers import check_text, errors, mk_policy, prop, req, where
 
 # tpm > signed > basic; hw-crypto > signed; internet excludes card-data
 PROPS = (

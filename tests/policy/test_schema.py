@@ -5,7 +5,7 @@ import pytest
 
 from xen_tvd.policy.schema import default_multicast_group
 
-from policy_helpers import check_text, errors, warnings, where
+from tests.policy.policy_helpers import check_text, errors, warnings, where
 
 
 def _tvds(tmp_path, body):

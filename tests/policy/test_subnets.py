@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy_helpers import check_text, errors, where
+from tests.policy.policy_helpers import check_text, errors, where
 
 HEAD = "version: 1\ntvds:\n"
 

@@ -6,7 +6,7 @@ import yaml
 
 import xen_tvd.yamlsrc as yamlsrc
 
-from policy_helpers import check_text, errors, where
+from tests.policy.policy_helpers import check_text, errors, where
 
 CASES = [
     ("version: 1\ntvds:\n\ta: {vlan: 10}\n", "found character '\\t' that cannot start any token", (3, 1)),

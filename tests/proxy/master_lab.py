@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 
-import tvd_harness
-from tvd_harness import REPO, ip
+from tests.hotplug import tvd_harness
+from tests.hotplug.tvd_harness import REPO, ip
+from tests.common.processes import log_text, stop_process
+from tests.common.waiting import wait_for
 
 MASTER_IP = "10.77.1.1"
 URL = f"https://{MASTER_IP}:8443"
@@ -122,21 +124,12 @@ class Master:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self.logf.close()
             self.proc = None
 
     def log(self) -> str:
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except OSError:
-            return ""
+        return log_text(self.log_path)
 
     def push(self, text: str, name: str = "policy.yaml") -> None:
         path = os.path.join(self.lab.tmp, name)
@@ -205,18 +198,13 @@ class MasterProxy(tvd_harness.Proxy):
                           .get("generation") is not None, "a bundle")
 
     def wait_for(self, cond, what: str, timeout: float = 20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """wait_for, failing at once when this proxy exits; an unreachable socket is "not yet"."""
+        def alive():
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"tvd-proxy exited {self.proc.returncode}: {self.log()}")
-            try:
-                v = cond()
-                if v:
-                    return v
-            except tvd_harness.protocol.ProxyUnreachable:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"tvd-proxy: no {what} within {timeout} s: {self.log()[-3000:]}")
+        return wait_for(cond, f"tvd-proxy: {what}", timeout, 0.05, check=alive,
+                        ignore=(tvd_harness.protocol.ProxyUnreachable,),
+                        detail=lambda: self.log()[-3000:])
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -8,7 +8,8 @@ import pytest
 from xen_tvd.policy import load_policy
 from xen_tvd.proxy.admission import Denied, check_routed
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+
 GATEWAY_POLICY = os.path.join(REPO, "xl-configs", "lab-gateway-policy.yaml")
 
 

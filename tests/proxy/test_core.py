@@ -19,7 +19,8 @@ from xen_tvd.proxy import sessions
 from xen_tvd.proxy.core import ProxyCore
 from xen_tvd.proxy.standalone import StandaloneAuthority
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+
 POLICY = os.path.join(REPO, "xl-configs", "tvd-hosts-policy.yaml")
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 

@@ -10,7 +10,7 @@ import pytest
 
 from xen_tvd.proxy import requests as rq
 
-from tvd_harness import link_info
+from tests.hotplug.tvd_harness import link_info
 
 VM = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 

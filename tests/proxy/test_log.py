@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tvd_harness import REPO
+from tests.hotplug.tvd_harness import REPO
 
 JOURNALD = "/lib/systemd/systemd-journald"
 LEVELS = "from xen_tvd.log import log, say; " + "; ".join(

@@ -19,9 +19,9 @@ import pytest
 
 from xen_tvd.proxy import requests as rq
 
-import master_lab
-from master_lab import POLICY
-from tvd_harness import ip, link_info
+from tests.proxy import master_lab
+from tests.proxy.master_lab import POLICY
+from tests.hotplug.tvd_harness import ip, link_info
 
 
 @pytest.fixture
@@ -291,7 +291,7 @@ def test_revoked_host_detaches_everything_until_reenrolled(mlab):
 def test_tvdctl_xl_register_passes_certificate_and_images(mlab):
     """xl.cfg tvd_cert / kernel / tvd_images reach the proxy, which checks them itself."""
     import sys
-    from tvd_harness import REPO
+    from tests.hotplug.tvd_harness import REPO
     lab = mlab
     m, p = master_lab.setup(lab, session=30)
     a = lab.vm("web", 1, nics={0: ("tvd:alpha", "10.99.0.1")})

@@ -27,8 +27,8 @@ from xen_tvd.proxy.audit_spool import AuditSpool
 from xen_tvd.proxy.bundle_store import BundleInvalid
 from xen_tvd.proxy.master_link import LinkError, MasterLink
 
-import master_lab
-from tvd_harness import POLICY
+from tests.proxy import master_lab
+from tests.hotplug.tvd_harness import POLICY
 
 URL = "https://10.77.1.1:8443"
 

@@ -13,10 +13,9 @@ import pytest
 
 from xen_tvd.proxy import requests as rq
 
-from tvd_harness import REPO, ip, sh
+from tests.hotplug.tvd_harness import REPO, ip, sh
 
-sys.path.insert(0, os.path.join(REPO, "tests", "master"))
-from metrics_helpers import scrape_until, value  # noqa: E402
+from tests.master.metrics_helpers import scrape_until, value
 
 
 def register(p, vm, props):
@@ -119,7 +118,7 @@ def test_tvdctl_status_shows_head_end_replication_remotes_drops_and_exits_1_when
         lab2, tmp_path):
     """A LAN without multicast: alpha's VXLAN segment floods by head-end replication to the
     other host, and `tvdctl status` names that remote (issue #17.2)."""
-    import tvd_harness
+    from tests.hotplug import tvd_harness
     with open(tvd_harness.POLICY) as f:
         text = f.read()
     assert "multicast: true" in text
@@ -155,7 +154,7 @@ def test_tvdctl_status_shows_head_end_replication_remotes_drops_and_exits_1_when
 
 def test_tvdctl_explain_against_a_standalone_proxy(lab):
     """explain --socket --policy: the proxy's status is the kernel view (issue #17.1)."""
-    import tvd_harness
+    from tests.hotplug import tvd_harness
     p = lab.proxy()
     a = lab.vm("a", 1, nics={0: ("tvd:alpha", "10.99.0.1")})
     b = lab.vm("b", 2, nics={0: ("tvd:alpha", "10.99.0.2")})
@@ -186,7 +185,7 @@ def test_tvdctl_explain_against_a_standalone_proxy(lab):
 def test_tvdctl_explain_in_master_mode(lab):
     """explain --master: policy, admitted NICs and carrying hosts from the master's API (an
     admin certificate), this Dom0's live view from its proxy."""
-    import master_lab
+    from tests.proxy import master_lab
     try:
         m, p = master_lab.setup(lab)
         b1 = lab.vm("b1", 1, nics={0: ("tvd:beta", "10.99.0.1")})

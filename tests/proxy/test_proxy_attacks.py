@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from xen_tvd.proxy import protocol
 
-from adversarial_helpers import assert_count, attack
-from reload_helpers import big_policy
-from tvd_harness import POLICY, ip, link_info
+from tests.adversarial.adversarial_helpers import assert_count, attack
+from tests.proxy.reload_helpers import big_policy
+from tests.hotplug.tvd_harness import POLICY, ip, link_info
 
 UUID = "0b7c3f3e-0000-4000-8000-000000000001"
 

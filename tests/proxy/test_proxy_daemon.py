@@ -22,7 +22,7 @@ import pytest
 
 from xen_tvd.proxy import requests as rq
 
-from tvd_harness import REPO, ip, link_info, all_links
+from tests.hotplug.tvd_harness import REPO, ip, link_info, all_links
 
 
 def register(p, vm, props, nics=()):
@@ -210,7 +210,7 @@ def test_socket_and_state_are_root_only(lab):
 
 def test_second_proxy_on_same_socket_refused_stale_socket_reused(lab):
     p = lab.proxy()
-    from tvd_harness import Proxy
+    from tests.hotplug.tvd_harness import Proxy
     q = Proxy(lab, "dom0-a", p.policy)
     q.state_dir += "-2"
     q.start(wait=False)
@@ -261,7 +261,7 @@ def test_status_reports_registrations_and_segments(lab):
 
 def _own_policy(tmp_path) -> str:
     """A copy of the example policy the test may rewrite (never the repository's file)."""
-    from tvd_harness import POLICY
+    from tests.hotplug.tvd_harness import POLICY
     dst = tmp_path / "policy.yaml"
     shutil.copy(POLICY, dst)
     return str(dst)

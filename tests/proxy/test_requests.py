@@ -11,7 +11,8 @@ import pytest
 from xen_tvd.proxy import requests as rq
 from xen_tvd.proxy.protocol import OPS, ProtocolError
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+
 VIF_TVD = os.path.join(REPO, "xen_tvd", "data", "hotplug", "vif-tvd")
 UUID = "5a1b3c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 PORT = "2bb7f7c1-08ed-4cd7-a771-62b912fa4251"

@@ -23,9 +23,9 @@ import time
 
 import pytest
 
-import master_lab
-import tvd_harness
-from tvd_harness import ip, link_info
+from tests.proxy import master_lab
+from tests.hotplug import tvd_harness
+from tests.hotplug.tvd_harness import ip, link_info
 
 POLICY = master_lab.ROUTED_POLICY
 

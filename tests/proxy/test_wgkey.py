@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from xen_tvd.desired.patterns import is_wireguard_key
 from xen_tvd.proxy import capabilities, wgkey
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+
 
 
 def _public_of(private_b64: str) -> str:

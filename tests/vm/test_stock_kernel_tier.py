@@ -12,22 +12,18 @@ Results: junit.xml, vm.log and guest.sh in the test's tmp dir (path printed on f
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from tvd_testing import vmtier
 
+from tests.common.tiers import require_tier
+
 pytestmark = pytest.mark.vmtier
 
 
 def _prereqs():
-    try:
-        return vmtier.check_prerequisites()
-    except vmtier.MissingPrerequisite as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"stock-kernel VM tier cannot run in CI: {e}", pytrace=False)
-        pytest.skip(f"stock-kernel VM tier: {e}")
+    return require_tier("stock-kernel VM tier", vmtier.check_prerequisites, vmtier.MissingPrerequisite)
 
 
 def test_dataplane_on_stock_debian_kernel(tmp_path):

@@ -11,22 +11,18 @@ Deselect with `-m "not xentier"` for a quick local run.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from tvd_testing import xentier
 
+from tests.common.tiers import require_tier
+
 pytestmark = pytest.mark.xentier
 
 
 def _prereqs():
-    try:
-        return xentier.check_prerequisites()
-    except xentier.MissingPrerequisite as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"nested-Xen tier cannot run in CI: {e}", pytrace=False)
-        pytest.skip(f"nested-Xen tier: {e}")
+    return require_tier("nested-Xen tier", xentier.check_prerequisites, xentier.MissingPrerequisite)
 
 
 def test_xl_scenarios_on_nested_xen(tmp_path):

@@ -21,13 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libxlu_helpers import LIB, SKIP_REASON, keys_of, libxlu_read, ours_read
+from tests.xlcfg.libxlu_helpers import LIB, SKIP_REASON, keys_of, libxlu_read, ours_read
+from tests.common import paths
 
 from xen_tvd import xlcfg
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
-REPO = HERE.parents[1]
+REPO = Path(paths.REPO)
 VALID = sorted((CORPUS / "valid").glob("*.cfg")) + sorted((REPO / "xl-configs").glob("*.cfg"))
 INVALID = sorted((CORPUS / "invalid").glob("*.cfg"))
 

@@ -11,7 +11,8 @@ from xen_tvd import xlcfg
 from xen_tvd.xlcfg import XlCfgError, loads
 from xen_tvd.xlmembership import for_xl, membership
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.common.paths import REPO
+
 
 
 def test_grammar_values_comments_continuation():

@@ -33,6 +33,13 @@ EXAMPLES = [
                   network="tvd-alpha", bridge="tvd-alpha"),
     rq.PortOnline(port=PORT, uuid=UUID, tvd=None),
     rq.PortOffline(PORT), rq.Check(uuid=UUID, tvds=("alpha", "gamma"), name="web"),
+    rq.Inspect(tvds=("alpha", "gamma"), vifs=("vif3.0", "vif4.0"), mac="00:16:3e:00:00:04"),
+    rq.Inspect(tvds=("alpha",)),
+    rq.Probe(id="0123456789abcdef", phase="arm", src="10.0.0.1", dst="10.0.0.2", proto="tcp",
+             port=443, ip_id=4242, inject="vif3.0", dst_mac="00:16:3e:00:00:04",
+             watch=("vif4.0",), timeout=2.5),
+    rq.Probe(id="0123456789abcdef", phase="arm", src="10.0.0.1", dst="10.0.0.2", ip_id=1),
+    rq.Probe(id="0123456789abcdef", phase="collect"),
 ]
 
 
@@ -69,6 +76,21 @@ def test_what_the_client_sends_is_what_the_proxy_parses(req):
      "'ifname' is missing or malformed"),
     ({"op": "check", "uuid": UUID, "tvds": []}, "'tvds' must be a list of 1-64 TVD names"),
     ({"op": "port-online", "port": "nope", "uuid": UUID}, "'port' is missing or malformed"),
+    # inspect and probe answer bounded: two TVDs, two vifs, one probe of at most 10 s
+    ({"op": "inspect", "tvds": ["a", "b", "c"]}, "'tvds' must be a list of 1-2 names"),
+    ({"op": "inspect", "tvds": []}, "'tvds' must be a list of 1-2 names"),
+    ({"op": "inspect", "tvds": ["a"], "vifs": ["v1", "v2", "v3"]},
+     "'vifs' must be a list of 0-2 names"),
+    ({"op": "probe", "id": "x", "phase": "arm"}, "'id' is missing or malformed"),
+    ({"op": "probe", "id": "0123456789abcdef", "phase": "fire"}, "'phase' must be one of arm"),
+    ({"op": "probe", "id": "0123456789abcdef", "phase": "arm", "src": "fd00::1",
+      "dst": "10.0.0.2", "ip_id": 1}, "'src' must be an IPv4 address (a probe is IPv4 only)"),
+    ({"op": "probe", "id": "0123456789abcdef", "phase": "arm", "src": "10.0.0.1",
+      "dst": "10.0.0.2", "ip_id": 1, "proto": "tcp"}, "'port' must be a non-negative integer"),
+    ({"op": "probe", "id": "0123456789abcdef", "phase": "arm", "src": "10.0.0.1",
+      "dst": "10.0.0.2", "ip_id": 0}, "'ip_id' must be 1..65535"),
+    ({"op": "probe", "id": "0123456789abcdef", "phase": "arm", "src": "10.0.0.1",
+      "dst": "10.0.0.2", "ip_id": 1, "timeout": 60}, "'timeout' must be 0.1..10 seconds"),
 ])
 def test_a_bad_field_is_named(wire, error):
     with pytest.raises(ProtocolError, match=re.escape(error)):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -50,6 +52,32 @@ def _open(netns: str | None):
         return IPRoute(netns=netns, flags=0)
     except TypeError:     # pyroute2 < 0.8: no netns= on IPRoute
         return NetNS(netns, flags=0)
+
+
+def opened_inside(netns: str, factory):
+    """factory() called on a thread that has entered /run/netns/`netns` (setns is per
+    thread); what it opens (a socket) stays in that namespace and this thread never changes
+    its own."""
+    import ctypes
+    out: dict = {}
+
+    def run():
+        try:
+            fd = os.open(os.path.join("/run/netns", netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:   # NEWNET
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
+            out["sock"] = factory()
+        except BaseException as e:   # handed to the caller's thread
+            out["error"] = e
+    t = threading.Thread(target=run, name="netns-open")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["sock"]
 
 
 def describe(e: BaseException) -> str:

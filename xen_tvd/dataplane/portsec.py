@@ -81,6 +81,12 @@ def base_name(ifname: str) -> str:
     return f"p_{escape(ifname)}"
 
 
+def base_or_sub(chain: str) -> str | None:
+    """The vif a port security chain (base or sub-chain) belongs to; None: not one."""
+    m = _BASE_RE.match(chain) or _SUB_RE.match(chain)
+    return unescape(m.group(m.lastindex)) if m else None
+
+
 def sub_names(ifname: str, digest: str) -> list[str]:
     esc = escape(ifname)
     return [f"{k}_{digest}_{esc}" for k in SUBCHAINS]

@@ -19,7 +19,6 @@ import base64
 import ipaddress
 import os
 import socket
-import threading
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -29,7 +28,7 @@ from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, KeyFileError, WgDevi
 
 from . import common, sysctl
 from .common import Ctx
-from .netlink import Link, Links, describe, doing, open_ipr
+from .netlink import Link, Links, describe, doing, open_ipr, opened_inside
 from .report import ApplyReport, DataplaneError
 
 KIND = "wireguard"
@@ -57,32 +56,7 @@ def _wg_socket(netns: str | None):
     try:
         return WireGuard(netns=netns, flags=0)
     except TypeError:     # pyroute2 < 0.8: no netns= here; open it from a thread inside
-        return _opened_inside(netns, WireGuard)
-
-
-def _opened_inside(netns: str, factory):
-    """factory() called on a thread that has entered `netns` (setns is per thread); the socket
-    stays in that namespace and this thread never changes its own."""
-    import ctypes
-    out: dict = {}
-
-    def run():
-        try:
-            fd = os.open(os.path.join(sysctl.NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-            finally:
-                os.close(fd)
-            out["sock"] = factory()
-        except BaseException as e:   # handed to the caller's thread
-            out["error"] = e
-    t = threading.Thread(target=run, name="wg-netns")
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["sock"]
+        return opened_inside(netns, WireGuard)
 
 
 def _text(v) -> str | None:

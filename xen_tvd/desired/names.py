@@ -27,6 +27,9 @@ OWNED_NAME_PREFIXES = (BRIDGE_PREFIX, *UPLINK_PREFIXES, LEG_PREFIX, WIREGUARD_PR
 LEG_PEER_PREFIX = "leg-"        # router side of a router leg, in the router namespace
 EXTERNAL_PREFIX = "ext-"        # an external leg (macvlan), in the router namespace
 ROUTER_NS_PREFIX = "tvd-rtr-"   # a host's router namespace
+# the tap a probe (dataplane/probe.py) injects its one packet through: on no bridge, gone
+# with the probe's file; not among the owned prefixes, so apply() never touches one
+PROBE_PREFIX = "tvp-"
 
 # A VM's vif names its TVD as bridge=tvd:<name> (xl.cfg, xenstore backend `bridge` key, the
 # proxy protocol, libvirt <source bridge='tvd:...'/>); not a device name.

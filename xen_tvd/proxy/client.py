@@ -82,3 +82,19 @@ class ProxyClient:
 
     def check(self, uuid: str, tvds, name: str = "") -> dict:
         return self.call(rq.Check(uuid=uuid, tvds=tuple(tvds), name=name))
+
+    def inspect(self, tvds, vifs=(), mac: str | None = None) -> dict:
+        """The live kernel of one exchange here (tvdctl explain): segments, vifs, FDB, the
+        flow filter's chains for the pair and port security's rules, with counters."""
+        return self.call(rq.Inspect(tvds=tuple(tvds), vifs=tuple(vifs), mac=mac))
+
+    def probe_arm(self, pid: str, src: str, dst: str, proto: str, port: int | None, ip_id: int,
+                  inject: str | None = None, dst_mac: str | None = None, watch=(),
+                  timeout: float = 1.5) -> dict:
+        return self.call(rq.Probe(id=pid, phase="arm", src=src, dst=dst, proto=proto,
+                                  port=port, ip_id=ip_id, inject=inject, dst_mac=dst_mac,
+                                  watch=tuple(watch), timeout=timeout))
+
+    def probe_collect(self, pid: str) -> dict:
+        """Waits for the probe's outcome (at most its timeout): arrived, answered, dropped."""
+        return self.call(rq.Probe(id=pid, phase="collect"))

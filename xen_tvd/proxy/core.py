@@ -26,7 +26,7 @@ from xen_tvd.desired.names import bridge_name
 from xen_tvd.errors import Refused
 from xen_tvd.log import log
 
-from . import admission, answers, observe, requests, routes, vifs as vif_ops
+from . import admission, answers, explain, observe, requests, routes, vifs as vif_ops
 from . import ports as libvirt_ports
 from .admission import Denied
 from .authority import Authority
@@ -58,6 +58,7 @@ class ProxyCore:
         self.router_netns: str | None = None
         self.log_drops = 0                   # --log-drops: kernel log lines per second per rule
         self.counters = observe.Counters()       # status and metrics (observe.py)
+        self.probes = explain.Probes()           # tvdctl explain --probe (explain.py)
 
     @property
     def policy(self):
@@ -367,12 +368,19 @@ class ProxyCore:
     def op_check(self, req: requests.Check):
         return libvirt_ports.check(self, req.uuid, list(req.tvds), req.name)
 
+    def op_inspect(self, req: requests.Inspect):
+        return explain.inspect(self, req), None
+
+    def op_probe(self, req: requests.Probe):
+        return (explain.arm(self, req) if req.phase == "arm" else explain.collect(self, req)), None
+
     HANDLERS = {requests.Ping: op_ping, requests.Status: op_status,
                 requests.Register: op_register, requests.Unregister: op_unregister,
                 requests.Join: op_join, requests.Leave: op_leave,
                 requests.VifOnline: op_vif_online, requests.VifOffline: op_vif_offline,
                 requests.PortOnline: op_port_online, requests.PortOffline: op_port_offline,
-                requests.Check: op_check}
+                requests.Check: op_check, requests.Inspect: op_inspect,
+                requests.Probe: op_probe}
 
     def handle(self, data: bytes):
         """(response dict, rollback or None). Never raises."""

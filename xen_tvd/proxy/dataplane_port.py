@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from xen_tvd.dataplane import (ApplyReport, DataplaneError, DeviceFacts, apply, bridge_ports,
-                               drop_counters, health, identify, plug_vif, unplug_vif)
+from xen_tvd.dataplane import (ApplyReport, DataplaneError, DeviceFacts, Probe, ProbeSpec,
+                               apply, bridge_ports, drop_counters, health, identify, inspect,
+                               plug_vif, probe_leftovers, unplug_vif)
 from xen_tvd.desired.model import HostState, Segment, VifPort
 
 __all__ = ["DataplanePort", "KernelDataplane", "DataplaneError", "DeviceFacts"]
@@ -23,6 +24,9 @@ class DataplanePort(Protocol):
     def identify(self, ifname: str) -> DeviceFacts | None: ...
     def health(self, state: HostState) -> dict: ...
     def drop_counters(self) -> dict: ...
+    def inspect(self, state: HostState, tvds, vifs, mac: str | None) -> dict: ...
+    def probe(self, spec: ProbeSpec) -> Probe: ...
+    def probe_leftovers(self, router_netns: str | None, keep: set[str]) -> list[str]: ...
 
 
 class KernelDataplane:
@@ -55,3 +59,15 @@ class KernelDataplane:
     def drop_counters(self) -> dict:
         """Read-only, for status and metrics (observe.py): what the drop rules counted."""
         return drop_counters(None)
+
+    def inspect(self, state: HostState, tvds, vifs, mac: str | None) -> dict:
+        """Read-only, for tvdctl explain (explain.py): one exchange's vifs, FDB and rules."""
+        return inspect(state, tvds, vifs, mac)
+
+    def probe(self, spec: ProbeSpec) -> Probe:
+        """tvdctl explain --probe: one traced packet (arm, send, collect, close)."""
+        return Probe(spec)
+
+    def probe_leftovers(self, router_netns: str | None, keep: set[str]) -> list[str]:
+        """The tables of probes a crashed proxy left behind, removed."""
+        return probe_leftovers(None, router_netns, keep)

@@ -197,6 +197,20 @@ def _metrics_writer(args, core):
     return w
 
 
+def _remove_stale_probes(core) -> None:
+    """Tables of explain probes a crashed proxy left (their taps went with it)."""
+    from .dataplane_port import DataplaneError
+    rtr = core.applied.router.netns if core.applied is not None and core.applied.router \
+        else core.router_netns
+    try:
+        gone = core.dataplane.probe_leftovers(rtr, core.probes.ids())
+    except DataplaneError as e:
+        log("warning", "probe-leftovers", error=str(e))
+        return
+    if gone:
+        log("warning", "probe-leftovers", removed=",".join(gone))
+
+
 def run(args) -> int:
     from .daemon import Server, build_standalone   # after argparse: `--help` stays fast
     policy = None if args.master else _load(args.policy)
@@ -216,6 +230,7 @@ def run(args) -> int:
         core.router_netns = router_netns(args.host, os.path.basename(args.netns))
     core.log_drops = args.log_drops
     core.startup()
+    _remove_stale_probes(core)
     server = Server(args.socket, core)
     metrics = _metrics_writer(args, core)
     if args.master:

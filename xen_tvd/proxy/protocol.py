@@ -20,7 +20,7 @@ MAX_REQUEST = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
 
 OPS = ("ping", "register", "unregister", "join", "leave", "vif-online", "vif-offline", "status",
-       "port-online", "port-offline", "check")
+       "port-online", "port-offline", "check", "inspect", "probe")
 
 
 class ProtocolError(Exception):

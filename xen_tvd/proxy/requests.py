@@ -9,6 +9,7 @@ copy against these classes.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from xen_tvd.desired.patterns import IFNAME_RE, MAC_RE, NAME_RE, UUID_RE
@@ -309,12 +310,104 @@ class Check:
         return _wire(self.OP, uuid=self.uuid, name=self.name, tvds=list(self.tvds))
 
 
+def _names(req: dict, key: str, pattern, most: int, least: int = 0) -> tuple[str, ...]:
+    v = req.get(key) or []
+    if not isinstance(v, list) or not least <= len(v) <= most or not all(
+            isinstance(x, str) and pattern.match(x) for x in v):
+        raise ProtocolError(f"'{key}' must be a list of {least}-{most} names, got {v!r}")
+    return tuple(v)
+
+
+@dataclass(frozen=True)
+class Inspect:
+    """tvdctl explain's live-kernel step: what this host's kernel does for one exchange.
+    Read-only; the answer is bounded (two TVDs, two vifs, one MAC)."""
+    OP = "inspect"
+    tvds: tuple[str, ...]             # 1-2 TVD names: the source's, the destination's
+    vifs: tuple[str, ...] = ()        # 0-2 ifnames: the endpoints' vifs here
+    mac: str | None = None            # the destination's MAC: its FDB entry on these vSwitches
+
+    @classmethod
+    def parse(cls, req: dict) -> "Inspect":
+        return cls(tvds=_names(req, "tvds", NAME_RE, 2, 1), vifs=_names(req, "vifs", IFNAME_RE, 2),
+                   mac=_mac(req.get("mac")))
+
+    def to_wire(self) -> dict:
+        return _wire(self.OP, tvds=list(self.tvds), vifs=list(self.vifs), mac=self.mac)
+
+
+PROBE_PHASES = ("arm", "collect")
+PROBE_PROTOCOLS = ("icmp", "tcp", "udp")
+MAX_PROBE_TIMEOUT = 10.0
+PROBE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """tvdctl explain --probe --yes: one real packet, traced. `arm` on every host involved
+    (with `inject`: this host sends it from that vif right away), then `collect` on each."""
+    OP = "probe"
+    id: str                               # 16 hex digits, chosen by the client
+    phase: str = "arm"
+    src: str | None = None                # arm: IPv4 addresses of the exchange
+    dst: str | None = None
+    proto: str = "icmp"
+    port: int | None = None
+    ip_id: int | None = None              # 1..65535: marks the packet
+    inject: str | None = None             # a vif of this proxy: send from it
+    dst_mac: str | None = None            # the destination's MAC (same TVD); routed: the leg's
+    watch: tuple[str, ...] = ()           # vifs of this proxy: arrival and answers
+    timeout: float = 1.5                  # seconds the probe waits for its outcome
+
+    @classmethod
+    def parse(cls, req: dict) -> "Probe":
+        pid = _str(req, "id", PROBE_ID_RE)
+        phase = req.get("phase")
+        if phase not in PROBE_PHASES:
+            raise ProtocolError(f"'phase' must be one of {', '.join(PROBE_PHASES)}, got {phase!r}")
+        if phase == "collect":
+            return cls(id=pid, phase=phase)
+        addrs = []
+        for k in ("src", "dst"):
+            v = req.get(k)
+            try:
+                addrs.append(str(ipaddress.IPv4Address(v)))
+            except (ValueError, TypeError):
+                raise ProtocolError(f"'{k}' must be an IPv4 address (a probe is IPv4 only), "
+                                    f"got {v!r}") from None
+        proto = req.get("proto") or "icmp"
+        if proto not in PROBE_PROTOCOLS:
+            raise ProtocolError(f"'proto' must be one of {', '.join(PROBE_PROTOCOLS)}")
+        port = _int(req, "port", required=proto != "icmp")
+        if port is not None and not 1 <= port <= 65535:
+            raise ProtocolError(f"'port' must be 1..65535, got {port}")
+        ip_id = _int(req, "ip_id")
+        if not 1 <= ip_id <= 65535:
+            raise ProtocolError(f"'ip_id' must be 1..65535, got {ip_id}")
+        timeout = req.get("timeout", 1.5)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0.1 <= timeout <= MAX_PROBE_TIMEOUT:
+            raise ProtocolError(f"'timeout' must be 0.1..{MAX_PROBE_TIMEOUT:g} seconds")
+        return cls(id=pid, phase=phase, src=addrs[0], dst=addrs[1], proto=proto,
+                   port=port if proto != "icmp" else None, ip_id=ip_id,
+                   inject=_str(req, "inject", IFNAME_RE, required=False),
+                   dst_mac=_mac(req.get("dst_mac")), watch=_names(req, "watch", IFNAME_RE, 2),
+                   timeout=float(timeout))
+
+    def to_wire(self) -> dict:
+        if self.phase == "collect":
+            return _wire(self.OP, id=self.id, phase=self.phase)
+        return _wire(self.OP, id=self.id, phase=self.phase, src=self.src, dst=self.dst,
+                     proto=self.proto, port=self.port, ip_id=self.ip_id, inject=self.inject,
+                     dst_mac=self.dst_mac, watch=list(self.watch), timeout=self.timeout)
+
+
 Request = (Ping | Status | Register | Unregister | Join | Leave | VifOnline | VifOffline
-           | PortOnline | PortOffline | Check)
+           | PortOnline | PortOffline | Check | Inspect | Probe)
 
 BY_OP: dict[str, type] = {c.OP: c for c in (Ping, Status, Register, Unregister, Join, Leave,
                                              VifOnline, VifOffline, PortOnline, PortOffline,
-                                             Check)}
+                                             Check, Inspect, Probe)}
 
 
 def parse(obj: dict) -> "Request":

@@ -83,7 +83,6 @@ def test_every_cell_of_the_flows_matrix_gets_its_verdict_and_dropping_rule(flows
     import concurrent.futures
     policy = load_policy(FLOWS_POLICY)
     source = LabSource(flows.name, policy)
-    source.states()                       # the plan, once, before the workers share it
     eps = source.endpoints()
     assert len(eps) == 8
     by_pair: dict = {}

@@ -4,11 +4,13 @@ address. The answer, in order: disagreements between policy and kernel first (a 
 policy (TVDs, flow entry, the deciding rule, indirect paths); the plan (hosts, segments and
 their transport, router legs, MTU); the live kernel of each host involved; the probe.
 
-Sources: `--lab SPEC` (a running lab: plan, kernel and probes), `--socket PATH --policy FILE`
-(a standalone tvd-proxy: its status is the kernel's view), `--master URL` with an admin
-certificate (policy, admissions and carrying hosts from the master; add `--socket` for the live
-view of this Dom0). Exit 0 when the exchange is allowed (and, probed, arrived), 1 when it is not
-or policy and kernel disagree, 2 usage.
+Sources: `--lab SPEC` (a running lab: its proxies' live plan and kernel, probes from its VMs),
+`--socket PATH --policy FILE` (standalone tvd-proxies, one socket per host: their live plan and
+kernel through the proxy's `inspect` request; `--probe --yes` sends one real packet from the
+source vif through the proxies' `probe` request), `--master URL` with an admin certificate
+(policy, admissions and carrying hosts from the master; `--socket` for the live view of the
+hosts whose proxies are given). Exit 0 when the exchange is allowed (and, probed, arrived), 1
+when it is not or policy and kernel disagree, 2 usage.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import sys
 
 from xen_tvd.errors import Refused, UsageError
 from xen_tvd.planner.explain import PROTOCOLS, explain as explain_policy
+
+from .explain_sources import MasterSource, ProxySource
 
 
 # ---- endpoints -----------------------------------------------------------------------------
@@ -57,6 +61,43 @@ def resolve(endpoints: list[dict], text: str, policy) -> dict:
 
 # ---- the answer ----------------------------------------------------------------------------
 
+def _plan_vs_policy(pol: dict, src: dict, dst: dict, kernel: dict) -> list[str]:
+    """Where a proxy's live plan for the pair (what it applied) is not what the policy says."""
+    out = []
+    if src["tvd"] == dst["tvd"]:
+        return out
+    pair = f"{src['tvd']}->{dst['tvd']}"
+    e = pol.get("entry") or {}
+    passes = pol["drop"] not in ("no-route", "closed")
+    want = pol["flow"] if passes else "not routed" if pol["drop"] == "no-route" else "closed"
+    for host, k in kernel.items():
+        live = (k.get("flows") or {}).get(pair) if "error" not in k else None
+        if live is None:
+            continue
+        have = live["plan"]
+        if not passes:
+            if have in ("open", "controlled"):
+                out.append(f"host {host}: the policy says {pair} is {want}, tvd-proxy's plan "
+                           f"there says {have}")
+            continue
+        if have == "not routed here":
+            if host == src.get("host"):     # the source's host routes its VMs' packets
+                out.append(f"host {host}: the policy says {pair} is {want}, but tvd-proxy's "
+                           "plan there routes nothing for it")
+            continue
+        if have != want:
+            out.append(f"host {host}: the policy says {pair} is {want}, tvd-proxy's plan "
+                       f"there says {have}")
+        elif have == "controlled":
+            for half in ("sender", "receiver"):
+                planned = (live.get(half) or {}).get("planned")
+                if planned is not None and planned != e.get(half):
+                    out.append(f"host {host}: the policy's {half} half of {pair} allows "
+                               f"{', '.join(e.get(half) or []) or 'nothing'}, tvd-proxy's "
+                               f"plan there {', '.join(planned) or 'nothing'}")
+    return out
+
+
 def disagreements(pol: dict, kernel: dict, probe: dict | None, src: dict, dst: dict) -> list[str]:
     """Where what the kernel does is not what the policy says: each one is a bug."""
     out = []
@@ -64,18 +105,29 @@ def disagreements(pol: dict, kernel: dict, probe: dict | None, src: dict, dst: d
         if "error" in k:
             out.append(f"host {host}: kernel not readable: {k['error']}")
             continue
+        if "unasked" in k:
+            continue
         for ifname, v in (k.get("vifs") or {}).items():
             if v.get("problem"):
                 out.append(f"host {host}: {v['problem']}")
+        for e in (src, dst):
+            v = (k.get("vifs") or {}).get(e.get("vif") or "")
+            if e.get("host") == host and v and v.get("tvd") not in (None, e["tvd"]):
+                out.append(f"host {host}: {e['vif']} of {e.get('vm')} is in TVD {v['tvd']} "
+                           f"there, not {e['tvd']}")
         for tvd, problems in (k.get("segments") or {}).items():
             out += [f"host {host}: segment {tvd}: {p}" for p in problems]
+        for pair, f in (k.get("flows") or {}).items():
+            out += [f"host {host}: {p}" for p in f.get("problems") or ()]
+    out += _plan_vs_policy(pol, src, dst, kernel)
     if probe is not None:
         if pol["allowed"] and not probe["arrived"]:
             where = "; ".join(_drop_text(d) for d in probe["drops"]) or "no drop rule counted it"
             out.append(f"the policy allows {pol['what']} but the probe did not arrive ({where})")
         elif not pol["allowed"] and probe["arrived"] and pol["drop"] != "reply":
             out.append(f"the policy forbids {pol['what']} but the probe arrived")
-        elif not pol["allowed"] and pol["drop"] not in (None, "no-route"):
+        elif not pol["allowed"] and pol["drop"] not in (None, "no-route") and not (
+                pol["drop"] == "reply" and probe["arrived"]):
             rules = {d["reason"] for d in probe["drops"] if d["where"] == "flow filter"}
             if pol["drop"] not in rules:
                 out.append(f"the policy's {pol['drop']} rule should have dropped it; counted: "
@@ -86,7 +138,9 @@ def disagreements(pol: dict, kernel: dict, probe: dict | None, src: dict, dst: d
 def _drop_text(d: dict) -> str:
     pair = f" {d['from']}->{d['to']}" if d["where"] == "flow filter" else \
         f" {d['from']}" if d["from"] else ""
-    return f"{d['where']} on {d['host']}: {d['reason']}{pair} +{d['packets']}"
+    n = f" +{d['packets']}" if d.get("packets") is not None else ""
+    return f"{d['where']} on {d['host']}: {d['reason']}{pair}{n}" + \
+        (f" ({d['rule']})" if d.get("rule") else "")
 
 
 def run(source, policy, src_text: str, dst_text: str, proto: str, port: int | None,
@@ -98,9 +152,8 @@ def run(source, policy, src_text: str, dst_text: str, proto: str, port: int | No
     if src.get("host") is None:
         raise UsageError(f"{src_text}: the source must be a VM NIC this source knows")
     pol = explain_policy(policy, src["tvd"], dst["tvd"], proto, port)
-    ends = [e for e in (src, dst) if e.get("host")]
-    plan = source.plan(ends)
     kernel = source.kernel(src, dst)
+    plan = source.plan(src, dst)
     pr = source.probe(src, dst, proto, port, probe_timeout) if probe else None
     dis = disagreements(pol, kernel, pr, src, dst)
     ok = pol["allowed"] and not dis and (pr is None or pr["arrived"])
@@ -116,7 +169,25 @@ def _ep(e: dict) -> str:
     return f"{e.get('vm') or e['address']}{nic}{addr} (TVD {e['tvd']}{where})"
 
 
+def _flow_line(pair: str, f: dict) -> str:
+    text = f"  flow filter {pair}: {f['plan']}"
+    if f["plan"] == "controlled":
+        halves = []
+        for half in ("sender", "receiver"):
+            h = f.get(half) or {}
+            k = h.get("kernel")
+            halves.append(f"{half} {', '.join(h.get('planned') or []) or 'nothing'} in "
+                          f"{h.get('chain')}" + (": missing" if k is None else
+                                                 ", as planned" if k == h.get("planned") else
+                                                 f": the kernel has {', '.join(k) or 'nothing'}"))
+        text += " (" + "; ".join(halves) + ")"
+    if f["plan"] != "not routed here" and f.get("replies") is False:
+        text += ", no replies"
+    return text
+
+
 def render(r: dict) -> list[str]:
+    from xen_tvd.cli.status import transport
     p = r["policy"]
     out = [f"{_ep(r['src'])} -> {_ep(r['dst'])}, {p['what']}: {r['verdict'].upper()}"]
     for d in r["disagreements"]:
@@ -136,10 +207,14 @@ def render(r: dict) -> list[str]:
     for path in p["indirect"]:
         out.append(f"  indirect path the verifier knows: {path}")
     for host, h in r["plan"].items():
-        out.append(f"plan on {host}:")
+        out.append(f"plan on {host}" + (" (what its tvd-proxy applied):" if h.get("live")
+                                        else ":"))
+        if h.get("unasked"):
+            out.append(f"  not asked: {h['unasked']}")
         for tvd, s in h.get("segments", {}).items():
-            from xen_tvd.cli.status import transport
             out.append(f"  {tvd}: {s['bridge']}, {transport(s)}, mtu {s['mtu']}")
+        for tvd in h.get("missing", ()):
+            out.append(f"  {tvd}: no segment here")
         for tvd, gw in h.get("router", {}).items():
             out.append(f"  router leg {tvd}: {', '.join(gw) if isinstance(gw, list) else gw}")
         if h.get("carriers"):
@@ -148,6 +223,9 @@ def render(r: dict) -> list[str]:
         out.append(f"kernel on {host}:")
         if "error" in k:
             out.append(f"  unreadable: {k['error']}")
+            continue
+        if "unasked" in k:
+            out.append(f"  not asked: {k['unasked']}")
             continue
         for ifname, v in (k.get("vifs") or {}).items():
             out.append(f"  {ifname}: on {v.get('bridge') or 'no bridge'}"
@@ -160,6 +238,9 @@ def render(r: dict) -> list[str]:
                 f"via {x['port']}" + (f" to {x['remote']}" if x.get("remote") else "")
                 for x in entries) if isinstance(entries, list) and entries
                 else "not learned (flooded)" if isinstance(entries, list) else str(entries)))
+        first = f"{r['src']['tvd']}->{r['dst']['tvd']}"     # the asked direction first
+        for pair, f in sorted((k.get("flows") or {}).items(), key=lambda x: x[0] != first):
+            out.append(_flow_line(pair, f))
         for name in ("flow_counters", "port_counters"):
             c = k.get(name) or {}
             if c:   # the zero ones are in --json
@@ -171,127 +252,17 @@ def render(r: dict) -> list[str]:
                    + f" ({pr['detail']})")
         for d in pr["drops"]:
             out.append(f"  dropped by {_drop_text(d)}")
+        for host, path in (pr.get("trace") or {}).items():
+            out.append(f"  trace on {host}: " + ("; ".join(path) or "the packet did not get "
+                                                                 "there"))
     return out
 
 
-# ---- sources -------------------------------------------------------------------------------
-
-class ProxySource:
-    """A standalone (or master-mode) tvd-proxy on this Dom0: its status is the kernel's view."""
-    kind = "proxy"
-
-    def __init__(self, socket_path: str | None) -> None:
-        from xen_tvd.proxy.client import ProxyClient, ProxyUnreachable
-        try:
-            self.st = ProxyClient(socket_path).status()
-        except (Refused, ProxyUnreachable) as e:
-            raise Refused(str(e)) from None
-
-    def endpoints(self) -> list[dict]:
-        out = []
-        for v in self.st.get("vifs", []):
-            nic = f"eth{v['devid']}" if v.get("devid") is not None else v["ifname"]
-            addrs = v.get("addresses") or []
-            out.append({"key": f"{v.get('vm') or v.get('uuid')}/{nic}", "vm": v.get("vm"),
-                        "uuid": v.get("uuid"), "nic": nic, "vif": v["ifname"], "tvd": v["tvd"],
-                        "address": addrs[0].split("/")[0] if addrs else None,
-                        "mac": v.get("mac"), "host": self.st["host"]})
-        return out
-
-    def plan(self, ends: list[dict]) -> dict:
-        tvds = {e["tvd"] for e in ends}
-        here = [e for e in ends if e["host"] == self.st["host"]]
-        if not here:
-            return {}
-        return {self.st["host"]: {"segments": {s["tvd"]: s for s in self.st.get("segments", [])
-                                               if s["tvd"] in tvds},
-                                  "router": {t: "leg" for t in self.st.get("router", [])
-                                             if t in tvds}}}
-
-    def kernel(self, src: dict, dst: dict) -> dict:
-        host = self.st["host"]
-        mine = [e for e in (src, dst) if e.get("host") == host]
-        if not mine:
-            return {}
-        vifs = {v["ifname"]: v for v in self.st.get("vifs", [])}
-        segs = {s["tvd"]: s.get("problems", []) for s in self.st.get("segments", [])}
-        tvds = {e["tvd"] for e in (src, dst)}
-        drops = self.st.get("drops") or {}
-        entry = {"segments": {t: segs.get(t, [f"no segment for {t} here"]) for t in
-                              {e["tvd"] for e in mine}},
-                 "vifs": {}, "flow_counters": {
-                     f"{d['reason']} {d['from']}->{d['to']}": d["packets"]
-                     for d in drops.get("flows", []) if {d["from"], d["to"]} == tvds
-                     and len(tvds) == 2},
-                 "port_counters": {f"{d['ifname']} {d['reason']}": d["packets"]
-                                   for d in drops.get("ports", [])
-                                   if d["ifname"] in {e["vif"] for e in mine}}}
-        bridges = {s["tvd"]: s["bridge"] for s in self.st.get("segments", [])}
-        for e in mine:
-            v = vifs.get(e["vif"], {})
-            on = v.get("attached_to")
-            want = bridges.get(e["tvd"])
-            entry["vifs"][e["vif"]] = {"bridge": on, "problem": None if on == want else
-                                       f"{e['vif']} is on {on or 'no bridge'}, not on {want}"}
-        return {host: entry}
-
-    def probe(self, *a, **k):
-        raise UsageError("--probe runs in a lab (tvdctl explain --lab SPEC); probing real hosts "
-                         "is not implemented")
-
-
-class MasterSource(ProxySource):
-    """The master: policy, admitted NICs and carrying hosts; this Dom0's proxy (--socket) for
-    the live view of the NICs it carries."""
-    kind = "master"
-
-    def __init__(self, client, socket_path: str | None) -> None:
-        from xen_tvd.master.client import MasterError
-        try:
-            self.adm = client.call("GET", "/v1/admissions")["admissions"]
-            self.tvds = {t["name"]: t for t in client.call("GET", "/v1/tvds")["tvds"]}
-            self.policy_text = client.call("GET", "/v1/policy")
-        except MasterError as e:
-            raise Refused(str(e)) from None
-        self.st = None
-        if socket_path:
-            super().__init__(socket_path)
-
-    def policy(self):
-        from xen_tvd.master.service import verify_policy_text
-        pol, diags = verify_policy_text(self.policy_text["yaml"], self.policy_text["name"])
-        if pol is None:
-            raise Refused("the master's policy does not verify here: " + "; ".join(diags[:3]))
-        return pol
-
-    def endpoints(self) -> list[dict]:
-        live = {(e["host"], e["vif"]): e for e in (super().endpoints() if self.st else [])}
-        out = []
-        for a in self.adm:
-            if a["state"] != "admitted" or not a.get("ifname"):
-                continue
-            e = live.get((a["host"], a["ifname"]))
-            out.append({"key": f"{a.get('name') or a['vm']}/{a['ifname']}",
-                        "vm": a.get("name") or a["vm"], "uuid": a["vm"],
-                        "nic": e["nic"] if e else a["ifname"], "vif": a["ifname"],
-                        "tvd": a["tvd"], "address": e["address"] if e else None,
-                        "mac": e["mac"] if e else None, "host": a["host"]})
-        return out
-
-    def plan(self, ends: list[dict]) -> dict:
-        out = {e["host"]: {"carriers": [], "segments": {}, "router": {}} for e in ends}
-        for h in out:
-            out[h]["carriers"] = sorted(t for t, x in self.tvds.items() if h in x["hosts"])
-        if self.st is not None:     # this Dom0's segments and legs, next to the carriers
-            for h, v in super().plan(ends).items():
-                out.setdefault(h, {}).update(v)
-        return out
-
-    def kernel(self, src: dict, dst: dict) -> dict:
-        return super().kernel(src, dst) if self.st is not None else {}
-
-
 # ---- command -------------------------------------------------------------------------------
+
+YES_NEEDED = ("--probe sends one real packet from {src}'s vif to {dst} on a real host: {dst}'s "
+              "VM receives it and answers {src}'s. Add --yes to send it")
+
 
 def _source(a):
     from xen_tvd.policy import PolicyInvalid, load_policy
@@ -328,15 +299,31 @@ def cmd_explain(a) -> int:
     from xen_tvd.lab.common import LabError
     if (a.port is None) != (a.proto in (None, "icmp")):
         raise UsageError("tcp and udp need --port N; icmp takes none")
+    if a.probe and not a.lab and not a.yes:
+        raise UsageError(YES_NEEDED.format(src=a.src, dst=a.dst))
+    if a.yes and not a.probe:
+        raise UsageError("--yes confirms --probe; give both")
     proto = a.proto or "icmp"
     try:
         source, policy = _source(a)
-        r = run(source, policy, a.src, a.dst, proto, a.port, a.probe)
+        r = run(source, policy, a.src, a.dst, proto, a.port, a.probe,
+                a.probe_timeout if a.probe_timeout is not None else 1.5)
     except (Refused, LabError) as e:
         print(f"tvdctl explain: {e}", file=sys.stderr)
         return 1
     print(json.dumps(r, indent=1, sort_keys=True) if a.json else "\n".join(render(r)))
     return 0 if r["verdict"] == "allowed" else 1
+
+
+def _timeout(text: str) -> float:
+    import argparse
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.1 <= v <= 10:
+        raise argparse.ArgumentTypeError("seconds, 0.1..10")
+    return v
 
 
 def add_parser(sub) -> None:
@@ -347,11 +334,17 @@ def add_parser(sub) -> None:
     s.add_argument("dst", metavar="DST")
     s.add_argument("--proto", choices=PROTOCOLS, help="default icmp")
     s.add_argument("--port", type=int, metavar="N", help="tcp/udp destination port")
-    s.add_argument("--probe", action="store_true", help="send one real packet (a lab) and say "
-                                                        "where it died or that it arrived")
+    s.add_argument("--probe", action="store_true",
+                   help="send one real packet and say where it was dropped or that it arrived "
+                        "(a real host: with --yes)")
+    s.add_argument("--yes", action="store_true",
+                   help="with --probe on real hosts: yes, send a real packet from SRC's vif")
+    s.add_argument("--probe-timeout", type=_timeout, metavar="S",
+                   help="seconds a probe waits for its outcome (default 1.5)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--lab", metavar="SPEC", help="a running lab (tvdctl lab up SPEC)")
-    s.add_argument("--socket", metavar="PATH", help="this Dom0's tvd-proxy socket")
+    s.add_argument("--socket", metavar="PATH", action="append",
+                   help="a tvd-proxy socket (repeat: one per host; default this Dom0's)")
     s.add_argument("--policy", metavar="FILE", help="a standalone proxy's policy file")
     s.add_argument("--master", metavar="URL", help="ask this tvd-master (admin certificate)")
     s.add_argument("--ca", default=env("TVD_MASTER_CA"))

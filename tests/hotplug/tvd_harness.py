@@ -303,6 +303,14 @@ class Lab:
         assert not errors, errors
 
 
+def register(proxy: "Proxy", vm: Vm, props: dict) -> None:
+    """The VM's registration (its name and the properties it states), as `tvdctl xl create`
+    sends it to a standalone proxy."""
+    from xen_tvd.proxy import requests as rq
+    r = proxy.client.send(rq.Register(vm.uuid, vm.name, properties=props))
+    assert r["ok"], r
+
+
 def leftover_namespaces() -> list[str]:
     """Namespaces this process created and did not remove."""
     out = ip("netns", "list").stdout

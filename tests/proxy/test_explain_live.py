@@ -6,25 +6,14 @@ nftables trace names, or arrived. The kernel is tampered with to see disagreemen
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
-import tvd_harness
-from test_routed_proxy import POLICY, hotplug_all, scene  # noqa: F401  (scene: the fixture)
-from tvd_harness import REPO, ip, sh
 
 from xen_tvd.errors import Refused
-from xen_tvd.proxy import requests as rq
 
-
-def tvdctl(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xen_tvd.cli.tvdctl", *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-
-
-def register(p, vm, props):
-    r = p.client.send(rq.Register(vm.uuid, vm.name, properties=props))
-    assert r["ok"], r
+from tests.cli.cli_helpers import tvdctl
+from tests.hotplug import tvd_harness
+from tests.hotplug.tvd_harness import register, sh
+from tests.proxy.master_lab import ROUTED_POLICY as POLICY
+from tests.proxy.routed_helpers import hotplug_all
 
 
 def declare_address(lab, vm) -> None:

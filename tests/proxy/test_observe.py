@@ -11,16 +11,10 @@ import time
 
 import pytest
 
-from xen_tvd.proxy import requests as rq
+from tests.hotplug.tvd_harness import REPO, ip, register, sh
 
-from tests.hotplug.tvd_harness import REPO, ip, sh
-
+from tests.cli.cli_helpers import tvdctl
 from tests.master.metrics_helpers import scrape_until, value
-
-
-def register(p, vm, props):
-    r = p.client.send(rq.Register(vm.uuid, vm.name, properties=props))
-    assert r["ok"], r
 
 
 def forge_and_ping(lab, vm, peer_ip: str, peer_mac: str, n: int) -> None:
@@ -107,11 +101,6 @@ def test_bad_log_drops_and_metrics_options_are_refused_in_one_line(lab, tmp_path
         assert rc == 2, (args, p.log())
         assert "Traceback" not in p.log()
         p.stop()
-
-
-def tvdctl(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xen_tvd.cli.tvdctl", *args], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
 
 
 def test_tvdctl_status_shows_head_end_replication_remotes_drops_and_exits_1_when_degraded(

@@ -272,6 +272,13 @@ DOMU_INIT = r"""#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+# This script is PID 1, so it must do init's part of an orderly shutdown: `xl reboot` /
+# `xl shutdown` make the guest kernel run /sbin/reboot or /sbin/poweroff, and busybox's
+# signal PID 1 (reboot: TERM, poweroff: USR2, halt: USR1). The kernel drops signals PID 1 has
+# no handler for, so without these traps the guest ignored `xl reboot` (docs/test-tiers.md).
+trap 'echo "@@guest reboot requested"; reboot -f' TERM
+trap 'echo "@@guest poweroff requested"; poweroff -f' USR2
+trap 'echo "@@guest halt requested"; poweroff -f' USR1
 for a in $(cat /proc/cmdline); do
     case "$a" in tvd_ip=*) IP=${a#tvd_ip=};; tvd_ip1=*) IP1=${a#tvd_ip1=};; tvd_onlink=*) ONLINK=${a#tvd_onlink=};;
                  tvd_peers=*) PEERS=${a#tvd_peers=};; tvd_name=*) NAME=${a#tvd_name=};; esac

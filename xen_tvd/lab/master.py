@@ -28,7 +28,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -83,16 +82,6 @@ def master_cli(name: str, *args: str, stdin: str | None = None) -> str:
     return r.stdout
 
 
-def _master_listening(ns: str) -> bool:
-    with nsutil.entered(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(0.5)
-        return s.connect_ex((MASTER_IP, MASTER_PORT)) == 0
-    finally:
-        s.close()
-
-
 def start_masters(name: str, replicas: int, log: Log) -> list[str]:
     """The master(s) serving; their URLs (`replicas: N` > 1: N replicas on etcd, replicas.py)."""
     if replicas > 1:
@@ -104,7 +93,7 @@ def start_masters(name: str, replicas: int, log: Log) -> list[str]:
 
 def start_master(name: str, log: Log) -> None:
     paths, ns = Paths(name), master_ns(name)
-    if running(paths.master_pid, MASTER_MODULE, paths.master) and _master_listening(ns):
+    if running(paths.master_pid, MASTER_MODULE, paths.master) and nsutil.tcp_listening(ns, MASTER_IP, MASTER_PORT):
         return
     stop([p for p in strays(name) if paths.master in cmdline_args(p)])
     master_cli(name, "init", "--url", URL)    # idempotent: "already initialised"
@@ -114,7 +103,7 @@ def start_master(name: str, log: Log) -> None:
     while time.monotonic() < deadline:
         if p.poll() is not None:
             raise LabError(f"tvd-master exited {p.returncode}: {log_tail(paths.master_log)}")
-        if _master_listening(ns):
+        if nsutil.tcp_listening(ns, MASTER_IP, MASTER_PORT):
             log(f"tvd-master serving {URL} in {ns} (pid {p.pid})")
             return
         time.sleep(0.1)

@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import os
 import signal
+import socket
 import threading
 
 from pyroute2 import NetlinkError, NetNS, netns
@@ -359,3 +360,14 @@ def delete_link(nsname: str, ifname: str) -> None:
         if idx:
             with contextlib.suppress(NetlinkError):
                 ns.link("del", index=idx[0])
+
+
+def tcp_listening(ns: str, ip: str, port: int) -> bool:
+    """Does something in namespace `ns` accept TCP connections on ip:port (0.5 s bound)?"""
+    with entered(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        return s.connect_ex((ip, port)) == 0
+    finally:
+        s.close()

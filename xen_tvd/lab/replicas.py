@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -126,16 +125,6 @@ def start_etcd(name: str, ns: str, n: int, log: Log) -> None:
     log(f"etcd: {n} members in {ns}")
 
 
-def _listening(ns: str, ip: str, port: int) -> bool:
-    with nsutil.entered(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(0.5)
-        return s.connect_ex((ip, port)) == 0
-    finally:
-        s.close()
-
-
 def start(name: str, ns: str, n: int, mgmt_net, bridge: str, port: int, log: Log) -> list[str]:
     """etcd, then N replicas serving; returns their URLs (replica 0 first)."""
     nsutil.ensure_addresses(ns, bridge, [f"{replica_ip(mgmt_net, i)}/{mgmt_net.prefixlen}"
@@ -152,13 +141,13 @@ def start(name: str, ns: str, n: int, mgmt_net, bridge: str, port: int, log: Log
     for i in range(n):
         d = replica_dir(name, i)
         pid_file = replica_pid(name, i)
-        if _pid_of(pid_file, MASTER_MODULE, d) and _listening(ns, replica_ip(mgmt_net, i), port):
+        if _pid_of(pid_file, MASTER_MODULE, d) and nsutil.tcp_listening(ns, replica_ip(mgmt_net, i), port):
             continue
         procs[i] = spawn(["ip", "netns", "exec", ns, sys.executable, "-m", MASTER_MODULE,
                           "--dir", d, "serve"], replica_log(name, i), pid_file)
     deadline = time.monotonic() + START_TIMEOUT
     for i, p in procs.items():
-        while not _listening(ns, replica_ip(mgmt_net, i), port):
+        while not nsutil.tcp_listening(ns, replica_ip(mgmt_net, i), port):
             if p.poll() is not None or time.monotonic() > deadline:
                 stop([q.pid for q in procs.values()])
                 raise LabError(f"tvd-master replica {i} did not listen on {us[i]}: "

@@ -87,6 +87,8 @@ DEFAULT_MODULES = ("8021q", "vxlan", "bridge", "br_netfilter", "veth", "nf_table
                    "nft_chain_nat", "nf_conntrack", "nft_ct", "nft_reject_bridge", "sch_ingress",
                    "ip_gre", "macvlan", "wireguard")
 MARK = "@@vmtier"
+# seconds the guest's proxy clients wait for an answer (TVD_PROXY_TIMEOUT; tier 3 uses the same)
+PROXY_TIMEOUT = 30
 # Two virtio-net NICs on a qemu hub of their own (no host backend, so nothing leaves qemu):
 # a wire between two NICs with a real driver, for the VLAN tests (offloads, VLAN filter, the
 # driver's tagging). The guest finds them by MAC and exports their names in TVD_VM_WIRE.
@@ -268,6 +270,10 @@ done
 export TVD_VM_WIRE="${{wire# }}"
 echo "{mark} wire NICs: $TVD_VM_WIRE"
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TMPDIR=/tmp HOME=/tmp CI="${{CI:-}}"
+# clients that stand in for vif-tvd (the labs' attach) wait as long as tier 3's vif-tvd: a
+# TVD's first vif-online (bridges, nftables tables, router) takes 10-12 s under TCG with four
+# lab proxies on two vCPUs, and the 10 s default made `lab up` fail (docs/test-tiers.md)
+export TVD_PROXY_TIMEOUT={proxy_timeout}
 export PATH={pathprefix}:/usr/sbin:/usr/bin:/sbin:/bin
 cd {project}
 echo "{mark} inner-start $(cut -d' ' -f1 /proc/uptime)"
@@ -290,7 +296,7 @@ def write_guest_script(results: Path, python: str, project: Path, pytest_args: l
     script = GUEST_SCRIPT.format(
         results=shlex.quote(str(results)), mark=MARK, modules=" ".join(modules),
         image="1" if units else "", binds=binds, project=shlex.quote(str(project)),
-        wire_macs=" ".join(WIRE_MACS),
+        wire_macs=" ".join(WIRE_MACS), proxy_timeout=PROXY_TIMEOUT,
         pathprefix=shlex.quote(str(Path(python).parent)), python=shlex.quote(python),
         forbid=" ".join(f"--vm-forbid-skip={shlex.quote(f)}" for f in forbid_skip),
         pytest_args=" ".join(shlex.quote(a) for a in pytest_args))

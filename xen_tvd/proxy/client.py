@@ -10,7 +10,7 @@ from __future__ import annotations
 from xen_tvd.errors import Refused
 
 from . import requests as rq
-from .protocol import DEFAULT_TIMEOUT, ProxyUnreachable, request, socket_path
+from .protocol import ProxyUnreachable, default_timeout, request, socket_path
 
 __all__ = ["ProxyClient", "ProxyRefused", "ProxyUnreachable"]
 
@@ -24,9 +24,9 @@ class ProxyRefused(Refused):
 
 
 class ProxyClient:
-    def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, path: str | None = None, timeout: float | None = None) -> None:
         self.path = path or socket_path()
-        self.timeout = timeout
+        self.timeout = default_timeout() if timeout is None else timeout
 
     def send(self, req: "rq.Request") -> dict:
         """The whole answer, ok or not (for callers that report refusals themselves)."""

@@ -17,7 +17,7 @@ from xen_tvd.desired.patterns import NAME_RE
 VERSION = 1
 DEFAULT_SOCKET = "/run/xen-tvd/proxy.sock"
 MAX_REQUEST = 64 * 1024
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 10.0     # seconds; TVD_PROXY_TIMEOUT overrides it, as for vif-tvd
 
 OPS = ("ping", "register", "unregister", "join", "leave", "vif-online", "vif-offline", "status",
        "port-online", "port-offline", "check", "inspect", "probe")
@@ -33,6 +33,19 @@ class ProxyUnreachable(Exception):
 
 def socket_path() -> str:
     return os.environ.get("TVD_PROXY_SOCKET") or DEFAULT_SOCKET
+
+
+def default_timeout() -> float:
+    """How long a client waits for the proxy's answer: TVD_PROXY_TIMEOUT (seconds), the same
+    variable vif-tvd reads, else DEFAULT_TIMEOUT. The callers that stand in for vif-tvd (the
+    lab's attach, tvdctl xl) then wait as long as the hotplug script would: under software
+    emulation a TVD's first vif-online (bridges, nftables tables, router) takes 10 s and more
+    (docs/test-tiers.md), on real hardware well under one."""
+    try:
+        t = float(os.environ.get("TVD_PROXY_TIMEOUT") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return t if t > 0 else DEFAULT_TIMEOUT
 
 
 def encode(obj: dict) -> bytes:
@@ -68,9 +81,11 @@ def tvd_from_bridge(bridge: str | None) -> str | None:
     return name
 
 
-def request(obj: dict, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """Send one request, return the response object (ok or not). ProxyUnreachable otherwise."""
+def request(obj: dict, path: str | None = None, timeout: float | None = None) -> dict:
+    """Send one request, return the response object (ok or not). ProxyUnreachable otherwise.
+    `timeout` None: default_timeout()."""
     path = path or socket_path()
+    timeout = default_timeout() if timeout is None else timeout
     msg = dict(obj)
     msg.setdefault("v", VERSION)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -63,8 +63,16 @@ def test_an_unsafe_key_file_configures_nothing(mkns, tmp_path):
     assert DEVICE not in sh(ns, "ip", "-o", "link").stdout
 
 
-def _ping6(ns: str, to: str, size: int = 56, count: int = 2) -> bool:
-    r = sh(ns, "ping", "-6", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", "-M", "do",
+# WireGuard sends a new handshake initiation at most every REKEY_TIMEOUT (5 s) plus up to 1/3 s
+# of jitter; a packet sent in between waits for the next retry (wireguard's messages.h/timers.c)
+REKEY_RETRY = 5 + 1 / 3
+
+
+def _ping6(ns: str, to: str, size: int = 56, count: int = 2, until: float | None = None) -> bool:
+    """`count` DF pings, 2 s each for an answer; `until` S: ping until the first answer, for at
+    most S seconds (a peer that just learnt a key answers after the sender's next handshake)."""
+    tries = ["-c", str(count), "-W", "2"] if until is None else ["-c", "1", "-w", f"{until:g}"]
+    r = sh(ns, "ping", "-6", "-n", "-q", *tries, "-i", "0.2", "-M", "do",
            "-s", str(size), "-p", MARKER, to, check=False)
     return r.returncode == 0
 
@@ -118,9 +126,10 @@ def test_two_hosts_reach_each_other_only_with_the_keys_their_plans_name(mkns, tm
     rekey = wgdp.converge(plan("h1", "10.0.0.1", "h2", "10.0.0.2"), keys["h1"], h1)
     assert rekey.changes == [f"set {DEVICE}'s private key and port {LISTEN_PORT}"]
     assert not _ping6(h1, inner2, count=2)
-    # ... until h2's plan names it
+    # ... until h2's plan names it: then h1's next handshake retry gets through (the failed
+    # pings above started one; the next comes up to REKEY_RETRY later, not at the next packet)
     wgdp.converge(plan("h2", "10.0.0.2", "h1", "10.0.0.1"), keys["h2"], h2)
-    assert _ping6(h1, inner2)
+    assert _ping6(h1, inner2, until=2 * REKEY_RETRY)
     # h1 revoked: h2's next plan has no peer, the device drops it and h1 is cut off
     assert _peers(h2) == [pub["h1"]]
     cut = wgdp.converge(WgDevice("10.0.0.2", MTU), keys["h2"], h2)

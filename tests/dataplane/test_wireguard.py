@@ -10,6 +10,7 @@ dropped from the plan (a revoked host) is removed from the device.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -71,9 +72,12 @@ REKEY_RETRY = 5 + 1 / 3
 def _ping6(ns: str, to: str, size: int = 56, count: int = 2, until: float | None = None) -> bool:
     """`count` DF pings, 2 s each for an answer; `until` S: ping until the first answer, for at
     most S seconds (a peer that just learnt a key answers after the sender's next handshake)."""
-    tries = ["-c", str(count), "-W", "2"] if until is None else ["-c", "1", "-w", f"{until:g}"]
+    # ping's -w takes whole seconds ("invalid argument" otherwise)
+    tries = ["-c", str(count), "-W", "2"] if until is None else ["-c", "1", "-w", str(math.ceil(until))]
     r = sh(ns, "ping", "-6", "-n", "-q", *tries, "-i", "0.2", "-M", "do",
            "-s", str(size), "-p", MARKER, to, check=False)
+    # 1 is "no answer"; anything else is ping failing to run, which must not pass for "cut off"
+    assert r.returncode in (0, 1), f"ping exited {r.returncode}: {r.stderr.strip()}"
     return r.returncode == 0
 
 

@@ -56,11 +56,13 @@ DOM0_HOSTNAME = "tvd-dom0"
 # The built-in scenarios of this module; more come from scenario files (tvd_testing/xenscenario.py):
 # the VM lifecycle ones in tvd_testing/xen_scenarios/lifecycle.py are loaded by default.
 CORE_SCENARIOS = ("positive", "attach", "unknown", "denied")
-BUILTIN_FILES = tuple(PROJECT / "tvd_testing" / "xen_scenarios" / f for f in ("multinic.py", "libvirt_xen.py", "lifecycle.py"))
-LIFECYCLE_SCENARIOS = ("twonics", "migrate", "reboot", "saverestore")
+BUILTIN_FILES = tuple(PROJECT / "tvd_testing" / "xen_scenarios" / f
+                      for f in ("multinic.py", "checksum.py", "libvirt_xen.py", "lifecycle.py"))
+LIFECYCLE_SCENARIOS = ("twonics", "checksum", "migrate", "reboot", "saverestore")
 SCENARIOS = CORE_SCENARIOS + LIFECYCLE_SCENARIOS + ("destroy",)
 # Known but not run by default: libvirt (tvd_testing/xen_scenarios/libvirt_xen.py) stops at
-# libvirtd's libxl driver, which cannot decode qemu's `-cpu max` (docs/test-tiers.md).
+# libvirtd's libxl driver, which cannot decode qemu's `-cpu max` (docs/test-tiers.md);
+# checksum-optout (tvd_testing/xen_scenarios/checksum.py) costs another ~2 min of domU boots.
 # What CI runs (tests/xen): see docs/test-tiers.md for the measured times behind the choice.
 CI_SCENARIOS = SCENARIOS
 # The checks each built-in scenario must report; a scenario missing one fails (no silent gaps).
@@ -89,8 +91,17 @@ tvds:
   beta:  {{vlan: 200, vni: 10200, tx-checksum-offload: false}}
   vault: {{vlan: 400, vni: 10400, membership: [pci-audited]}}
   gamma: {{vlan: 300, vni: 10300}}
+  # scenario checksum (tvd_testing/xen_scenarios/checksum.py): a routing domU between two
+  # TVDs, with vif tx checksum offload as shipped (on) and with the TVDs' opt-out
+  csum-a: {{vlan: 500, vni: 10500}}
+  csum-b: {{vlan: 510, vni: 10510}}
+  nocsum-a: {{vlan: 600, vni: 10600, tx-checksum-offload: false}}
+  nocsum-b: {{vlan: 610, vni: 10610, tx-checksum-offload: false}}
 shared-membership:
   - [beta, gamma]
+  - [csum-a, csum-b]
+  - [nocsum-a, nocsum-b]
+  - [csum-a, nocsum-b]
 networks:
   lan: {{subnet: 10.77.1.0/24, multicast: true, vlan-capable: false, mtu: 1500}}
 hosts:
@@ -233,6 +244,7 @@ def check_prerequisites(kernel: str | None = None, scenarios=None) -> dict[str, 
         "virtme-mkinitramfs": (find_tool("virtme-mkinitramfs"),
                                f"{sys.executable} -m pip install virtme-ng (or pip install -e '.[test]')"),
         "python3": (shutil.which("python3", path="/usr/bin"), "apt-get install python3 (vif-tvd's interpreter)"),
+        "perl": (str(PERL) if PERL.exists() else None, "apt-get install perl-base (the domUs' traffic tool)"),
     }
     if "libvirt" in (CI_SCENARIOS if scenarios is None else scenarios):
         drv = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_libxl.so"
@@ -281,8 +293,27 @@ trap 'echo "@@guest poweroff requested"; poweroff -f' USR2
 trap 'echo "@@guest halt requested"; poweroff -f' USR1
 for a in $(cat /proc/cmdline); do
     case "$a" in tvd_ip=*) IP=${a#tvd_ip=};; tvd_ip1=*) IP1=${a#tvd_ip1=};; tvd_onlink=*) ONLINK=${a#tvd_onlink=};;
-                 tvd_peers=*) PEERS=${a#tvd_peers=};; tvd_name=*) NAME=${a#tvd_name=};; esac
+                 tvd_peers=*) PEERS=${a#tvd_peers=};; tvd_name=*) NAME=${a#tvd_name=};;
+                 tvd_via=*) VIA=${a#tvd_via=};; tvd_forward=*) FORWARD=${a#tvd_forward=};;
+                 tvd_traffic=*) TRAFFIC=${a#tvd_traffic=};; tvd_counters=*) COUNTERS=${a#tvd_counters=};; esac
 done
+# counters TAG [snmp]: the kernel's protocol counters (/proc/net/snmp, and unless "snmp" also
+# /proc/net/netstat: TcpExt, IpExt) as `@@snmp TAG PROTO Name=value ...`, and unless "snmp"
+# each NIC's statistics as `@@netdev TAG IF name=value ...`
+counters() {
+    f=/proc/net/snmp; [ "$2" = snmp ] || f="$f /proc/net/netstat"
+    awk -v t="$1" '{ if (h[$1] == "") { h[$1] = $0; next }
+                     n = split(h[$1], k); split($0, v); l = "@@snmp " t " " substr($1, 1, length($1) - 1)
+                     for (i = 2; i <= n; i++) l = l " " k[i] "=" v[i]; print l; h[$1] = "" }' $f
+    [ "$2" = snmp ] && return
+    for d in /sys/class/net/eth*; do
+        l="@@netdev $1 ${d##*/}"
+        for c in rx_packets rx_bytes rx_errors rx_dropped tx_packets tx_bytes tx_errors tx_dropped; do
+            l="$l $c=$(cat $d/statistics/$c)"
+        done
+        echo "$l"
+    done
+}
 insmod /xen-netfront.ko
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
@@ -298,7 +329,33 @@ if [ -n "$IP1" ]; then
     ip link set eth1 up
 fi
 [ -n "$ONLINK" ] && ip route add "$ONLINK" dev eth0
-echo "@@guest up name=$NAME ip=$IP mtu=$(cat /sys/class/net/eth0/mtu) mac=$(cat /sys/class/net/eth0/address)"
+# tvd_via=NET,GW: NET routed through GW; tvd_forward=1: this guest routes between its NICs
+[ -n "$VIA" ] && ip route add "${VIA%,*}" via "${VIA#*,}"
+[ "$FORWARD" = 1 ] && sysctl -w net.ipv4.ip_forward=1 >/dev/null
+echo "@@guest up name=$NAME ip=$IP mtu=$(cat /sys/class/net/eth0/mtu) mac=$(cat /sys/class/net/eth0/address) forwarding=$(cat /proc/sys/net/ipv4/ip_forward)"
+# tvd_counters=1: /proc/net/snmp every two seconds (`@@snmp tick-N ...`), e.g. a router's
+[ "$COUNTERS" = 1 ] && ( i=0; while :; do i=$((i+1)); counters "tick-$i" snmp; sleep 2; done ) &
+# tvd_traffic (the "tools" initramfs: /bin/tvd-traffic, tvd_testing/xen_guest_traffic.pl):
+# recv = receive TCP on port 5001 and UDP on 5002; send:DST:BYTES:COUNT = BYTES of random data
+# over TCP, then COUNT datagrams, to DST. Each ends with its counters and `@@csum ...-done`.
+case "$TRAFFIC" in
+recv)
+    ( tvd-traffic udp-recv 5002 &
+      tvd-traffic tcp-recv 5001 /tmp/rx
+      echo "@@csum tcp-rx-payload bytes=$(wc -c < /tmp/rx) sha256=$(sha256sum /tmp/rx | cut -d' ' -f1)"
+      rm -f /tmp/rx
+      wait
+      counters final
+      echo "@@csum receiver-done" ) & ;;
+send:*)
+    ( set -- $(echo "$TRAFFIC" | tr ':' ' ')
+      head -c "$3" /dev/urandom > /tmp/tx
+      echo "@@csum tcp-tx-payload bytes=$(wc -c < /tmp/tx) sha256=$(sha256sum /tmp/tx | cut -d' ' -f1)"
+      tvd-traffic tcp-send "$2" 5001 /tmp/tx 600
+      tvd-traffic udp-send "$2" 5002 "$4"
+      counters final
+      echo "@@csum sender-done" ) & ;;
+esac
 n=0
 while true; do
     n=$((n+1))
@@ -313,7 +370,20 @@ done
 """
 
 
-def build_domu_initramfs(path: Path, release: str, busybox: Path) -> None:
+# The "tools" domU initramfs (Dom0.write_cfg(..., tools=True)): the base one plus Debian's perl
+# (perl-base, Essential) with its shared libraries and the traffic tool as /bin/tvd-traffic
+TRAFFIC_TOOL = PROJECT / "tvd_testing" / "xen_guest_traffic.pl"
+PERL = Path("/usr/bin/perl")
+
+
+def _with_libs(exe: Path) -> list[Path]:
+    """exe and the shared libraries it loads, as the paths the dynamic linker opens."""
+    r = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, check=True)
+    libs = [Path(m) for m in re.findall(r"(/\S+) \(0x", r.stdout)]
+    return [exe, *libs]
+
+
+def build_domu_initramfs(path: Path, release: str, busybox: Path, tools: bool = False) -> None:
     from virtme.cpiowriter import CpioWriter   # virtme-ng: already required for dom0's initramfs
     mods = glob.glob(f"/lib/modules/{release}/kernel/drivers/net/xen-netfront.ko*")
     ko = Path(mods[0])
@@ -333,6 +403,18 @@ def build_domu_initramfs(path: Path, release: str, busybox: Path) -> None:
         cw.symlink(b"busybox", b"bin/sh")
         cw.write_file(b"xen-netfront.ko", data, mode=0o644)
         cw.write_file(b"init", DOMU_INIT.encode(), mode=0o755)
+        if tools:
+            made = {"bin"}
+            for f in _with_libs(PERL):
+                dst = "bin/perl" if f == PERL else str(f).lstrip("/")
+                parts = dst.split("/")[:-1]
+                for i in range(1, len(parts) + 1):
+                    d = "/".join(parts[:i])
+                    if d not in made:
+                        cw.mkdir(d.encode(), 0o755)
+                        made.add(d)
+                cw.write_file(dst.encode(), f.resolve().read_bytes(), mode=0o755)
+            cw.write_file(b"bin/tvd-traffic", TRAFFIC_TOOL.read_bytes(), mode=0o755)
         cw.write_trailer()
 
 
@@ -558,6 +640,7 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     if r.returncode != 0:
         raise RuntimeError(f"virtme-mkinitramfs failed: {r.stderr.strip()}")
     build_domu_initramfs(work / "domu-initramfs.gz", release, pre["busybox"])
+    build_domu_initramfs(work / "domu-initramfs-tools.gz", release, pre["busybox"], tools=True)
     # xl reads the domU kernel from the work dir, which dom0 gets from the snapshot image
     # (virtio-blk): read over 9p it once came back corrupt ("unable to XZ decompress kernel")
     shutil.copy2(pre["kernel"], work / "domu-vmlinuz")
@@ -844,16 +927,19 @@ class Dom0:
         """ifname -> the proxy's record of every vif it admitted."""
         return {v["ifname"]: v for v in self.proxy("status").get("vifs", [])}
 
-    def write_cfg(self, name: str, vifs: list[str], cmdline: str, memory: int = 160) -> Path:
+    def write_cfg(self, name: str, vifs: list[str], cmdline: str, memory: int = 160, tools: bool = False) -> Path:
         """An xl config for a PV domU with the tier's kernel and initramfs, written at run time
         (for scenario files; the work dir is read-only): `vifs` are xl vif specs, `cmdline` is
-        appended to the kernel's (tvd_ip=, tvd_ip1=, tvd_onlink=, tvd_peers=, see DOMU_INIT)."""
+        appended to the kernel's (tvd_ip=, tvd_ip1=, tvd_onlink=, tvd_peers=, tvd_via=,
+        tvd_forward=, tvd_counters=, tvd_traffic=, see DOMU_INIT). `tools`: the initramfs with
+        perl and /bin/tvd-traffic (needed by tvd_traffic=)."""
+        ramdisk = self.work / ("domu-initramfs-tools.gz" if tools else "domu-initramfs.gz")
         d = Path("/run/xentier/cfg")
         d.mkdir(parents=True, exist_ok=True)
         p = d / f"{name}.cfg"
         p.write_text("\n".join([
             "# generated at run time by tvd_testing.xentier.Dom0.write_cfg", f'name = "{name}"', 'type = "pv"',
-            f'kernel = "{self.work / "domu-vmlinuz"}"', f'ramdisk = "{self.work / "domu-initramfs.gz"}"',
+            f'kernel = "{self.work / "domu-vmlinuz"}"', f'ramdisk = "{ramdisk}"',
             f'extra = "console=hvc0 loglevel=4 tvd_name={name} {cmdline}"', f"memory = {memory}", "vcpus = 1",
             'on_crash = "destroy"', "vif = [" + ", ".join(repr(v) for v in vifs) + "]"]) + "\n")
         return p

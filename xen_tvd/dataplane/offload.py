@@ -1,7 +1,8 @@
 """NIC offload policies (paper 6.1/6.2), on top of the SIOCETHTOOL helper.
 
 - vif tx checksum offload: on unless the TVD turns it off (policy `tx-checksum-offload: false`,
-  paper 6.2's workaround for a 2007 netfront/netback bug that tier 3 no longer shows). "Off"
+  paper 6.2's workaround for a 2007 netfront/netback bug that tier 3 no longer shows: scenarios
+  checksum and checksum-optout, a routing domU, tvd_testing/xen_scenarios/checksum.py). "Off"
   means every tx-checksum-* feature off (what `ethtool -K dev tx off` does); the kernel then
   also drops TSO, which depends on it, which costs most of the TVD's TCP throughput.
 - rx/tx VLAN offload on NICs carrying TVD VLANs: off, so tags reach the VLAN device intact.

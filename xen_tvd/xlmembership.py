@@ -6,6 +6,8 @@ TVD keys (xl ignores unknown top-level keys; tvdctl reads them, docs/xl.md):
     vswitch = "tvd-alpha"       optional; must be the TVD's vSwitch (one per TVD and host)
     tvd_properties = ["signed-kernel:trust", ...]   the VM's properties[:assurance] for M(t)
     tvd_cert, tvd_images        master-mode evidence (docs/master-protocol.md)
+    tvd_tx_checksum_offload = 0 vif tx checksum offload off on this VM's vifs, even in a TVD
+                                that has it on (1, the default: as its TVDs say)
     vif = ['bridge=tvd:alpha']  per-vif choice in a key xl keeps (the migration-safe encoding)
 
 vif specs are read as xl reads them (xlcfg.parse_vif): `devid=` names the vif's device id (else
@@ -48,6 +50,12 @@ class Membership:
     # multi-GB disk at every session re-check is the admin's explicit choice)
     cert: str | None = None
     images: list[str] = field(default_factory=list)
+    # tvd_tx_checksum_offload = 0: off on every vif of the VM (the proxy keeps the stricter of
+    # this and each TVD's tx-checksum-offload); True: as the TVDs say
+    tx_checksum_offload: bool = True
+
+
+TX_CSUM_KEY = "tvd_tx_checksum_offload"
 
 
 @dataclass
@@ -137,6 +145,18 @@ def _tvds(cfg: XlConfig, nvifs: int) -> list[str | None]:
     return tvds
 
 
+def _tx_checksum_offload(cfg: XlConfig) -> bool:
+    """tvd_tx_checksum_offload: 0 or 1 as xl writes booleans (a number, or the same in quotes)."""
+    v = cfg.get(TX_CSUM_KEY)
+    if v is None:
+        return True
+    if v not in ("0", "1"):
+        _err(cfg, TX_CSUM_KEY, f"{TX_CSUM_KEY} must be 0 (tx checksum offload off on this VM's "
+                               f"vifs, for a guest that mishandles it) or 1 (as its TVDs say, the "
+                               f"default), got {v!r}")
+    return v == "1"
+
+
 def membership(cfg: XlConfig) -> Membership:
     """Which TVD each vif joins. Per-vif bridge=tvd:<name> wins; else top-level tvd=."""
     name = _string(cfg, "name", "a string")
@@ -181,7 +201,7 @@ def membership(cfg: XlConfig) -> Membership:
         _err(cfg, "tvd_images", "tvd_images must be a list of image file paths")
     images = list(dict.fromkeys(os.path.abspath(p) for p in images + extra))
     return Membership(name, uuid, nics, props, vswitch,
-                      os.path.abspath(cert) if cert else None, images)
+                      os.path.abspath(cert) if cert else None, images, _tx_checksum_offload(cfg))
 
 
 def for_xl(cfg: XlConfig, m: Membership, uuid: str,

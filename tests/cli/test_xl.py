@@ -10,6 +10,7 @@ import json
 import os
 
 from tests.cli.cli_helpers import tvdctl
+from tests.dataplane.dp_helpers import ethtool_k
 from tests.hotplug.tvd_fixtures import _root_and_no_leftovers, lab, lab2  # noqa: F401  (namespace harness)
 from tests.hotplug.tvd_harness import REPO, link_info
 
@@ -46,6 +47,44 @@ def test_xl_create_registers_pins_uuid_and_runs_xl(lab, tmp_path):
     vm = lab.vm("web", 1, nics={0: ("tvd:alpha", "10.99.0.1")}, uuid=uuid)
     assert lab.hotplug(vm).returncode == 0
     assert link_info(lab.host_ns["dom0-a"], vm.vif())["master"] == "tvd-alpha"
+
+
+def test_xl_create_carries_the_vms_tx_checksum_offload_opt_out_to_its_vif(lab, tmp_path):
+    """tvd_tx_checksum_offload = 0 (xl drops unknown vif keys, so it is a top-level key):
+    registered with the VM, and its vif, hotplugged by the real vif-tvd, gets tx checksum
+    offload off while web's vif in the same TVD keeps the default on. A bad value is refused
+    before anything is registered or run."""
+    p = lab.proxy()
+    rec = str(tmp_path / "xl.jsonl")
+    web_cfg = os.path.join(REPO, "xl-configs", "web-pv.cfg")
+    fwd_cfg = tmp_path / "fwd.cfg"
+    fwd_cfg.write_text(open(web_cfg).read().replace('name = "web"', 'name = "fwd"')
+                       .replace("00:16:3e:00:01:01", "00:16:3e:00:01:02")
+                       + "tvd_tx_checksum_offload = 0\n")
+    r = tvdctl("xl", "create", "--dry-run", fwd_cfg)
+    assert r.returncode == 0 and "#   vif tx checksum offload: off (tvd_tx_checksum_offload = 0)" \
+        in r.stdout, r.stdout + r.stderr
+    uuids = {}
+    for cfg in (web_cfg, fwd_cfg):
+        r = tvdctl("xl", "create", "--socket", p.socket, "--xl", XL, cfg,
+                   env={"XL_STUB_RECORD": rec})
+        assert r.returncode == 0, r.stderr
+        given = xlcfg.loads(records(rec)[-1]["cfg"])
+        uuids[given.get("name")] = given.get("uuid")
+    regs = {g["name"]: g for g in p.client.status()["registrations"]}
+    assert regs["fwd"]["tx_checksum_offload"] is False and regs["web"]["tx_checksum_offload"] is True
+    vms = [lab.vm(n, d, nics={0: ("tvd:alpha", f"10.99.0.{d}")}, uuid=uuids[n])
+           for n, d in (("web", 1), ("fwd", 2))]
+    for vm in vms:
+        assert lab.hotplug(vm).returncode == 0
+    assert [ethtool_k(lab.host_ns["dom0-a"], vm.vif())["tx-checksumming"] for vm in vms] \
+        == ["on", "off"]
+    bad = tmp_path / "bad.cfg"
+    bad.write_text(fwd_cfg.read_text().replace("tvd_tx_checksum_offload = 0",
+                                               'tvd_tx_checksum_offload = "no"'))
+    r = tvdctl("xl", "create", "--socket", p.socket, "--xl", XL, bad, env={"XL_STUB_RECORD": rec})
+    assert r.returncode == 2 and "tvd_tx_checksum_offload must be 0" in r.stderr, r.stderr
+    assert len(records(rec)) == 2 and len(p.client.status()["registrations"]) == 2
 
 
 def test_xl_create_two_nics_and_refusals(lab, tmp_path):

@@ -32,9 +32,11 @@ def assert_error(lab, vm, devid, r, *needles):
     return err
 
 
-def register(lab, vm, props, nics=(), host="dom0-a"):
+def register(lab, vm, props, nics=(), host="dom0-a", **fields):
+    """fields: Register's optional ones (tx_checksum_offload, ...)."""
     r = lab.proxies[host].client.send(rq.Register(vm.uuid, vm.name,
-                                                  tuple(rq.Nic(t, d) for d, t in nics), props))
+                                                  tuple(rq.Nic(t, d) for d, t in nics), props,
+                                                  **fields))
     assert r["ok"], r
 
 
@@ -73,6 +75,49 @@ def test_vif_keeps_tx_checksum_offload_and_tso_unless_the_tvd_turns_it_off(lab, 
     feats = {vm.name: ethtool_k(lab.host_ns["dom0-a"], vm.vif()) for vm in (a, b)}
     assert feats["web1"]["tx-checksumming"] == "on" and feats["web1"]["tx-tcp-segmentation"] == "on"
     assert feats["other"]["tx-checksumming"] == "off" and feats["other"]["tx-tcp-segmentation"] == "off"
+
+
+def test_a_vms_opt_out_turns_tx_checksum_offload_off_on_its_vifs_only(lab, tmp_path):
+    """Per VM (registration `tx_checksum_offload: false`, from xl.cfg tvd_tx_checksum_offload
+    = 0): off on that VM's vif while another VM of the same TVD keeps the default on; a VM
+    cannot turn it on where its TVD has it off (the stricter wins); it survives a proxy
+    restart, both for an attached vif (the restart re-applies every port) and for a VM
+    registered before the restart whose vif comes online after it."""
+    with open(POLICY) as f:
+        text = f.read()
+    opt_out = tmp_path / "policy.yaml"
+    opt_out.write_text(text.replace("  beta:  {", "  beta:  {tx-checksum-offload: false, ", 1))
+    p = lab.proxy(policy=str(opt_out))
+    ns = lab.host_ns["dom0-a"]
+    fwd = lab.vm("fwd", 1, nics={0: ("tvd:alpha", "10.99.0.1")})     # the guest that opts out
+    web = lab.vm("web", 2, nics={0: ("tvd:alpha", "10.99.0.2")})
+    other = lab.vm("other", 3, nics={0: ("tvd:beta", "10.99.0.3")})
+    late = lab.vm("late", 4, nics={0: ("tvd:alpha", "10.99.0.4")})
+    register(lab, fwd, {"signed-kernel": "trust"}, tx_checksum_offload=False)
+    register(lab, web, {"signed-kernel": "trust"})
+    register(lab, other, {}, tx_checksum_offload=True)   # asks for the default: beta's off wins
+    for vm in (fwd, web, other):
+        r = lab.hotplug(vm)
+        assert r.returncode == 0, r.stderr
+
+    def tx(vm):
+        f = ethtool_k(ns, vm.vif())
+        return f["tx-checksumming"], f["tx-tcp-segmentation"]
+    want = {"fwd": ("off", "off"), "web": ("on", "on"), "other": ("off", "off")}
+    assert {vm.name: tx(vm) for vm in (fwd, web, other)} == want
+    st = {v["ifname"]: v for v in p.client.status()["vifs"]}
+    assert {n: v["tx_csum_on"] for n, v in st.items()} == {"vif1.0": False, "vif2.0": True,
+                                                          "vif3.0": False}
+    assert lab.ping(web, "10.99.0.1", count=2)           # the opted-out vif still forwards
+    register(lab, late, {"signed-kernel": "trust"}, tx_checksum_offload=False)
+    assert p.stop() == 0
+    p.start()
+    assert {vm.name: tx(vm) for vm in (fwd, web, other)} == want
+    r = lab.hotplug(late)
+    assert r.returncode == 0, r.stderr
+    assert tx(late) == ("off", "off")
+    assert {g["uuid"]: g["tx_checksum_offload"] for g in p.client.status()["registrations"]} \
+        == {fwd.uuid: False, web.uuid: True, other.uuid: True, late.uuid: False}
 
 
 def test_beta_vm_cannot_reach_alpha_vm(lab):

@@ -25,6 +25,16 @@ def test_example_domain_two_nics_two_tvds():
                    "properties": {"tpm-measured-boot": "immutable-log"}}
 
 
+def test_the_vms_tx_checksum_offload_opt_out_is_registered():
+    """<tvd:membership tx-checksum-offload='off'>: as xl.cfg tvd_tx_checksum_offload = 0."""
+    xml = domain_xml(nic("bridge", "tvd-alpha", M1),
+                     membership(tvd="alpha", **{"tx-checksum-offload": "off"}))
+    assert parse_domain(xml).register_request()["tx_checksum_offload"] is False
+    for attrs in ({"tx-checksum-offload": "on"}, {}):
+        m = parse_domain(domain_xml(nic("bridge", "tvd-alpha", M1), membership(tvd="alpha", **attrs)))
+        assert m.tx_checksum_offload and "tx_checksum_offload" not in m.register_request()
+
+
 def test_membership_from_network_bridge_and_xl_form():
     m = parse_domain(domain_xml(nic("network", "tvd-alpha", M1) + nic("bridge", "tvd-beta", M2)
                                 + nic("bridge", "tvd:gamma", M3)))
@@ -76,6 +86,8 @@ def test_hostdev_interfaces_take_no_devid():
      "listed in two TVDs"),
     (domain_xml(nic("network", "x", M1), membership(tvd="Alpha")), "is not a TVD name"),
     (domain_xml(nic("network", "x", M1), membership(tvds="alpha")), "unknown attribute"),
+    (domain_xml(nic("network", "x", M1), membership(tvd="a", **{"tx-checksum-offload": "0"})),
+     "<tvd:membership tx-checksum-offload='0'> must be 'off' (this VM's vifs) or 'on'"),
     (domain_xml(nic("network", "x", M1), membership("<tvd:nics/>", tvd="alpha")), "unknown child <nics>"),
     (domain_xml(nic("network", "x", M1), membership("<tvd:property name='p' assurance='vibes'/>", tvd="a")),
      "unknown assurance 'vibes'"),

@@ -104,6 +104,11 @@ def test_membership_forms():
                          'vif=["bridge=tvd:beta"]\ntvd_properties=["p:trust", "q"]\n'))
     assert m.nics == [(0, "beta")] and m.uuid == "6b1e3c3a-6f0e-4f7e-9c55-0d1f6b6f2a01"
     assert m.properties == {"p": "trust", "q": None}
+    assert m.tx_checksum_offload                          # no key: as the TVDs say
+    # the VM's opt-out of vif tx checksum offload, as xl writes booleans (or quoted)
+    for value, on in (("0", False), ("1", True), ('"0"', False)):
+        m = membership(loads(f'name="a"\nvif=["mac=1"]\ntvd="alpha"\ntvd_tx_checksum_offload={value}\n'))
+        assert m.tx_checksum_offload is on, value
 
 
 @pytest.mark.parametrize("src,needle", [
@@ -123,6 +128,10 @@ def test_membership_forms():
     ('name="a"\nvif=["mtu=abc,mtu=1500"]\ntvd="alpha"\n', "vif 0: mtu='abc'"),
     ('name="a"\nvif="mac=1"\ntvd="alpha"\n', "vif must be a list: xl creates no vif from a single string"),
     ('name="a"\nvif=["mac=1", ["x"]]\ntvd="alpha"\n', "vif 1 is a list"),
+    ('name="a"\nvif=["x"]\ntvd="alpha"\ntvd_tx_checksum_offload="off"\n',
+     "4:1: error: tvd_tx_checksum_offload must be 0 (tx checksum offload off on this VM's vifs"),
+    ('name="a"\nvif=["x"]\ntvd="alpha"\ntvd_tx_checksum_offload=2\n', "or 1 (as its TVDs say, the default), got '2'"),
+    ('name="a"\nvif=["x"]\ntvd="alpha"\ntvd_tx_checksum_offload=[0]\n', "got ['0']"),
 ])
 def test_membership_errors(src, needle):
     with pytest.raises(XlCfgError) as ei:

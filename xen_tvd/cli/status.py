@@ -70,7 +70,8 @@ def render(st: dict) -> list[str]:
         out.append(f"  {v['ifname']:<10} {v['tvd']:<10} vm {vm} ({v.get('uuid') or 'adopted'})"
                    f" on {on}, admitted {_when(v.get('admitted_at'))}, checked "
                    f"{_when(v.get('checked_at'))}"
-                   + (f", session expires in {_age(exp - now)}" if exp else ""))
+                   + (f", session expires in {_age(exp - now)}" if exp else "")
+                   + (", tx-csum off" if v.get("tx_csum_on") is False else ""))
     if st.get("ports"):
         out.append(f"libvirt ports ({len(st['ports'])}):")
         for p in st["ports"]:

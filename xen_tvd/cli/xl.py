@@ -53,7 +53,8 @@ def _register(m: xlmembership.Membership, uuid: str, sock: str | None) -> dict:
             raise Refused(f"tvd_cert {m.cert}: {getattr(e, 'strerror', None) or e}") from None
     # images: the proxy hashes them itself (master mode)
     return ProxyClient(sock).register(uuid, m.name, nics=[(t, d) for d, t in m.nics],
-                properties=m.properties, cert=cert, images=m.images or ())
+                properties=m.properties, cert=cert, images=m.images or (),
+                tx_checksum_offload=m.tx_checksum_offload)
 
 
 def _register_for_run(m: xlmembership.Membership, uuid: str, sock: str | None, where: str = ""):
@@ -123,6 +124,8 @@ def _membership_lines(m: xlmembership.Membership, uuid: str, fresh: bool, lead: 
               ] if m.properties else []
     lines += [f"  images the proxy hashes: {', '.join(m.images)}"] if m.images else []
     lines += [f"  VM certificate: {m.cert}"] if m.cert else []
+    lines += [f"  vif tx checksum offload: off ({xlmembership.TX_CSUM_KEY} = 0)"
+              ] if not m.tx_checksum_offload else []
     return lines
 
 

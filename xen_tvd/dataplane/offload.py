@@ -2,9 +2,10 @@
 
 - vif tx checksum offload: on unless the TVD turns it off (policy `tx-checksum-offload: false`,
   paper 6.2's workaround for a 2007 netfront/netback bug that tier 3 no longer shows: scenarios
-  checksum and checksum-optout, a routing domU, tvd_testing/xen_scenarios/checksum.py). "Off"
-  means every tx-checksum-* feature off (what `ethtool -K dev tx off` does); the kernel then
-  also drops TSO, which depends on it, which costs most of the TVD's TCP throughput.
+  checksum and checksum-optout, a routing domU, tvd_testing/xen_scenarios/checksum.py) or the
+  VM does (xl.cfg `tvd_tx_checksum_offload = 0`, VifPort.tx_csum_offload; the stricter wins).
+  "Off" means every tx-checksum-* feature off (what `ethtool -K dev tx off` does); the kernel
+  then also drops TSO, which depends on it, which costs most of the TVD's TCP throughput.
 - rx/tx VLAN offload on NICs carrying TVD VLANs: off, so tags reach the VLAN device intact.
 - generic receive offload on a VXLAN underlay NIC: on, so a burst of VXLAN packets of one flow
   is decapsulated and bridged once, as one large packet (the UDP tunnel GRO of the VXLAN

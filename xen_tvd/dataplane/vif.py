@@ -20,12 +20,13 @@ from .report import ApplyReport, DataplaneError
 
 def attach(ctx: Ctx, link: Link, port: model.VifPort, seg: model.Segment, br: Link,
            frontend_mtu_cb: Callable[[int], object] | None = None) -> None:
-    """MTU (the segment's, or the port's lower `mtu`), tx-csum, (frontend MTU), master, the
-    declared MAC pinned in the bridge, up. On failure: detached and DataplaneError."""
+    """MTU (the segment's, or the port's lower `mtu`), tx-csum (the segment's, or off where the
+    port opts out), (frontend MTU), master, the declared MAC pinned in the bridge, up. On
+    failure: detached and DataplaneError."""
     mtu = port.mtu_on(seg)
     try:
         link = common.set_mtu(ctx, link, mtu)
-        offload.ensure_tx_csum(ctx, link, seg.vif_tx_csum_offload)
+        offload.ensure_tx_csum(ctx, link, port.tx_csum_on(seg))
         if frontend_mtu_cb is not None:
             # Before enslaving: the guest learns the MTU before any frame can flow.
             try:

@@ -45,9 +45,16 @@ class VifPort:
     # the guest's own MTU (Xen backend `mtu` key, xl.cfg vif mtu=); None = the segment's. It
     # can only lower the segment's MTU, never raise it (mtu_on).
     mtu: int | None = None
+    # tx checksum offload: False = the VM opts out (xl.cfg tvd_tx_checksum_offload = 0, its
+    # registration): off on this vif even where the segment has it on. It can only turn the
+    # segment's setting off, never on (tx_csum_on: the stricter wins).
+    tx_csum_offload: bool = True
 
     def mtu_on(self, seg: Segment) -> int:
         return seg.mtu if self.mtu is None else min(self.mtu, seg.mtu)
+
+    def tx_csum_on(self, seg: Segment) -> bool:
+        return seg.vif_tx_csum_offload and self.tx_csum_offload
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Per interface, first match wins (docs/libvirt.md):
 An interface in a TVD network/bridge that metadata puts in another TVD is a contradiction and
 refused. So is an interface in no TVD when the domain is in one (it would be a path out of the
 TVD that no policy governs; paper 4.5, the dummy TVD is closed) — fail closed.
-Properties for admission come from <tvd:property name='…' assurance='…'/> in the same element.
+Properties for admission come from <tvd:property name='…' assurance='…'/> in the same element;
+<tvd:membership tx-checksum-offload='off'> turns vif tx checksum offload off on the domain's
+vifs that vif-tvd plugs (as xl.cfg tvd_tx_checksum_offload = 0).
 
 devid: libvirt's libxl driver numbers vifs in document order, skipping type='hostdev'
 interfaces (passed-through PCI functions, no vif); we number the same way.
@@ -28,6 +30,7 @@ ASSURANCE_KINDS = ("trust", "mutable-log", "immutable-log", "evaluation", "intro
 MEMBERSHIP = f"{{{NS}}}membership"
 NIC = f"{{{NS}}}nic"
 PROPERTY = f"{{{NS}}}property"
+CSUM_ATTR = "tx-checksum-offload"
 MAX_XML = 4 * 1024 * 1024
 
 
@@ -52,6 +55,7 @@ class Membership:
     nics: tuple[Nic, ...]
     domain_tvd: str | None = None
     properties: dict[str, str | None] = field(default_factory=dict, hash=False)
+    tx_checksum_offload: bool = True      # 'off': the VM's opt-out (docs/libvirt.md)
 
     @property
     def tvds(self) -> list[str]:
@@ -70,7 +74,8 @@ class Membership:
         return Register(uuid=self.uuid, name=self.name,
                         nics=tuple(Nic(tvd=n.tvd, devid=n.devid) for n in self.nics
                                    if n.tvd and n.devid is not None),
-                        properties=dict(sorted(self.properties.items())))
+                        properties=dict(sorted(self.properties.items())),
+                        tx_checksum_offload=self.tx_checksum_offload)
 
     def register_request(self) -> dict:
         """register() as it goes on the wire (`tvdctl libvirt membership --json`)."""
@@ -149,11 +154,16 @@ def parse_domain(xml: str | bytes) -> Membership:
     domain_tvd = None
     by_mac: dict[str, str] = {}
     props: dict[str, str | None] = {}
+    csum = "on"
     m = _metadata(root)
     if m is not None:
         if m.get("tvd") is not None:
             domain_tvd = _tvd_name(m.get("tvd"), "<tvd:membership tvd=…>")
-        unknown = set(m.attrib) - {"tvd"}
+        csum = m.get(CSUM_ATTR, "on")
+        if csum not in ("on", "off"):
+            raise MembershipError(f"<tvd:membership {CSUM_ATTR}='{csum}'> must be 'off' (this "
+                                  f"VM's vifs) or 'on' (as its TVDs say, the default)")
+        unknown = set(m.attrib) - {"tvd", CSUM_ATTR}
         if unknown:
             raise MembershipError(f"<tvd:membership> has unknown attribute(s) {', '.join(sorted(unknown))}")
         for e in m:
@@ -221,7 +231,7 @@ def parse_domain(xml: str | bytes) -> Membership:
     if stray:
         raise MembershipError(f"<tvd:nic mac='{stray[0]}'> matches no <interface> of domain "
                               f"'{name}' (a typo would leave that NIC outside its TVD)")
-    memb = Membership(uuid, name, tuple(nics), domain_tvd, props)
+    memb = Membership(uuid, name, tuple(nics), domain_tvd, props, csum == "on")
     if memb.is_member:
         for n in nics:
             if n.devid is None:

@@ -47,12 +47,14 @@ class ProxyClient:
         return self.call(rq.Status())
 
     def register(self, uuid: str, name: str = "", nics=(), properties=None,
-                 cert: str | None = None, images=()) -> dict:
-        """nics: (tvd, devid or None) pairs or requests.Nic; answers {mtu: {tvd: MTU}}."""
+                 cert: str | None = None, images=(), tx_checksum_offload: bool = True) -> dict:
+        """nics: (tvd, devid or None) pairs or requests.Nic; answers {mtu: {tvd: MTU}}.
+        tx_checksum_offload=False: off on every vif of the VM (xl.cfg tvd_tx_checksum_offload)."""
         return self.call(rq.Register(
             uuid=uuid, name=name,
             nics=tuple(n if isinstance(n, rq.Nic) else rq.Nic(tvd=n[0], devid=n[1]) for n in nics),
-            properties=dict(properties or {}), cert=cert, images=tuple(images)))
+            properties=dict(properties or {}), cert=cert, images=tuple(images),
+            tx_checksum_offload=tx_checksum_offload))
 
     def unregister(self, uuid: str) -> dict:
         return self.call(rq.Unregister(uuid))

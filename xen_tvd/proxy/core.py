@@ -298,7 +298,8 @@ class ProxyCore:
 
     def op_register(self, req: requests.Register):
         reg = Registration(uuid=req.uuid, name=req.name.removesuffix("--incoming"),
-                           properties=dict(req.properties), cert=req.cert, images=list(req.images))
+                           properties=dict(req.properties), cert=req.cert, images=list(req.images),
+                           tx_checksum_offload=req.tx_checksum_offload)
         for n in req.nics:
             if n.devid is None:
                 reg.any_tvd = n.tvd

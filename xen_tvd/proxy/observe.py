@@ -124,6 +124,9 @@ def status(proxy) -> dict:
                  session_expires=(checked_at + t.session_seconds
                                   if t is not None and t.session_seconds and checked_at else None),
                  attached_to=k.get("bridge"))
+        seg = applied.segment(rec.tvd) if applied is not None else None
+        # what the proxy made the vif's tx checksum offload: its TVD's, off where the VM opts out
+        d["tx_csum_on"] = None if seg is None else rec.port().tx_csum_on(seg)
         if k.get("problem"):
             degraded.append(f"vif {k['problem']}")
         vifs.append(d)

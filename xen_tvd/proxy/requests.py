@@ -108,6 +108,9 @@ class Register:
     properties: dict[str, str | None] = field(default_factory=dict)
     cert: str | None = None           # VM certificate, PEM text (master mode evidence)
     images: tuple[str, ...] = ()      # absolute paths the proxy hashes (master mode evidence)
+    # false: tx checksum offload off on every vif of the VM, whatever its TVDs say (xl.cfg
+    # tvd_tx_checksum_offload = 0); true (the default): as its TVDs say. Never turns it on.
+    tx_checksum_offload: bool = True
 
     @classmethod
     def parse(cls, req: dict) -> "Register":
@@ -136,14 +139,19 @@ class Register:
                 isinstance(p, str) and p.startswith("/") for p in images):
             raise ProtocolError(f"'images' must be a list of at most {MAX_IMAGES} absolute paths "
                                 "(kernel, ramdisk, disks)")
+        csum = req.get("tx_checksum_offload", True)
+        if not isinstance(csum, bool):
+            raise ProtocolError(f"'tx_checksum_offload' must be true or false (false: off on "
+                                f"every vif of the VM), got {csum!r}")
         return cls(uuid=uuid, name=name, nics=tuple(parsed), properties=dict(props),
-                   cert=cert or None, images=tuple(images))
+                   cert=cert or None, images=tuple(images), tx_checksum_offload=csum)
 
     def to_wire(self) -> dict:
         return _wire(self.OP, uuid=self.uuid, name=self.name,
                      nics=[{"devid": n.devid, "tvd": n.tvd} for n in self.nics],
                      properties=dict(self.properties), cert=self.cert,
-                     images=list(self.images) or None)
+                     images=list(self.images) or None,
+                     tx_checksum_offload=None if self.tx_checksum_offload else False)
 
 
 @dataclass(frozen=True)

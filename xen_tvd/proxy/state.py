@@ -31,6 +31,9 @@ class Registration:
     # master mode: evidence the proxy checks itself (docs/master-protocol.md, steps 5-6)
     cert: str | None = None                                    # VM certificate, PEM
     images: list[str] = field(default_factory=list)            # kernel/disk paths to hash
+    # False: the VM opts out of vif tx checksum offload (xl.cfg tvd_tx_checksum_offload = 0):
+    # off on each of its vifs at vif-online, even in a TVD that has it on
+    tx_checksum_offload: bool = True
 
     def tvds(self) -> set[str]:
         out = set(self.nics.values()) | set(self.joined)
@@ -63,7 +66,8 @@ class Registration:
                    nics={int(k): v for k, v in d.get("nics", {}).items()},
                    any_tvd=d.get("any_tvd"), properties=dict(d.get("properties", {})),
                    joined=dict(d.get("joined", {})), left=list(d.get("left", [])),
-                   cert=d.get("cert"), images=list(d.get("images", [])))
+                   cert=d.get("cert"), images=list(d.get("images", [])),
+                   tx_checksum_offload=d.get("tx_checksum_offload", True) is not False)
 
 
 @dataclass
@@ -77,12 +81,13 @@ class VifRecord:
     mac: str | None = None
     addresses: list[str] | None = None   # backend `ip` key; None: not declared
     mtu: int | None = None               # backend `mtu` key (xl vif mtu=); None: the segment's
+    tx_checksum_offload: bool = True     # False: its VM's registration opted out (at vif-online)
 
     def port(self) -> VifPort:
-        """The vif as the dataplane's port security sees it."""
+        """The vif as the dataplane sees it (port security, MTU, tx checksum offload)."""
         return VifPort(self.ifname, self.tvd, mac=self.mac,
                        addresses=None if self.addresses is None else tuple(self.addresses),
-                       mtu=self.mtu)
+                       mtu=self.mtu, tx_csum_offload=self.tx_checksum_offload)
 
 
 @dataclass

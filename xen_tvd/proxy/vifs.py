@@ -26,6 +26,8 @@ def online(core, req: VifOnline):
                        addresses=None if req.addresses is None else list(req.addresses), mtu=mtu)
     with core.lock:
         reg = core.regs.get(uuid)
+        # the VM's opt-out (its registration) travels with the vif's port to the dataplane
+        record.tx_checksum_offload = reg is None or reg.tx_checksum_offload
         tvd = None
         try:
             if ifname not in core.vifs:   # attached by us already: verified then
@@ -62,7 +64,7 @@ def online(core, req: VifOnline):
     given = record.port().mtu_on(seg)
     lowered = {"mtu_lowered_from": mtu} if mtu is not None and mtu > given else {}
     log("info", "vif-online", ifname=ifname, tvd=tvd, uuid=uuid, vm=name, bridge=seg.bridge,
-        mtu=given, **lowered)
+        mtu=given, tx_csum="on" if record.port().tx_csum_on(seg) else "off", **lowered)
 
     def rollback():
         with core.lock:

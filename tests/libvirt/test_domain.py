@@ -25,7 +25,7 @@ def test_example_domain_two_nics_two_tvds():
                    "properties": {"tpm-measured-boot": "immutable-log"}}
 
 
-def test_the_vms_tx_checksum_offload_opt_out_is_registered():
+def test_the_vms_tx_checksum_offload_opt_out_is_registered(tmp_path, capsys):
     """<tvd:membership tx-checksum-offload='off'>: as xl.cfg tvd_tx_checksum_offload = 0."""
     xml = domain_xml(nic("bridge", "tvd-alpha", M1),
                      membership(tvd="alpha", **{"tx-checksum-offload": "off"}))
@@ -33,6 +33,13 @@ def test_the_vms_tx_checksum_offload_opt_out_is_registered():
     for attrs in ({"tx-checksum-offload": "on"}, {}):
         m = parse_domain(domain_xml(nic("bridge", "tvd-alpha", M1), membership(tvd="alpha", **attrs)))
         assert m.tx_checksum_offload and "tx_checksum_offload" not in m.register_request()
+    # and `tvdctl libvirt membership` says so
+    from xen_tvd.cli.tvdctl import main
+    path = tmp_path / "d.xml"
+    path.write_text(xml)
+    assert main(["libvirt", "membership", str(path)]) == 0
+    assert "  vif tx checksum offload: off (tx-checksum-offload='off'; vifs plugged by vif-tvd)" \
+        in capsys.readouterr().out.splitlines()
 
 
 def test_membership_from_network_bridge_and_xl_form():

@@ -91,6 +91,8 @@ def cmd_membership(args) -> int:
               f"(from {n.why})")
     props = ", ".join(f"{k}:{v}" if v else k for k, v in sorted(m.properties.items())) or "none"
     print(f"  properties: {props}")
+    if not m.tx_checksum_offload:
+        print("  vif tx checksum offload: off (tx-checksum-offload='off'; vifs plugged by vif-tvd)")
     return 0
 
 

@@ -130,6 +130,26 @@ GUESTS = {
 TCG_THREAD = "multi"
 # qemu -cpu model (TVD_XEN_QEMU_CPU overrides).
 QEMU_CPU = "max,-smap,-smep"
+# Scenarios that cannot run on QEMU_CPU and the model they boot with instead (when neither
+# qemu_cpu= nor TVD_XEN_QEMU_CPU names one). libvirt: libvirt 9.0's libxl driver matches Xen's
+# hw_caps against its cpu_map models and refuses to start when none fits. Under `-cpu max`
+# (AMD vendor) Xen drops SEP from hw_caps (SYSENTER is unusable in long mode on AMD) and TCG
+# never offers VME; every model in libvirt's map needs one of the two, so the driver failed
+# ("x86Decode: Cannot find suitable CPU model for given data"). With Intel's Westmere, which
+# TCG emulates without dropping a feature, SEP stays and the map's Westmere model fits
+# (docs/test-tiers.md, Tier 3, "libvirt's Xen driver").
+SCENARIO_QEMU_CPU = {"libvirt": "Westmere"}
+
+
+def choose_qemu_cpu(scenarios, qemu_cpu: str | None = None) -> str:
+    """The qemu -cpu model of a boot running `scenarios`: qemu_cpu, else TVD_XEN_QEMU_CPU, else
+    the one model the selected scenarios need (SCENARIO_QEMU_CPU), else QEMU_CPU."""
+    if qemu_cpu or os.environ.get("TVD_XEN_QEMU_CPU"):
+        return qemu_cpu or os.environ["TVD_XEN_QEMU_CPU"]
+    wanted = {SCENARIO_QEMU_CPU[s] for s in scenarios if s in SCENARIO_QEMU_CPU}
+    if len(wanted) > 1:
+        raise ValueError(f"the selected scenarios need different qemu CPU models: {sorted(wanted)}")
+    return wanted.pop() if wanted else QEMU_CPU
 # Xen options that make the tier reliable under qemu 7.2 TCG (docs/test-tiers.md, Tier 3,
 # "Corrupt pages in dom0"). `spec-ctrl=eager-fpu`: Xen saves and restores every vCPU's
 # FPU/SSE/AVX state at each context switch instead of lazily (CR0.TS + #NM), which it does by
@@ -182,6 +202,7 @@ class XenResult:
     results: dict | None
     timings: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    qemu_cpu: str = ""                   # the -cpu model it booted with (choose_qemu_cpu)
 
     def log_tail(self, lines: int = 80) -> str:
         out = []
@@ -195,7 +216,7 @@ class XenResult:
 
     def summary(self) -> str:
         t = ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items())
-        s = f"xentier: exit {self.returncode}; {t}"
+        s = f"xentier: exit {self.returncode}; -cpu {self.qemu_cpu}; {t}"
         if self.problems:
             s += "\nproblems:\n  " + "\n  ".join(self.problems)
         return s
@@ -618,6 +639,7 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     files = [Path(f).resolve() for f in scenario_files]
     load_scenarios(files)             # ScenarioError (a ValueError) names what is wrong
     xenscenario.validate_order(scenarios)
+    qemu_cpu = choose_qemu_cpu(scenarios, qemu_cpu)
     pre = check_prerequisites(kernel, scenarios)
     python = python or sys.executable
     results = Path(results_dir or tempfile.mkdtemp(prefix="xentier-")).resolve()
@@ -671,7 +693,6 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
 
     serial = results / "serial.log"
     cpus = int(os.environ.get("TVD_XEN_CPUS") or cpus)   # diagnostics: 1 = no cross-vCPU races
-    qemu_cpu = qemu_cpu or os.environ.get("TVD_XEN_QEMU_CPU") or QEMU_CPU
     xen_args = xen_args if xen_args is not None else os.environ.get("TVD_XEN_ARGS", XEN_EXTRA_ARGS)
     xen_cmdline = (f"console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all "
                    f"dom0_mem=1024M,max:1024M dom0_max_vcpus={cpus} smap=0 smep=0 "
@@ -742,7 +763,7 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     rc_file = results / "driver.rc"
     if not problems and not (rc_file.exists() and rc_file.read_text().strip() == "0"):
         problems.append("the dom0 driver did not exit 0 (driver.log)")
-    return XenResult(0 if not problems else 1, results, serial, res, timings, problems)
+    return XenResult(0 if not problems else 1, results, serial, res, timings, problems, qemu_cpu)
 
 
 # what dom0 writes on the results disk (copied back into the results directory)

@@ -104,7 +104,7 @@ def test_two_hosts_reach_each_other_only_with_the_keys_their_plans_name(mkns, tm
 
     reports = [wgdp.converge(plan("h1", "10.0.0.1", "h2", "10.0.0.2"), keys["h1"], h1),
                wgdp.converge(plan("h2", "10.0.0.2", "h1", "10.0.0.1"), keys["h2"], h2)]
-    inner2 = inner_address("10.0.0.2")
+    inner2 = inner_address("10.0.0.2", pub["h2"])
     # the largest inner packet with DF crosses: MTU less IPv6 40 and ICMPv6 8
     wire = Sniffer(h2, "ul0")
     clear = Sniffer(h2, DEVICE)
@@ -126,9 +126,14 @@ def test_two_hosts_reach_each_other_only_with_the_keys_their_plans_name(mkns, tm
         assert not any(private[h] in line for h in private for line in r.changes)
     # h1 makes a new key pair: h2 does not know it, so nothing from h1 gets through ...
     os.unlink(keys["h1"])
+    old_inner1 = inner_address("10.0.0.1", pub["h1"])
     pub["h1"] = wgkey.ensure(str(tmp_path / "h1"))
+    new_inner1 = inner_address("10.0.0.1", pub["h1"])
     rekey = wgdp.converge(plan("h1", "10.0.0.1", "h2", "10.0.0.2"), keys["h1"], h1)
-    assert rekey.changes == [f"set {DEVICE}'s private key and port {LISTEN_PORT}"]
+    # the key's inner address comes with it (docs/wireguard.md: the key is in the address)
+    assert rekey.changes == [f"added {new_inner1}/64 to {DEVICE}",
+                             f"removed {old_inner1}/64 from {DEVICE}",
+                             f"set {DEVICE}'s private key and port {LISTEN_PORT}"]
     assert not _ping6(h1, inner2, count=2)
     # ... until h2's plan names it: then h1's next handshake retry gets through (the failed
     # pings above started one; the next comes up to REKEY_RETRY later, not at the next packet)

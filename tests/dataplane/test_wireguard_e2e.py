@@ -73,11 +73,32 @@ def test_planner_puts_only_the_tvd_needing_protection_on_wireguard(tmp_path, key
     assert isinstance(a1.uplink, WireguardUplink) and isinstance(a2.uplink, WireguardUplink)
     assert a1.uplink.peers == (("10.0.0.2", keys["h2"][1]),)
     assert a2.uplink.peers == (("10.0.0.1", keys["h1"][1]),)
-    assert a1.uplink.remotes == (inner_address("10.0.0.2"),)
+    assert a1.uplink.remotes == (inner_address("10.0.0.2", keys["h2"][1]),)
     # both overheads: WireGuard 60 + VXLAN over IPv6 70; the device gets the underlay less 60
     assert a1.mtu == 1500 - 130 and a1.uplink.wg_mtu == 1440
     assert isinstance(st["h1"].segment("beta").uplink, VxlanUplink)
     assert st["h1"].segment("beta").mtu == 1450
+
+
+def test_planner_gives_a_rotating_hosts_both_keys_to_its_peers(tmp_path, keys):
+    """Standalone rotation (docs/wireguard.md): hosts.h1.wireguard-next-key makes h2 accept
+    both of h1's keys, each from its own inner address; h1 runs with its wireguard-key and
+    answers on both. Swapping the two entries is the switch; h2's plan stays the same."""
+    nxt = wgkey.rotate(str(tmp_path / "h1"))
+    k1, k2 = keys["h1"][1], keys["h2"][1]
+    text = _policy(keys).replace(f"wireguard-key: {k1},",
+                                 f"wireguard-key: {k1}, wireguard-next-key: {nxt},")
+    st = _plan(tmp_path, text)
+    a1, a2 = st["h1"].segment("alpha").uplink, st["h2"].segment("alpha").uplink
+    assert a2.peers == tuple(sorted((("10.0.0.1", k1), ("10.0.0.1", nxt))))
+    assert a2.remotes == tuple(inner_address("10.0.0.1", k) for _, k in a2.peers)
+    assert len(set(a2.remotes)) == 2 and (a2.key, a2.keys) == (k2, (k2,))
+    assert (a1.key, set(a1.keys)) == (k1, {k1, nxt}) and a1.peers == (("10.0.0.2", k2),)
+    assert st["h2"].segment("alpha").mtu == 1370          # a rotation costs no MTU
+    swapped = _plan(tmp_path, text.replace(f"wireguard-key: {k1}, wireguard-next-key: {nxt},",
+                                           f"wireguard-key: {nxt}, wireguard-next-key: {k1},"))
+    assert swapped["h1"].segment("alpha").uplink.key == nxt
+    assert swapped["h2"].segment("alpha") == st["h2"].segment("alpha")
     assert st["h1"].underlay_peers == ("10.0.0.2",)
     # a network that may be raised keeps VMs at 1500: 1630 on the underlay
     raised = _plan(tmp_path, _policy(keys).replace("max-mtu: 1500", "max-mtu: 9000"))
@@ -192,7 +213,8 @@ def test_encrypted_tvd_over_an_untrusted_underlay(mkns, tmp_path, keys):
         assert seen_on_wire["b1"] > 0 and seen_on_wire["b2"] > 0     # control: plain VXLAN
         assert seen_on_wire["a1"] == 0 and seen_on_wire["a3"] == 0
         # the rogue spoofs h1 (its underlay and inner address) towards h2
-        h1_inner, h2_inner = inner_address("10.0.0.1"), inner_address("10.0.0.2")
+        h1_inner = inner_address("10.0.0.1", keys["h1"][1])
+        h2_inner = inner_address("10.0.0.2", keys["h2"][1])
         to_h2 = mac(lab.hosts["h2"], "ul0")
         rogue_mac = mac(lab.rogue, "ul0")
         vni = {t: lab.policy.tvds[t].vni for t in ("alpha", "beta")}

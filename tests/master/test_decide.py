@@ -172,3 +172,70 @@ def test_the_bundle_carries_the_peers_wireguard_keys_and_drops_hosts_that_cannot
     assert "has no wireguard capability" in d["h3"].refused["gamma"]
     assert d["h3"].state.segment("gamma") is None
     assert d["h1"].state.segment("gamma").uplink.peers == (("10.0.0.2", WG_KEYS[2]),)
+
+
+NEXT_KEY = "qpI2Hh6Zcs9Anfgj2VVC2dlMWuy2ukeE96ad9ZNTCQU="     # h1's next key pair (rotation)
+
+
+def test_a_reported_next_key_counts_only_as_the_policy_pins_it(policy):
+    import dataclasses
+    over = {"wireguard-key": WG_KEY, "wireguard-next-key": NEXT_KEY}
+    h, warnings = effective_host(policy.hosts["h1"], report(1, **over))
+    assert (h.wireguard_key, h.wireguard_next_key) == (WG_KEY, NEXT_KEY) and not warnings
+    # pinned: both keys must be the policy's (wireguard-key and wireguard-next-key, any order)
+    pinned = dataclasses.replace(policy.hosts["h1"], wireguard_key=WG_KEY)
+    h, warnings = effective_host(pinned, report(1, **over))
+    assert (h.wireguard_key, h.wireguard_next_key) == (WG_KEY, None)
+    assert any("rotation waits" in w for w in warnings)
+    both = dataclasses.replace(pinned, wireguard_next_key=NEXT_KEY)
+    assert effective_host(both, report(1, **over))[0].wireguard_next_key == NEXT_KEY
+    # after the switch the host reports the new key as its key: still within the pins
+    h = effective_host(both, report(1, **{"wireguard-key": NEXT_KEY}))[0]
+    assert (h.wireguard_key, h.wireguard_next_key) == (NEXT_KEY, None)
+    # a next key without a key, or the key itself, is no rotation
+    assert effective_host(policy.hosts["h1"], report(
+        1, **{"wireguard-next-key": NEXT_KEY}))[0].wireguard_next_key is None
+    assert effective_host(policy.hosts["h1"], report(
+        1, **{"wireguard-key": WG_KEY, "wireguard-next-key": WG_KEY}))[0].wireguard_next_key \
+        is None
+
+
+def test_a_rotating_host_switches_only_once_every_peer_accepts_its_next_key(tmp_path):
+    from xen_tvd.desired.serial import segments_from_json, segments_to_json
+    from xen_tvd.desired.transports.wireguard import WireguardUplink
+    f = tmp_path / "wg.yaml"
+    f.write_text(WG_POLICY)
+    pol = load_policy(str(f))
+    hosts = {"h1", "h2", "h3"}
+    reports = {h: _wg_report(i) for i, h in ((1, "h1"), (2, "h2"), (3, "h3"))}
+    reports["h1"]["wireguard-next-key"] = NEXT_KEY
+    d = decide(pol, reports, hosts)
+    # every peer accepts both of h1's keys (each has its own inner address); h1 runs its key
+    up2 = d["h2"].state.segment("gamma").uplink
+    assert isinstance(up2, WireguardUplink)
+    assert up2.peers == tuple(sorted((("10.0.0.1", WG_KEY), ("10.0.0.1", NEXT_KEY),
+                                      ("10.0.0.3", WG_KEYS[3]))))
+    assert len(set(up2.remotes)) == 3
+    up1 = d["h1"].state.segment("gamma").uplink
+    assert up1.key == WG_KEY and set(up1.keys) == {WG_KEY, NEXT_KEY}
+    assert d["h2"].state.segment("gamma").uplink.key == WG_KEYS[2]
+    # the keys travel in the bundle and come back as they were
+    assert segments_from_json(segments_to_json(d["h1"].state.segments)) == d["h1"].state.segments
+    # h2 has applied a bundle with both keys, h3 not yet: h1 keeps its key
+    reports["h2"]["wireguard-accepts"] = [NEXT_KEY]
+    assert decide(pol, reports, hosts)["h1"].state.segment("gamma").uplink.key == WG_KEY
+    # a host that is no peer of h1 does not count; every peer accepting does
+    reports["h3"]["wireguard-accepts"] = [NEXT_KEY]
+    d2 = decide(pol, reports, hosts)
+    assert d2["h1"].state.segment("gamma").uplink.key == NEXT_KEY
+    assert set(d2["h1"].state.segment("gamma").uplink.keys) == {WG_KEY, NEXT_KEY}
+    assert d2["h2"].state == d["h2"].state and d2["h3"].state == d["h3"].state
+    # h1 switched and reports the new key alone: the old key is gone from every plan
+    reports["h1"] = _wg_report(1, **{"wireguard-key": NEXT_KEY})
+    d3 = decide(pol, reports, hosts)
+    assert d3["h2"].state.segment("gamma").uplink.peers == (("10.0.0.1", NEXT_KEY),
+                                                            ("10.0.0.3", WG_KEYS[3]))
+    up1 = d3["h1"].state.segment("gamma").uplink
+    assert (up1.key, up1.keys) == (NEXT_KEY, (NEXT_KEY,))
+    assert all(WG_KEY not in str(segments_to_json(d3[h].state.segments)) for h in d3)
+

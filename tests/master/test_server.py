@@ -233,6 +233,13 @@ def test_host_outside_the_policy_may_not_report(master):
     ({"extra": 1}, "unknown field extra"),
     ({"wireguard-key": "c2hvcnQ="}, "wireguard-key must be a WireGuard public key"),
     ({"wireguard-key": 7}, "wireguard-key must be a WireGuard public key"),
+    ({"wireguard-key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+      "wireguard-next-key": "c2hvcnQ="}, "wireguard-next-key must be a WireGuard public key"),
+    ({"wireguard-next-key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="},
+     "wireguard-next-key needs wireguard-key"),
+    ({"wireguard-accepts": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="},
+     "wireguard-accepts must be a list of WireGuard public keys"),
+    ({"wireguard-accepts": ["c2hvcnQ="]}, "wireguard-accepts must be a list of WireGuard"),
 ])
 def test_bad_capability_reports_get_one_line_400s(master, body, needle):
     h1 = master.enroll("h1")
@@ -353,3 +360,9 @@ def test_a_reported_wireguard_public_key_is_kept_with_the_report(master):
     h1 = master.enroll("h1")
     h1.client.put_capabilities("h1", dict(report(1), **{"wireguard-key": key}))
     assert master.m.store.reports()["h1"]["wireguard-key"] == key
+    # a rotation: the next key, and the peers' rotating keys this host accepts
+    nxt = "qpI2Hh6Zcs9Anfgj2VVC2dlMWuy2ukeE96ad9ZNTCQU="
+    h1.client.put_capabilities("h1", dict(report(1), **{
+        "wireguard-key": key, "wireguard-next-key": nxt, "wireguard-accepts": [nxt, nxt]}))
+    kept = master.m.store.reports()["h1"]
+    assert (kept["wireguard-next-key"], kept["wireguard-accepts"]) == (nxt, [nxt])

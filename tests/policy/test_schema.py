@@ -174,6 +174,41 @@ def test_wireguard_key_of_a_host_is_a_public_key_once_per_host(tmp_path):
     assert "wireguard-key of host 'h2' is host 'h1's too" in e.message
 
 
+NEXT_KEY = "qpI2Hh6Zcs9Anfgj2VVC2dlMWuy2ukeE96ad9ZNTCQU="
+SAME_TAG = "xTIBA2rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="   # WG_KEY's first four bytes
+
+
+def test_wireguard_next_key_is_a_second_key_of_the_host_for_a_rotation(tmp_path):
+    text = CAP % ("lan", "10.0.1.1", "10.0.1.2")
+
+    def h2(lines):
+        return check_text(tmp_path, text.replace(
+            "    capabilities: [ip]\n", "    capabilities: [ip]\n" + lines))
+    pol, diags = h2(f"    wireguard-key: {WG_KEY}\n    wireguard-next-key: {NEXT_KEY}\n")
+    assert diags == [] and pol.hosts["h2"].wireguard_next_key == NEXT_KEY
+    assert pol.hosts["h1"].wireguard_next_key is None
+    cases = {
+        f"    wireguard-next-key: {NEXT_KEY}\n": "needs its wireguard-key too",
+        f"    wireguard-key: {WG_KEY}\n    wireguard-next-key: {WG_KEY}\n": "is its wireguard-key",
+        f"    wireguard-key: {WG_KEY}\n    wireguard-next-key: {SAME_TAG}\n":
+            "begins with the same four bytes",
+        f"    wireguard-key: {WG_KEY}\n    wireguard-next-key: abc=\n":
+            "wireguard-next-key of host 'h2' is not a WireGuard public key",
+    }
+    for lines, needle in cases.items():
+        _, diags = h2(lines)
+        [e] = errors(diags)
+        assert needle in e.message, (lines, e.message)
+    # another host's key as the next key: the copy-paste error, as for wireguard-key
+    both = text.replace("    capabilities: [vlan, ip]\n",
+                        f"    capabilities: [vlan, ip]\n    wireguard-key: {NEXT_KEY}\n").replace(
+        "    capabilities: [ip]\n",
+        f"    capabilities: [ip]\n    wireguard-key: {WG_KEY}\n    wireguard-next-key: {NEXT_KEY}\n")
+    _, diags = check_text(tmp_path, both)
+    [e] = errors(diags)
+    assert "wireguard-next-key of host 'h2' is host 'h1's too" in e.message
+
+
 def test_no_confidentiality_warning_for_hosts_that_can_ride_wireguard(tmp_path):
     text = (CAP % ("lan", "10.0.1.1", "10.0.1.2")).replace(
         "tvds: {a: {vlan: 100}}", "tvds: {a: {vlan: 100, protection: [confidentiality]}}")

@@ -116,3 +116,70 @@ def test_tvd_proxy_wireguard_key_prints_the_public_key(tmp_path):
     os.chmod(tmp_path / wgkey.FILE_NAME, 0o644)
     bad = run()
     assert bad.returncode == 2 and "mode 0644" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rotation_makes_the_next_pair_beside_the_key_and_promotes_only_the_named_key(tmp_path):
+    from xen_tvd.desired.wireguard import key_tag
+    state = str(tmp_path)
+    with pytest.raises(wgkey.KeyFileError, match="does not exist"):
+        wgkey.rotate(state)                # a rotation needs the pair it rotates from
+    current = wgkey.ensure(state)
+    private = (tmp_path / wgkey.FILE_NAME).read_text()
+    old = os.umask(0)
+    try:
+        nxt = wgkey.rotate(state)
+    finally:
+        os.umask(old)
+    path = tmp_path / (wgkey.FILE_NAME + ".next")
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    assert is_wireguard_key(nxt) and nxt == _public_of(path.read_text().strip())
+    assert nxt != current and key_tag(nxt) != key_tag(current)   # two inner addresses
+    # one rotation at a time: asking again gives the pending key, the file untouched
+    ino = st.st_ino
+    assert wgkey.rotate(state) == nxt and os.stat(path).st_ino == ino
+    assert wgkey.keys(state) == (current, nxt)
+    # the current key stays until the pending one is promoted, and only that one is
+    assert (tmp_path / wgkey.FILE_NAME).read_text() == private
+    assert not wgkey.promote(state, current) and wgkey.keys(state) == (current, nxt)
+    assert wgkey.promote(state, nxt)
+    assert wgkey.keys(state) == (nxt, None) and not path.exists()
+    assert stat.S_IMODE(os.stat(tmp_path / wgkey.FILE_NAME).st_mode) == 0o600
+    assert private.strip() not in (tmp_path / wgkey.FILE_NAME).read_text()
+    assert not wgkey.promote(state, nxt)      # nothing pending
+    # an unsafe pending file is refused as the key file is, never used
+    again = wgkey.rotate(state)
+    os.chmod(path, 0o640)
+    with pytest.raises(wgkey.KeyFileError, match="mode 0640"):
+        wgkey.keys(state)
+    with pytest.raises(wgkey.KeyFileError, match="mode 0640"):
+        wgkey.promote(state, again)
+    assert wgkey.public_key(state) == nxt
+
+
+def test_tvd_proxy_wireguard_key_rotate_prints_the_next_key_only(tmp_path):
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "xen_tvd.proxy.main", "wireguard-key",
+                               "--state-dir", str(tmp_path), *extra], capture_output=True,
+                              text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+    current = run().stdout.strip()
+    first, second = run("--rotate"), run("--rotate")
+    assert first.returncode == 0 and first.stdout == second.stdout
+    pending = (tmp_path / (wgkey.FILE_NAME + ".next")).read_text().strip()
+    assert first.stdout.strip() == _public_of(pending) != current
+    assert "wireguard-next-key" in first.stderr
+    for out in (first, second):
+        assert pending not in out.stdout + out.stderr
+    assert run().stdout.strip() == current        # still the key it runs with
+
+
+def test_capability_report_carries_a_rotations_public_keys_only(tmp_path):
+    current = wgkey.ensure(str(tmp_path))
+    nxt = wgkey.rotate(str(tmp_path))
+    body = capabilities.report(str(tmp_path / "absent.json"), False, current, nxt, [nxt])
+    assert (body["wireguard-key"], body["wireguard-next-key"], body["wireguard-accepts"]) == \
+        (current, nxt, [nxt])
+    for f in (wgkey.FILE_NAME, wgkey.FILE_NAME + ".next"):
+        assert (tmp_path / f).read_text().strip() not in repr(body)
+    plain = capabilities.report(str(tmp_path / "absent.json"), False, current)
+    assert "wireguard-next-key" not in plain and "wireguard-accepts" not in plain

@@ -1,7 +1,8 @@
 """The host's WireGuard device (desired.wireguard.WgDevice): link, key, port, peers, address.
 
     sync(ctx, dev, key_path)    create or converge tvw-wg0; idempotent (a converged device
-                                gets no writes and reports nothing)
+                                gets no writes and reports nothing); returns the public key
+                                it runs with
     remove(ctx, why)            delete it (no encrypted segment left)
     converge(dev, key_path, netns)   sync() alone, with its own netlink socket
 
@@ -12,6 +13,12 @@ proxy's (desired.wireguard.read_key_file), handed to the kernel and dropped: it 
 logged, never in a report or an exception, and never read back (the device's public key is compared instead). Peers are exactly dev.peers: each with
 its endpoint and its one inner address as allowed IP (cryptokey routing then drops whatever a
 peer sends from another inner address); a peer not in the plan (a revoked host) is removed.
+
+Key rotation: dev.key names the public key to run with, found in the key file or in the pending
+one next to it (key_path + NEXT_SUFFIX); the device keeps an inner address for each of
+dev.keys. A switch writes the new address first, then the peers, then the private key, and
+calls `switched` at once, so the VXLAN devices take the new source address within the same
+few milliseconds (docs/wireguard.md, "Key rotation").
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from xen_tvd.desired import names
-from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, KeyFileError, WgDevice, read_key_file
+from xen_tvd.desired.wireguard import (DEVICE, INNER_PREFIX, NEXT_SUFFIX, KeyFileError, WgDevice,
+                                      inner_address, read_key_file)
 
 from . import common, sysctl
 from .common import Ctx
@@ -47,6 +55,23 @@ def read_private_key(path: str) -> tuple[str, str]:
     public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode(), base64.b64encode(public).decode()
+
+
+def running_key(dev: WgDevice, key_path: str) -> tuple[str, str]:
+    """(private, public) of the key the device is to run with: the key file's, or, where the
+    plan names a key, whichever of the key file and the pending one holds it."""
+    private, public = read_private_key(key_path)
+    if dev.key is None or public == dev.key:
+        return private, public
+    pending = key_path + NEXT_SUFFIX
+    if os.path.lexists(pending):
+        private, public = read_private_key(pending)
+        if public == dev.key:
+            return private, public
+    raise DataplaneError(f"the plan has this host run with a WireGuard key that neither "
+                         f"{key_path} nor {pending} holds (the policy's or the master's key "
+                         "for this host is another host's, or an old one): put this host's "
+                         "`tvd-proxy wireguard-key` into the policy")
 
 
 def _wg_socket(netns: str | None):
@@ -93,9 +118,11 @@ def validate(ctx: Ctx, dev: WgDevice) -> None:
                              "1280)")
 
 
-def sync(ctx: Ctx, dev: WgDevice, key_path: str) -> Link:
+def sync(ctx: Ctx, dev: WgDevice, key_path: str, switched=None) -> str:
+    """Create or converge the device; the public key it runs with. `switched(public)` is
+    called right after the private key of an existing device changed."""
     validate(ctx, dev)
-    private, public = read_private_key(key_path)
+    private, public = running_key(dev, key_path)
     link = ctx.links.get(DEVICE)
     if link is not None and link.kind != KIND:
         common.delete(ctx, link, f"is {link.kind}, want {KIND}")
@@ -105,18 +132,23 @@ def sync(ctx: Ctx, dev: WgDevice, key_path: str) -> Link:
             ctx.ipr.link("add", ifname=DEVICE, kind=KIND)
         ctx.changed(f"created {KIND} {DEVICE}")
         link = ctx.require(DEVICE)
+        switched = None          # nothing rode the device yet
     link = common.set_alias(ctx, link, ALIAS)
     link = common.set_mtu(ctx, link, dev.mtu, "the underlay's MTU less WireGuard's 60 bytes")
-    _configure(ctx, dev, private, public)
     # IPv6 on this device only (a Dom0 may have it off elsewhere): the inner addresses are IPv6
     for k in sysctl.ensure(ctx.netns, {f"net/ipv6/conf/{DEVICE}/disable_ipv6": "0"},
                            f"enabling IPv6 on {DEVICE}"):
         ctx.changed(f"set {k}=0")
-    _address(ctx, link, dev.inner)
-    return common.set_up(ctx, link)
+    # every key's address before the key itself: a switch's new source address must exist
+    _address(ctx, link, {inner_address(dev.local, k) for k in set(dev.keys) | {public}})
+    if _configure(ctx, dev, private, public) and switched is not None:
+        switched(public)
+    common.set_up(ctx, link)
+    return public
 
 
-def _configure(ctx: Ctx, dev: WgDevice, private: str, public: str) -> None:
+def _configure(ctx: Ctx, dev: WgDevice, private: str, public: str) -> bool:
+    """Peers, then port and private key; whether the private key changed."""
     try:
         wg = _wg_socket(ctx.netns)
     except (OSError, ValueError) as e:
@@ -125,11 +157,6 @@ def _configure(ctx: Ctx, dev: WgDevice, private: str, public: str) -> None:
     try:
         with doing(f"reading WireGuard device {DEVICE} in {ctx.where}", MODULE_HINT):
             have_public, have_port, have_peers = _device_state(wg.info(DEVICE))
-        if have_public != public or have_port != dev.port:
-            with doing(f"setting the private key and port {dev.port} of {DEVICE}"):
-                wg.set(DEVICE, private_key=private, listen_port=dev.port)
-            ctx.changed(f"set {DEVICE}'s private key and port {dev.port}"
-                        if have_public != public else f"set {DEVICE}'s port {dev.port}")
         want = {p.public_key: p for p in dev.peers}
         for key in sorted(set(have_peers) - set(want)):
             with doing(f"removing a peer from {DEVICE}"):
@@ -145,29 +172,37 @@ def _configure(ctx: Ctx, dev: WgDevice, private: str, public: str) -> None:
                                      "replace_allowed_ips": True})
             ctx.changed(f"{'updated' if key in have_peers else 'added'} WireGuard peer "
                         f"{p.endpoint} ({p.inner})")
+        # last: a new private key makes the device handshake again with every peer
+        if have_public != public or have_port != dev.port:
+            with doing(f"setting the private key and port {dev.port} of {DEVICE}"):
+                wg.set(DEVICE, private_key=private, listen_port=dev.port)
+            ctx.changed(f"set {DEVICE}'s private key and port {dev.port}"
+                        if have_public != public else f"set {DEVICE}'s port {dev.port}")
+        return have_public is not None and have_public != public
     finally:
         wg.close()
 
 
-def _address(ctx: Ctx, link: Link, inner: str) -> None:
-    """Exactly one inner address, with the inner prefix: the peers are on-link through it."""
+def _address(ctx: Ctx, link: Link, inner: set[str]) -> None:
+    """Exactly the inner addresses (one per key the peers accept), with the inner prefix: the
+    peers are on-link through it."""
     with doing(f"reading the addresses of {DEVICE}"):
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
                 for a in ctx.ipr.get_addr(index=link.index, family=socket.AF_INET6)}
-    want = (inner, INNER_PREFIX.prefixlen)
-    for a, plen in sorted(have - {want}):
+    want = {(str(ipaddress.IPv6Address(a)), INNER_PREFIX.prefixlen) for a in inner}
+    for a, plen in sorted(want - have):
+        with doing(f"adding address {a}/{plen} to {DEVICE}"):
+            # no DAD: the kernel skips it on an IFF_NOARP device such as WireGuard's
+            ctx.ipr.addr("add", index=link.index, address=a, prefixlen=plen,
+                         family=socket.AF_INET6)
+        ctx.changed(f"added {a}/{plen} to {DEVICE}")
+    for a, plen in sorted(have - want):
         if ipaddress.ip_address(a).is_link_local:
             continue
         with doing(f"removing address {a}/{plen} from {DEVICE}"):
             ctx.ipr.addr("del", index=link.index, address=a, prefixlen=plen,
                          family=socket.AF_INET6)
         ctx.changed(f"removed {a}/{plen} from {DEVICE}")
-    if want not in have:
-        with doing(f"adding address {inner}/{want[1]} to {DEVICE}"):
-            # no DAD: the kernel skips it on an IFF_NOARP device such as WireGuard's
-            ctx.ipr.addr("add", index=link.index, address=inner, prefixlen=want[1],
-                         family=socket.AF_INET6)
-        ctx.changed(f"added {inner}/{want[1]} to {DEVICE}")
 
 
 def remove(ctx: Ctx, why: str) -> None:

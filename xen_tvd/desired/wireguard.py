@@ -4,10 +4,13 @@ One device per host (DEVICE) carries the VXLAN of every encrypted segment: its p
 other hosts sharing such a segment, each with its public key, its underlay address as the
 endpoint and one inner address (allowed IP), so WireGuard's cryptokey routing accepts from a
 peer only packets with that peer's inner source address. Inner addresses need no plan or
-configuration: each host's is its underlay IPv4 address inside a fixed IPv6 ULA prefix
-(INNER_PREFIX), unique because underlay addresses are (the policy checks that). The private key
-is not here: the dataplane reads it from the host's own key file (proxy/wgkey.py makes it);
-read_key_file() is the one reader of that file, for both.
+configuration: a host's is its underlay IPv4 address and the first four bytes of its public key
+inside a fixed IPv6 ULA prefix (INNER_PREFIX), unique because underlay addresses are (the
+policy checks that). With the key in the address, a host that rotates its key pair has two
+inner addresses for a while and its peers accept both keys, each from its own address: the
+overlap that keeps traffic flowing while the host switches (docs/wireguard.md, "Key
+rotation"). The private key is not here: the dataplane reads it from the host's own key file
+(proxy/wgkey.py makes it); read_key_file() is the one reader of that file, for both.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ VXLAN_INNER_OVERHEAD = 70
 
 
 KEY_BYTES = 32
+# the pending key pair of a rotation sits next to the key file: STATE_DIR/wireguard.key.next
+NEXT_SUFFIX = ".next"
 
 
 class KeyFileError(ValueError):
@@ -74,10 +79,17 @@ def read_key_file(path: str) -> bytes:
     return raw
 
 
-def inner_address(underlay: str) -> str:
-    """A host's inner address from its IPv4 underlay address (10.0.0.1 -> fd74:7664:7767::a00:1)."""
+def key_tag(public_key: str) -> int:
+    """The first four bytes of a public key, as the inner address carries them."""
+    return int.from_bytes(base64.b64decode(public_key)[:4], "big")
+
+
+def inner_address(underlay: str, public_key: str) -> str:
+    """A host's inner address for one of its keys: the IPv4 underlay address in the low 32
+    bits, the key's first four bytes above it (10.0.0.1 and a key starting 0x1a2b3c4d ->
+    fd74:7664:7767:0:1a2b:3c4d:a00:1)."""
     v4 = ipaddress.IPv4Address(underlay)
-    return str(INNER_PREFIX[int(v4)])
+    return str(INNER_PREFIX[(key_tag(public_key) << 32) | int(v4)])
 
 
 @dataclass(frozen=True)
@@ -88,17 +100,20 @@ class WgPeer:
 
     @property
     def inner(self) -> str:
-        return inner_address(self.endpoint)
+        return inner_address(self.endpoint, self.public_key)
 
 
 @dataclass(frozen=True)
 class WgDevice:
-    """This host's end: the underlay address it listens on and the peers it talks to."""
+    """This host's end: the underlay address it listens on and the peers it talks to. A peer
+    in the middle of a key rotation is there twice, once per key (each with its own inner
+    address). `key`: the public key this host runs with (its key file or the pending one,
+    STATE_DIR/wireguard.key.next); None: whatever its key file holds. `keys`: this host's keys
+    its peers accept (the current and, while rotating, the other): the device keeps an inner
+    address for each, so packets a peer still sends to the old one arrive."""
     local: str               # this host's underlay IPv4 address
     mtu: int                 # the device's MTU: the underlay's less OVERHEAD_IPV4
     peers: tuple[WgPeer, ...] = ()
     port: int = LISTEN_PORT
-
-    @property
-    def inner(self) -> str:
-        return inner_address(self.local)
+    key: str | None = None
+    keys: tuple[str, ...] = ()

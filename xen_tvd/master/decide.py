@@ -23,6 +23,8 @@ Paper 5.2 step 3-4, contract docs/master-protocol.md "Capability report" and "Bu
    peers (only enrolled, non-revoked carriers), VLAN-offload NICs, underlay MTUs and, for
    routed components, its router legs and flow filter plan (for every TVD it may carry; the
    proxy keeps those its local TVDs need, xen_tvd.proxy.routes).
+5. WireGuard key rotation: a host's reported next key is accepted by its peers (both keys in
+   their plans); the host runs with it once all of them reported accepting it.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from xen_tvd.desired import transports
 from xen_tvd.desired.capabilities import EVIDENCE
 from xen_tvd.desired.model import HostState
 from xen_tvd.desired.serial import segments_to_json, to_json
+from xen_tvd.desired.transports.wireguard import WireguardUplink
+from xen_tvd.desired.wireguard import key_tag
 from xen_tvd.planner import GUARDED_GOALS, PlanError, plan, routing
 from xen_tvd.planner import carriers as carrier_rule
 from xen_tvd.policy.model import Host, Policy
@@ -81,16 +85,29 @@ def effective_host(host: Host, report: dict) -> tuple[Host, list[str]]:
         if addr is not None and addr != nic.address:
             warnings.append(f"nic {nic.nic} on {nic.network} reported address {addr}, policy "
                             f"says {nic.address}: the policy's address is used")
-    # the host's WireGuard public key is the one it reports (it made the pair); one the policy
-    # pins must match, else the host has none here (its encrypted segments fail closed)
-    wg_key = report.get("wireguard-key")
-    if host.wireguard_key is not None and wg_key != host.wireguard_key:
+    # the host's WireGuard public keys are the ones it reports (it made the pairs); where the
+    # policy pins keys (wireguard-key, and wireguard-next-key for a rotation) a reported key
+    # must be one of them, else the host has none here (its encrypted segments fail closed)
+    wg_key, wg_next = report.get("wireguard-key"), report.get("wireguard-next-key")
+    pinned = {k for k in (host.wireguard_key, host.wireguard_next_key) if k}
+    if pinned and wg_key not in pinned:
         warnings.append("wireguard-key reported " + ("none" if wg_key is None else
                         "differs from the policy's hosts entry") + ": the host gets no "
                         "encrypted segments until the two agree")
         wg_key = None
+    if wg_next is not None and (wg_key is None or wg_next == wg_key):
+        wg_next = None
+    elif wg_next is not None and pinned and wg_next not in pinned:
+        warnings.append("wireguard-next-key reported is not the policy's hosts entry "
+                        "(wireguard-next-key): the rotation waits until the two agree")
+        wg_next = None
+    elif wg_next is not None and key_tag(wg_next) == key_tag(wg_key):
+        warnings.append("wireguard-next-key reported begins with the same four bytes as the "
+                        "wireguard-key (one inner address for both): ignored; make another "
+                        "pair")
+        wg_next = None
     return dataclasses.replace(host, capabilities=caps, properties=props,
-                               wireguard_key=wg_key), warnings
+                               wireguard_key=wg_key, wireguard_next_key=wg_next), warnings
 
 
 def decide(policy: Policy, reports: dict[str, dict],
@@ -133,10 +150,37 @@ def decide(policy: Policy, reports: dict[str, dict],
                 refused[h][tvd] = reason
                 carry[h].discard(tvd)
         states = plan(eff, {}, carry)
+    _switch_accepted_keys(eff_hosts, reports, states)
     for h in eff_hosts:
         state = states.get(h, HostState(host=h, underlay_peers=()))
         out[h] = Decision(state, refused[h])
     return out
+
+
+def _switch_accepted_keys(hosts: dict[str, Host], reports: dict[str, dict],
+                          states: dict[str, HostState]) -> None:
+    """Key rotation (docs/wireguard.md): a host with a next key runs with it once every host
+    whose plan has it as a WireGuard peer reported that it accepts the key (the report's
+    wireguard-accepts, sent after applying a bundle with both keys). Until then it keeps its
+    current key; the peers accept both either way."""
+    owner = {n.address: h for h, host in hosts.items() for n in host.nics}
+    peers_of: dict[str, set[str]] = {}
+    for p, st in states.items():
+        for seg in st.segments:
+            if isinstance(seg.uplink, WireguardUplink):
+                for addr, _ in seg.uplink.peers:
+                    if addr in owner:
+                        peers_of.setdefault(owner[addr], set()).add(p)
+    for h, host in hosts.items():
+        nxt = host.wireguard_next_key
+        if not nxt or h not in states:
+            continue
+        if all(nxt in (reports.get(p, {}).get("wireguard-accepts") or ())
+               for p in peers_of.get(h, ())):
+            st = states[h]
+            states[h] = dataclasses.replace(st, segments=tuple(
+                dataclasses.replace(seg, uplink=dataclasses.replace(seg.uplink, key=nxt))
+                if isinstance(seg.uplink, WireguardUplink) else seg for seg in st.segments))
 
 
 def _drop_routed_into_refused(policy: Policy, carry: dict[str, set[str]],

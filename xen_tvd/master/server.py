@@ -49,6 +49,9 @@ MAX_WAIT = 60.0
 REVOCATION_CHECK = 0.5                # an open watch re-checks its certificate this often
 AUDIT_EVENTS = {"admitted", "denied", "detached", "session-expired", "revoked"}
 FUNCTIONAL = set(capabilities.FUNCTIONAL)
+# wireguard-accepts: the next keys of rotating peers; two per peer at most, so a host's list is
+# bounded by twice its peers (hosts, in the policy's bounds)
+MAX_ACCEPTS = 8192
 
 
 class _TlsWriter(io.RawIOBase):
@@ -539,19 +542,33 @@ def _check_report(b: dict) -> dict:
                                  + ", ".join(ASSURANCE_KINDS))
         if not isinstance(s.get("evidence", ""), str):
             raise HttpError(400, f"security[{i}].evidence must be a string")
-    wg_key = b.get("wireguard-key")
-    if wg_key is not None and not is_wireguard_key(wg_key):
-        raise HttpError(400, "wireguard-key must be a WireGuard public key (44 characters of "
-                             "base64)")
-    extra = sorted(set(b) - {"functional", "nics", "security", "wireguard-key"})
+    wg = {}
+    for field in ("wireguard-key", "wireguard-next-key"):
+        key = b.get(field)
+        if key is not None and not is_wireguard_key(key):
+            raise HttpError(400, f"{field} must be a WireGuard public key (44 characters of "
+                                 "base64)")
+        if key is not None:
+            wg[field] = key
+    if "wireguard-next-key" in wg and "wireguard-key" not in wg:
+        raise HttpError(400, "wireguard-next-key needs wireguard-key (the key the host runs "
+                             "with)")
+    accepts = b.get("wireguard-accepts", [])
+    if not isinstance(accepts, list) or not all(is_wireguard_key(k) for k in accepts):
+        raise HttpError(400, "wireguard-accepts must be a list of WireGuard public keys")
+    if len(accepts) > MAX_ACCEPTS:
+        raise HttpError(400, f"wireguard-accepts lists more than {MAX_ACCEPTS} keys")
+    if accepts:
+        wg["wireguard-accepts"] = sorted(set(accepts))
+    extra = sorted(set(b) - {"functional", "nics", "security", "wireguard-key",
+                             "wireguard-next-key", "wireguard-accepts"})
     if extra:
         raise HttpError(400, f"unknown field {extra[0]} in capability report")
     out = {"functional": sorted(set(functional)),
            "nics": [{k: n[k] for k in ("network", "nic", "address")} for n in nics],
            "security": [{"property": s["property"], "assurance": s["assurance"],
                          "evidence": s.get("evidence", "")} for s in security]}
-    if wg_key is not None:
-        out["wireguard-key"] = wg_key
+    out.update(wg)
     return out
 
 

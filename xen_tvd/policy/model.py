@@ -158,6 +158,9 @@ class Host:
     # `tvd-proxy wireguard-key`; with a master, the host reports it and this entry, if given,
     # pins it (a differing report is not believed)
     wireguard_key: str | None = None
+    # the key pair it rotates to (`tvd-proxy wireguard-key --rotate`): peers accept both keys;
+    # with a master, the host reports it and this entry, if given, pins it too
+    wireguard_next_key: str | None = None
 
     def external_on(self, external: str) -> HostExternal | None:
         return next((e for e in self.externals if e.external == external), None)

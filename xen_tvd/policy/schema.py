@@ -12,6 +12,7 @@ import re
 import yaml
 
 from xen_tvd.desired.patterns import IFNAME_RE, is_wireguard_key
+from xen_tvd.desired.wireguard import key_tag
 from xen_tvd.diagnostics import Collector
 from xen_tvd.policy.model import (ASSURANCE_KINDS, DUMMY_TVD, FUNCTIONAL_CAPABILITIES,
                                   PROTECTION_GOALS, External, Flow, FlowKind, Host,
@@ -37,7 +38,8 @@ FLOW_KEYS = {"from": True, "to": True, "policy": True, "allow": False, "sender":
 NETWORK_KEYS = {"subnet": True, "vlan-capable": False, "multicast": False, "trusted-for": False,
                 "mtu": False, "max-mtu": False, "require-encryption": False, "description": False}
 HOST_KEYS = {"address": True, "capabilities": True, "properties": False, "nics": False,
-             "externals": False, "wireguard-key": False, "description": False}
+             "externals": False, "wireguard-key": False, "wireguard-next-key": False,
+             "description": False}
 EXTERNAL_KEYS = {"subnets": True, "description": False}
 HOST_EXTERNAL_KEYS = {"external": True, "nic": True, "address": True, "gateway": False}
 
@@ -530,26 +532,50 @@ class PolicyReader(Reader):
                         nics.append((HostNic(net, dev, a), item))
             exts = (self.host_externals(body["externals"][1], name)
                     if "externals" in body else [])
-            wg_key = None
-            if "wireguard-key" in body:
-                wg_key = self.string(body["wireguard-key"][1], f"wireguard-key of host '{name}'")
-                if wg_key is not None and not is_wireguard_key(wg_key):
-                    self.err(body["wireguard-key"][1], f"wireguard-key of host '{name}' is not "
-                             "a WireGuard public key (44 characters of base64, as "
-                             "`tvd-proxy wireguard-key` prints it)")
-                    wg_key = None
-                elif wg_key is not None and key_of.setdefault(wg_key, name) != name:
-                    self.err(body["wireguard-key"][1], f"wireguard-key of host '{name}' is "
-                             f"host '{key_of[wg_key]}'s too; each tvd-proxy makes its own key "
-                             "pair: copy each host's from `tvd-proxy wireguard-key` there")
-                    wg_key = None
+            wg_key = self.wireguard_key(body, "wireguard-key", name, key_of)
+            wg_next = self.wireguard_key(body, "wireguard-next-key", name, key_of)
+            if wg_next is not None:
+                node = body["wireguard-next-key"][1]
+                if wg_key is None:
+                    self.err(node, f"wireguard-next-key of host '{name}' needs its "
+                             "wireguard-key too (the key it runs with now; the next one is the "
+                             "key it rotates to, docs/wireguard.md)")
+                    wg_next = None
+                elif wg_next == wg_key:
+                    self.err(node, f"wireguard-next-key of host '{name}' is its "
+                             "wireguard-key: give the new key of `tvd-proxy wireguard-key "
+                             "--rotate`, or remove the entry")
+                    wg_next = None
+                elif key_tag(wg_next) == key_tag(wg_key):
+                    self.err(node, f"wireguard-next-key of host '{name}' begins with the same "
+                             "four bytes as its wireguard-key, so both would have one inner "
+                             "address: make another key pair (`tvd-proxy wireguard-key "
+                             "--rotate` never makes such a pair)")
+                    wg_next = None
             if addr is None:
                 continue
             self._addr_nodes.append((name, addr, body["address"][1]))
             self._nic_nodes.extend((name, n, i) for n, i in nics)
             out[name] = Host(name, addr, caps, props, tuple(n for n, _ in nics), self.pos(kn),
-                             tuple(exts), wg_key)
+                             tuple(exts), wg_key, wg_next)
         return out
+
+    def wireguard_key(self, body, key: str, host: str, key_of: dict[str, str]) -> str | None:
+        """A host's `wireguard-key` or `wireguard-next-key`: a public key, no other host's."""
+        if key not in body:
+            return None
+        node = body[key][1]
+        wg_key = self.string(node, f"{key} of host '{host}'")
+        if wg_key is not None and not is_wireguard_key(wg_key):
+            self.err(node, f"{key} of host '{host}' is not a WireGuard public key (44 "
+                     "characters of base64, as `tvd-proxy wireguard-key` prints it)")
+            return None
+        if wg_key is not None and key_of.setdefault(wg_key, host) != host:
+            self.err(node, f"{key} of host '{host}' is host '{key_of[wg_key]}'s too; each "
+                     "tvd-proxy makes its own key pair: copy each host's from `tvd-proxy "
+                     "wireguard-key` there")
+            return None
+        return wg_key
 
     def address(self, node, what: str) -> str | None:
         v = self.string(node, what)

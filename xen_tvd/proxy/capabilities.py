@@ -114,12 +114,19 @@ def _read_evidence(path: str, where: str) -> str:
 
 
 def report(path: str = DEFAULT_FILE, required: bool = False,
-           wireguard_key: str | None = None) -> dict:
-    """The body of PUT /v1/hosts/HOST/capabilities."""
+           wireguard_key: str | None = None, wireguard_next_key: str | None = None,
+           wireguard_accepts=()) -> dict:
+    """The body of PUT /v1/hosts/HOST/capabilities. wireguard_next_key: the pending key of a
+    rotation; wireguard_accepts: the next keys of rotating peers this host's bundle in force
+    makes it accept (docs/master-protocol.md)."""
     nics, security = load_file(path, required)
     body = {"functional": detect_functional(), "nics": nics, "security": security}
     if wireguard_key is not None:
         body["wireguard-key"] = wireguard_key
+    if wireguard_next_key is not None:
+        body["wireguard-next-key"] = wireguard_next_key
+    if wireguard_accepts:
+        body["wireguard-accepts"] = sorted(wireguard_accepts)
     return body
 
 

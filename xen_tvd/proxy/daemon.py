@@ -13,15 +13,14 @@ import struct
 
 from xen_tvd.log import log
 
-from . import wgkey
 from .core import ProxyCore
 from .dataplane_port import KernelDataplane
 from .protocol import MAX_REQUEST, VERSION, encode
 from .standalone import StandaloneAuthority
 
 
-def _kernel(state_dir: str) -> KernelDataplane:
-    return KernelDataplane(wireguard_key=wgkey.path_in(state_dir))
+def _kernel(state_dir: str, on_key_switched=None) -> KernelDataplane:
+    return KernelDataplane(state_dir, on_key_switched)
 
 
 def build_standalone(policy, host: str, state_dir: str, segment_grace: float = 30.0,
@@ -34,7 +33,9 @@ def build_master(link, host: str, state_dir: str, segment_grace: float = 30.0,
                  vif_drivers=frozenset()) -> ProxyCore:
     from .master_authority import MasterAuthority
     authority = MasterAuthority(link, host)
-    core = ProxyCore(authority, _kernel(state_dir), state_dir, segment_grace=segment_grace,
+    # a switched key goes to the master at once (its peers then drop the old one)
+    core = ProxyCore(authority, _kernel(state_dir, link.report_again.set), state_dir,
+                     segment_grace=segment_grace,
                      vif_drivers=frozenset(vif_drivers))
     authority.bind(core)
     return core

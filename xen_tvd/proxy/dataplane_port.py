@@ -12,6 +12,8 @@ from xen_tvd.dataplane import (ApplyReport, DataplaneError, DeviceFacts, Probe, 
                                apply, bridge_ports, drop_counters, health, identify, inspect,
                                plug_vif, probe_leftovers, unplug_vif)
 from xen_tvd.desired.model import HostState, Segment, VifPort
+from xen_tvd.desired.transports.wireguard import WireguardUplink
+from xen_tvd.log import log
 
 __all__ = ["DataplanePort", "KernelDataplane", "DataplaneError", "DeviceFacts"]
 
@@ -31,14 +33,43 @@ class DataplanePort(Protocol):
 
 class KernelDataplane:
     """The current network namespace (tvd-proxy --netns setns()es the whole process).
-    wireguard_key: the host's WireGuard private key file (made at start by main.py, read only
-    by the dataplane when a segment rides WireGuard)."""
+    state_dir: where the host's WireGuard key files are (made by wgkey.py, read only by the
+    dataplane when a segment rides WireGuard). on_key_switched(): called after the host
+    switched to its pending key and that key became its key file (master mode: report it)."""
 
-    def __init__(self, wireguard_key: str | None = None) -> None:
-        self.wireguard_key = wireguard_key
+    def __init__(self, state_dir: str | None = None, on_key_switched=None) -> None:
+        self.state_dir = state_dir
+        self.on_key_switched = on_key_switched
+
+    @property
+    def wireguard_key(self) -> str | None:
+        from . import wgkey
+        return wgkey.path_in(self.state_dir) if self.state_dir else None
 
     def apply(self, state: HostState) -> ApplyReport:
-        return apply(state, wireguard_key=self.wireguard_key)
+        report = apply(state, wireguard_key=self.wireguard_key)
+        self._settle_rotation(state)
+        return report
+
+    def _settle_rotation(self, state: HostState) -> None:
+        """After a whole apply that ran the device on the pending key (the plan named it: the
+        peers accept it), the pending key becomes the key file and the old private key is gone."""
+        if not self.state_dir:
+            return
+        used = {s.uplink.key for s in state.segments if isinstance(s.uplink, WireguardUplink)}
+        if len(used) != 1 or not next(iter(used)):
+            return
+        from . import wgkey
+        try:
+            switched = wgkey.promote(self.state_dir, next(iter(used)))
+        except (OSError, wgkey.KeyFileError) as e:
+            log("error", "wireguard-key-not-promoted", error=getattr(e, "strerror", None) or str(e))
+            return
+        if switched:
+            log("info", "wireguard-key-rotated", detail="the device runs with the new key pair; "
+                "the old private key is removed", file=self.wireguard_key)
+            if self.on_key_switched is not None:
+                self.on_key_switched()
 
     def plug(self, port: VifPort, segment: Segment, log_drops: int = 0) -> None:
         plug_vif(port, segment, log_drops=log_drops)

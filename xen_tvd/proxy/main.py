@@ -1,7 +1,8 @@
 """`tvd-proxy run --policy FILE --host NAME [--socket PATH] [--state-dir DIR] [--netns NS]`,
 `tvd-proxy run --master --host NAME [...]`, `tvd-proxy enroll URL TOKEN --host NAME` and
-`tvd-proxy wireguard-key [--state-dir DIR]` (prints this host's WireGuard public key, making the
-key pair if there is none: standalone, it goes into the policy's hosts.NAME.wireguard-key).
+`tvd-proxy wireguard-key [--state-dir DIR] [--rotate]` (prints this host's WireGuard public key,
+making the key pair if there is none: standalone, it goes into the policy's
+hosts.NAME.wireguard-key; --rotate makes the next pair and prints its key, docs/wireguard.md).
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (enroll: enrolled), 1 enrolment refused, 2 bad usage
 or unusable policy/host/state/socket/enrolment.
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "in the state directory)")
     k.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"the key pair is DIR/wireguard.key (default {DEFAULT_STATE_DIR})")
+    k.add_argument("--rotate", action="store_true",
+                   help="start a key rotation: make the next key pair (DIR/wireguard.key.next) "
+                        "and print its public key (again while that rotation is pending); the "
+                        "host switches to it once its peers accept it (docs/wireguard.md)")
     r = sub.add_parser("run", help="serve hotplug scripts and tvdctl on a UNIX socket")
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("--policy", metavar="FILE", help="standalone: the policy file")
@@ -136,9 +141,17 @@ def enroll(args) -> int:
 def wireguard_key(args) -> int:
     from . import wgkey
     try:
-        print(wgkey.ensure(args.state_dir))
+        if not args.rotate:
+            print(wgkey.ensure(args.state_dir))
+            return 0
+        wgkey.ensure(args.state_dir)
+        print(wgkey.rotate(args.state_dir))
     except wgkey.KeyFileError as e:
         raise RuntimeError(str(e)) from None
+    print("tvd-proxy: next key pair ready. Master mode: reload tvd-proxy (it reports the key; "
+          "the host switches once its peers accept it). Standalone: add it to the policy as "
+          "hosts.NAME.wireguard-next-key on every host, then swap wireguard-key and "
+          "wireguard-next-key, then drop the old key (docs/wireguard.md)", file=sys.stderr)
     return 0
 
 
@@ -148,12 +161,12 @@ def _own_key(args, policy) -> str:
     over encrypted segments until it is fixed; the key itself is never logged)."""
     from . import wgkey
     try:
-        public = wgkey.ensure(args.state_dir)
+        public, pending = wgkey.keys(args.state_dir)
     except wgkey.KeyFileError as e:
         raise RuntimeError(str(e)) from None
     if policy is not None and args.host in policy.hosts:
         listed = policy.hosts[args.host].wireguard_key
-        if listed != public:
+        if listed not in (public, pending):    # the pending key: a rotation's second step
             # a warning only where the policy uses WireGuard keys at all
             used = any(h.wireguard_key for h in policy.hosts.values())
             log("warning" if used else "info", "wireguard-key-not-in-policy", host=args.host,
@@ -163,16 +176,25 @@ def _own_key(args, policy) -> str:
     return public
 
 
-def _master_core(args, public_key: str):
-    from . import capabilities
+def _master_core(args):
+    from . import capabilities, wgkey
     from .daemon import build_master
     from .master_link import LinkError, MasterLink
     from .sessions import SessionWatch
     cap_path, required = capabilities.file_required(args.capabilities)
+
+    def report() -> dict:
+        # the key files are read each time: a rotation changes them while we run
+        try:
+            current, pending = wgkey.keys(args.state_dir)
+        except wgkey.KeyFileError as e:
+            raise capabilities.CapabilityError(str(e)) from None
+        accepts = link.daemon.wireguard_accepts() if link.daemon is not None else ()
+        return capabilities.report(cap_path, required, current, pending, sorted(accepts))
+
     try:
         capabilities.load_file(cap_path, required)   # a broken file stops the start, not later
-        link = MasterLink(args.state_dir, args.host,
-                          lambda: capabilities.report(cap_path, required, public_key),
+        link = MasterLink(args.state_dir, args.host, report,
                           offline_grace=args.offline_admission_grace)
     except (capabilities.CapabilityError, LinkError) as e:
         raise RuntimeError(str(e)) from None
@@ -216,10 +238,10 @@ def run(args) -> int:
     policy = None if args.master else _load(args.policy)
     if args.netns:
         enter_netns(args.netns)
-    public_key = _own_key(args, policy)
+    _own_key(args, policy)
     link = None
     if args.master:
-        core, link, start_threads = _master_core(args, public_key)
+        core, link, start_threads = _master_core(args)
     else:
         core = build_standalone(policy, args.host, args.state_dir,
                                 segment_grace=args.segment_grace,

@@ -12,6 +12,7 @@ core's lock and change the core only through its public methods.
 from __future__ import annotations
 
 from xen_tvd.desired.model import HostState, VifPort
+from xen_tvd.desired.transports.wireguard import rotating_keys
 from xen_tvd.log import log
 
 from . import admission, routes, sessions
@@ -28,6 +29,7 @@ class MasterAuthority:
         self.revoked_msg: str | None = None
         self.digests = DigestCache()       # image digests (sessions.py re-hashes them)
         self.core = None                   # bind(): the core this authority decides for
+        self.reported_accepts: frozenset[str] | None = None   # in the last capability report
 
     def bind(self, core) -> None:
         self.core = core
@@ -147,6 +149,15 @@ class MasterAuthority:
     def audit(self, event: str, **fields) -> None:
         self.link.audit(event, **fields)
 
+    def wireguard_accepts(self) -> frozenset[str]:
+        """The keys of rotating peers (two keys for one address) the bundle in force makes this
+        host accept: the capability report tells the master, which then lets those peers
+        switch. Only after the bundle was applied (on_bundle reports it then)."""
+        b = self.bundle
+        accepts = rotating_keys(s.uplink for s in b.segments.values()) if b else frozenset()
+        self.reported_accepts = accepts
+        return accepts
+
     def status(self) -> dict:
         return {"master": {"url": self.link.url,
                            "generation": self.bundle.generation if self.bundle else None,
@@ -172,6 +183,9 @@ class MasterAuthority:
             core.save()
         log("info", "bundle-applied", generation=bundle.generation, previous=old,
             tvds=",".join(sorted(bundle.segments)), vifs=len(core.vifs))
+        # applied: tell the master which rotating peers' new keys this host now accepts
+        if rotating_keys(s.uplink for s in bundle.segments.values()) != self.reported_accepts:
+            self.link.report_again.set()
 
     def on_revoked(self, msg: str) -> None:
         """Host revoked: no bundle, no vif, no segment; everything refused until re-enrolled."""

@@ -5,7 +5,9 @@ The WireGuard device is built on the first encrypted segment's plug, from the wh
 (ctx.state: every encrypted segment's peers) and the host's key file (ctx.wireguard_key); if that
 fails (no wireguard module, no key) every encrypted segment fails, is left attached to nothing,
 and apply() says why; plain segments are built as usual. BUM frames are head-end replicated to
-the peers' inner addresses (all-zero FDB entries); unicast is learned.
+the peers' inner addresses (all-zero FDB entries); unicast is learned. Each VXLAN device sends
+from the inner address of the key the host runs with, changed in place when the key is
+(docs/wireguard.md, "Key rotation").
 
 Its underlay part: WireGuard (UDP to its listen port) only from the underlay peers, and nothing
 to the inner prefix or to VXLAN over IPv6 except through the WireGuard device — the VXLAN
@@ -15,31 +17,40 @@ source rule (the same UDP port) lets the tunnel's VXLAN through.
 """
 from __future__ import annotations
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from xen_tvd.desired import model
 from xen_tvd.desired.transports import wireguard as contract
 from xen_tvd.desired.wireguard import DEVICE, INNER_PREFIX, WgDevice, WgPeer, inner_address
 
+from .. import common
 from .. import wireguard as wgdev
 from ..common import Ctx
 from ..netlink import Link, doing
 from ..report import DataplaneError
 from .base import UnderlayPart, UplinkPlugin
-from .vxlan import sync_flood_list
+from .vxlan import ZERO_MAC, sync_flood_list
 
 
 def device_of(state: model.HostState) -> WgDevice | None:
-    """The host's WireGuard device: the union of its encrypted segments' peers."""
+    """The host's WireGuard device: the union of its encrypted segments' peers (a rotating
+    peer's two keys included); the key to run with and the keys to answer on."""
     ups = [s.uplink for s in state.segments if isinstance(s.uplink, contract.WireguardUplink)]
     if not ups:
         return None
-    keys: dict[str, str] = {}
+    owner: dict[str, str] = {}
     for u in ups:
         for addr, key in u.peers:
-            if keys.setdefault(addr, key) != key:
-                raise DataplaneError(f"the plan gives WireGuard peer {addr} two different keys")
+            if owner.setdefault(key, addr) != addr:
+                raise DataplaneError(f"the plan gives WireGuard peers {owner[key]} and {addr} "
+                                     "one key")
+    if len({(u.key, u.keys) for u in ups}) > 1:
+        raise DataplaneError("the plan's encrypted segments disagree on this host's "
+                             "WireGuard key")
+    peers = sorted((a, k) for k, a in owner.items())
     return WgDevice(ups[0].local_ip, max(u.wg_mtu for u in ups),
-                    tuple(WgPeer(k, a, ups[0].listen_port) for a, k in sorted(keys.items())),
-                    ups[0].listen_port)
+                    tuple(WgPeer(k, a, ups[0].listen_port) for a, k in peers),
+                    ups[0].listen_port, ups[0].key or None, ups[0].keys)
 
 
 class WireguardPlugin(UplinkPlugin):
@@ -54,29 +65,64 @@ class WireguardPlugin(UplinkPlugin):
         if not 0 < up.vni < 1 << 24:
             raise DataplaneError(f"segment {seg.tvd}: VNI {up.vni} outside 1..16777215")
 
-    def _device(self, ctx: Ctx) -> Link:
-        """tvw-wg0, converged once per apply; its failure fails every encrypted segment."""
+    def _device(self, ctx: Ctx) -> str:
+        """tvw-wg0, converged once per apply; the public key it runs with. Its failure fails
+        every encrypted segment."""
         if "wireguard" not in ctx.once:
             try:
                 if ctx.wireguard_key is None:
                     raise DataplaneError("no WireGuard key file was given to apply() (tvd-proxy "
                                          "passes STATE_DIR/wireguard.key)")
-                wgdev.sync(ctx, device_of(ctx.state), ctx.wireguard_key)
+                ctx.once["wireguard-public"] = wgdev.sync(
+                    ctx, device_of(ctx.state), ctx.wireguard_key,
+                    switched=lambda public: self._switch_sources(ctx, public))
                 ctx.once["wireguard"] = None
             except DataplaneError as e:
                 ctx.once["wireguard"] = str(e)
         if ctx.once["wireguard"] is not None:
             raise DataplaneError(f"encrypted segment not built: {ctx.once['wireguard']}")
-        return ctx.require(DEVICE)
+        return ctx.once["wireguard-public"]
+
+    def _local6(self, ctx: Ctx, seg: model.Segment) -> str:
+        return inner_address(seg.uplink.local_ip, ctx.once["wireguard-public"])
+
+    def _switch_sources(self, ctx: Ctx, public: str) -> None:
+        """Right after a key switch: every encrypted segment's VXLAN device sends from the new
+        key's inner address (the peers accept that key only from it)."""
+        ctx.once["wireguard-public"] = public
+        for seg in ctx.state.segments:
+            if isinstance(seg.uplink, contract.WireguardUplink):
+                link = ctx.links.get(self.ifname(seg))
+                if link is not None and link.owned and link.kind == self.kind:
+                    self._set_local6(ctx, link, self._local6(ctx, seg))
+
+    def _set_local6(self, ctx: Ctx, link: Link, local6: str) -> bool:
+        """The VXLAN device's source address, changed in place (its learned forwarding entries
+        stay); False where the kernel refuses (the caller recreates the device)."""
+        have = link.data.get("IFLA_VXLAN_LOCAL6")
+        if have == local6:
+            return True
+        try:
+            ctx.ipr.link("set", index=link.index, kind="vxlan", vxlan_local6=local6)
+        except NetlinkError:
+            return False
+        ctx.links.update(link, data=dict(link.data, IFLA_VXLAN_LOCAL6=local6))
+        ctx.changed(f"set {link.name}'s source {have} -> {local6}")
+        return True
 
     def plug(self, ctx: Ctx, seg: model.Segment, br: Link) -> Link:
         self._device(ctx)
+        link = ctx.links.get(self.ifname(seg))
+        if link is not None and link.owned and \
+                not self._set_local6(ctx, link, self._local6(ctx, seg)):
+            common.delete(ctx, link, "recreating: its source address cannot be changed in "
+                          "place")
         return super().plug(ctx, seg, br)
 
     def mismatch(self, ctx: Ctx, link: Link, seg: model.Segment) -> list[str]:
+        # the source address (the key's inner address) is changed in place by plug()
         up: contract.WireguardUplink = seg.uplink
-        want = {"IFLA_VXLAN_ID": up.vni, "IFLA_VXLAN_LOCAL6": inner_address(up.local_ip),
-                "IFLA_VXLAN_PORT": up.port}
+        want = {"IFLA_VXLAN_ID": up.vni, "IFLA_VXLAN_PORT": up.port}
         return [f"{k[11:].lower()} {link.data.get(k)}->{v}" for k, v in want.items()
                 if link.data.get(k) != v]
 
@@ -85,7 +131,7 @@ class WireguardPlugin(UplinkPlugin):
         with doing(f"creating VXLAN {name} (vni {up.vni}) over {DEVICE} in {ctx.where}",
                    "another VXLAN device with this VNI/port may exist"):
             ctx.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=up.vni,
-                         vxlan_local6=inner_address(up.local_ip),
+                         vxlan_local6=self._local6(ctx, seg),
                          vxlan_link=ctx.links.get(DEVICE).index, vxlan_port=up.port,
                          vxlan_learning=1)
 
@@ -93,8 +139,20 @@ class WireguardPlugin(UplinkPlugin):
         return f"VXLAN over IPv6 needs {DEVICE}'s MTU >= Segment.mtu + 70"
 
     def sync(self, ctx: Ctx, seg: model.Segment, link: Link) -> None:
-        """Head-end replication list = exactly the peers' inner addresses."""
-        sync_flood_list(ctx, link, seg.uplink.remotes)
+        """Head-end replication list = exactly the peers' inner addresses; what was learned
+        behind an address no longer in it (a rotated peer's old key, a revoked host) is
+        forgotten, so unicast to those VMs floods to the addresses that still answer."""
+        remotes = set(seg.uplink.remotes)
+        sync_flood_list(ctx, link, remotes)
+        for e in common.fdb(ctx):
+            dst, mac = e.get_attr("NDA_DST"), e.get_attr("NDA_LLADDR")
+            if e["ifindex"] != link.index or not dst or mac == ZERO_MAC or dst in remotes:
+                continue
+            try:
+                ctx.ipr.fdb("del", ifindex=link.index, lladdr=mac, dst=dst)
+            except NetlinkError:
+                continue      # aged out meanwhile
+            ctx.changed(f"forgot {mac} behind {dst} on {link.name} (not a remote)")
 
     def underlay(self, uplinks: list) -> UnderlayPart:
         listen = sorted({u.listen_port for u in uplinks})

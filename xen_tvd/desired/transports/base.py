@@ -48,6 +48,7 @@ class HostView(Protocol):
     capabilities: frozenset[str]
     nics: tuple[NicView, ...]
     wireguard_key: str | None
+    wireguard_next_key: str | None
 
     def nic_on(self, network: str) -> NicView | None: ...
 

@@ -10,6 +10,11 @@ device over its WireGuard device (desired/wireguard.py) between the hosts' inner
 head-end replication (no multicast inside WireGuard); its peers are the other carriers, each
 with its public key and underlay address. The VM-facing MTU is the smallest underlay MTU less
 both overheads (130), unless every underlay may be raised (max-mtu) so that VMs keep 1500.
+
+Key rotation (docs/wireguard.md): a host with a next key (hosts.NAME.wireguard-next-key, or
+the one it reported to the master) is every peer's peer twice, once per key, each key with its
+own inner address; the host itself runs with `key` and keeps an inner address for each of its
+`keys`, so no packet in flight is lost while it switches.
 """
 from __future__ import annotations
 
@@ -27,10 +32,14 @@ class WireguardUplink:
     vni: int
     local_ip: str                       # this host's underlay address (its inner one follows)
     underlay_dev: str                   # the NIC WireGuard's packets leave by
-    peers: tuple[tuple[str, str], ...]  # (underlay address, public key) of each other carrier
+    # (underlay address, public key) of each other carrier; twice for one that is rotating
+    # its key (the current and the next key are both accepted)
+    peers: tuple[tuple[str, str], ...]
     wg_mtu: int                         # the WireGuard device's MTU: the underlay's less 60
     port: int = 4789                    # VXLAN's, inside the tunnel
     listen_port: int = LISTEN_PORT      # WireGuard's, on the underlay
+    key: str = ""                       # the public key this host runs with ("": its key file's)
+    keys: tuple[str, ...] = ()          # this host's keys its peers accept (key, next key)
 
     @property
     def nic(self) -> str:
@@ -38,8 +47,27 @@ class WireguardUplink:
 
     @property
     def remotes(self) -> tuple[str, ...]:
-        """The peers' inner addresses: VXLAN's head-end replication list."""
-        return tuple(inner_address(a) for a, _ in self.peers)
+        """The peers' inner addresses: VXLAN's head-end replication list (both of a rotating
+        peer's: the copy to the address whose key it does not hold is dropped unread)."""
+        return tuple(inner_address(a, k) for a, k in self.peers)
+
+
+def host_keys(host) -> tuple[str, ...]:
+    """A host's WireGuard keys its peers accept: its key and, while rotating, its next key."""
+    nxt = getattr(host, "wireguard_next_key", None)
+    return (host.wireguard_key,) + ((nxt,) if nxt and nxt != host.wireguard_key else ())
+
+
+def rotating_keys(uplinks) -> frozenset[str]:
+    """The keys of peers that are rotating (an address with two keys) in these uplinks: what a
+    proxy tells the master its bundle makes it accept (the master's cue for the rotating host
+    to switch)."""
+    by_addr: dict[str, set[str]] = {}
+    for u in uplinks:
+        if isinstance(u, WireguardUplink):
+            for a, k in u.peers:
+                by_addr.setdefault(a, set()).add(k)
+    return frozenset(k for keys in by_addr.values() if len(keys) > 1 for k in keys)
 
 
 class Wireguard(Transport):
@@ -71,13 +99,14 @@ class Wireguard(Transport):
         for h in hosts:
             me = primary[h.name]
             underlay = raise_to or policy.networks[me.network].mtu
-            peers = tuple(sorted((primary[o.name].address, o.wireguard_key)
-                                 for o in hosts if o.name != h.name))
+            peers = tuple(sorted((primary[o.name].address, k)
+                                 for o in hosts if o.name != h.name for k in host_keys(o)))
             uplink = WireguardUplink(vni=tvd.vni, local_ip=me.address, underlay_dev=me.nic,
-                                     peers=peers, wg_mtu=underlay - OVERHEAD_IPV4)
+                                     peers=peers, wg_mtu=underlay - OVERHEAD_IPV4,
+                                     key=h.wireguard_key, keys=tuple(sorted(host_keys(h))))
             out[h.name] = HostUplink(uplink, vm_mtu,
                                      underlay_mtu=((me.nic, raise_to),) if raise_to else (),
-                                     peers=tuple(a for a, _ in peers))
+                                     peers=tuple(sorted({a for a, _ in peers})))
         return out
 
 

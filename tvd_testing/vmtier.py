@@ -72,6 +72,9 @@ DEFAULT_SELECTION = (
     # the host's WireGuard device (no wireguard module on tier 1's kernel): probe, keys, peers
     # as planned, the largest DF packet, nothing but WireGuard on the wire, re-key, revocation
     "tests/dataplane/test_wireguard.py",
+    # key rotation under a 10 ms ping: both keys accepted, the switch, the old key retired and
+    # refused afterwards (~50 s inner)
+    "tests/dataplane/test_wireguard_rotation.py",
     # the WireGuard transport: the encrypted TVD over an underlay trusted for nothing, next to
     # a plain one; matrix, largest DF packet, sniffer on the underlay, spoofing rogue
     "tests/dataplane/test_wireguard_e2e.py::test_encrypted_tvd_over_an_untrusted_underlay",

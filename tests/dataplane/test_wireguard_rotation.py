@@ -68,6 +68,14 @@ def _wg(ns: str) -> tuple[str, dict[str, set[str]]]:
     return public.decode(), peers
 
 
+def _rx_bytes(ns: str) -> dict[str, int]:
+    """Data bytes the device took from each peer key (after WireGuard's source check)."""
+    from pyroute2 import WireGuard
+    with WireGuard(netns=ns, flags=0) as wg:
+        return {p.get_attr("WGPEER_A_PUBLIC_KEY").decode(): p.get_attr("WGPEER_A_RX_BYTES")
+                for m in wg.info(DEVICE) for p in m.get_attr("WGDEVICE_A_PEERS") or []}
+
+
 def _inner_addresses(ns: str) -> set[str]:
     out = sh(ns, "ip", "-6", "-o", "addr", "show", "dev", DEVICE, "scope", "global").stdout
     return set(re.findall(r"inet6 ([0-9a-f:]+)/64", out))
@@ -156,6 +164,12 @@ def test_rotation_keeps_the_stream_and_retires_the_old_key(mkns, tmp_path):
         assert wgkey.keys(dirs["h1"]) == (k1, None)
         assert not os.path.exists(wgkey.next_path_in(dirs["h1"]))
         assert put("h2", st_b).changes == []         # B asks nothing new of h2
+        # before the old key is retired, traffic already rides the new one: h2 takes h1's
+        # packets under K1 from K1's address (a VXLAN device kept its cached old source
+        # once, and h2 refused every packet until the old address went)
+        before = _rx_bytes(ns["h2"])[k1]
+        assert _ping(ns["a1"], VM_IP["h2"])
+        assert _rx_bytes(ns["h2"])[k1] - before >= 3 * 84      # the 3 requests, at least
         time.sleep(1)
         # C: the old key retired
         st_c = states(f"wireguard-key: {k1}")

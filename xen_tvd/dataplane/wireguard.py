@@ -205,6 +205,23 @@ def _address(ctx: Ctx, link: Link, inner: set[str]) -> None:
         ctx.changed(f"removed {a}/{plen} from {DEVICE}")
 
 
+def forget_cached_routes(ctx: Ctx) -> None:
+    """Make every VXLAN device over the tunnel look its route up again. A VXLAN device caches
+    its route to each remote together with the source address it had then (the kernel's
+    dst_cache), so a changed source (a key switch's new inner address) is not used until
+    that cache is dropped; measured on 6.1: the old source went on for as long as the old
+    address stayed, and the peer refused it. Removing an IPv6 address drops every cached
+    IPv6 route of the namespace (addrconf bumps the route generation), so a throwaway address,
+    one no host has (the inner prefix's first), is added and removed at once."""
+    link = ctx.require(DEVICE)
+    spare = str(INNER_PREFIX[0])
+    with doing(f"refreshing the cached routes over {DEVICE}"):
+        ctx.ipr.addr("add", index=link.index, address=spare, prefixlen=128,
+                     family=socket.AF_INET6)
+        ctx.ipr.addr("del", index=link.index, address=spare, prefixlen=128,
+                     family=socket.AF_INET6)
+
+
 def remove(ctx: Ctx, why: str) -> None:
     link = ctx.links.get(DEVICE)
     if link is not None and link.owned:

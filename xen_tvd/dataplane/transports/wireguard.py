@@ -108,6 +108,8 @@ class WireguardPlugin(UplinkPlugin):
             return False
         ctx.links.update(link, data=dict(link.data, IFLA_VXLAN_LOCAL6=local6))
         ctx.changed(f"set {link.name}'s source {have} -> {local6}")
+        # its cached routes still carry the old source: drop them (once per source change)
+        wgdev.forget_cached_routes(ctx)
         return True
 
     def plug(self, ctx: Ctx, seg: model.Segment, br: Link) -> Link:

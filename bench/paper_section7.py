@@ -15,7 +15,13 @@ VM-to-VM paths, each built fresh in its own namespaces:
   tvd-vxlan-csumoff  the same with the opt-out
   tvd-vxlan-jumbo xen-tvd over VXLAN on an underlay whose MTU may be raised (`max-mtu`), so
                   the planner raises it and VMs keep 1500
-Same-host paths are compared with `baseline`, cross-host ones with `plain-l2`.
+  kernel-vxlan    the same two hosts joined by a bare kernel VXLAN device made with `ip link`
+                  (same VNI, group, port, MTUs as xen-tvd's plan; no port security, no underlay
+                  filter, no ownership marks): what any kernel-VXLAN setup pays, so the cost of
+                  the encapsulation itself is told apart from what xen-tvd adds to it
+  kernel-vxlan-jumbo  the same on the raised underlay MTU (VMs keep 1500)
+Same-host paths are compared with `baseline`, cross-host ones with `plain-l2`; the tvd-vxlan
+paths also with their kernel-vxlan twin (column "vs kernel").
 
 For each path: ping RTT min/avg/max/mdev over --pings pings (as the paper's Table 3), TCP
 throughput with iperf3, and small-packet rate: 64-byte UDP payloads sent by trafgen
@@ -68,7 +74,7 @@ hosts:
 
 SAME_HOST = ("baseline", "tvd-same", "tvd-same-csumoff", "tvd-same-routed")
 KINDS = ["baseline", "tvd-same", "tvd-same-csumoff", "tvd-same-routed", "plain-l2", "tvd-vxlan",
-         "tvd-vxlan-csumoff", "tvd-vxlan-jumbo"]
+         "tvd-vxlan-csumoff", "tvd-vxlan-jumbo", "kernel-vxlan", "kernel-vxlan-jumbo"]
 VM_IP = {1: "192.168.77.1", 2: "192.168.77.2"}
 
 
@@ -121,6 +127,19 @@ def plain_bridge(host: str, members: list[str]) -> None:
     for m in members:
         sh("ip", "link", "set", m, "master", "br0", "up", ns=host)
     sh("ip", "link", "set", "br0", "up", ns=host)
+
+
+def kernel_vxlan(host: str, local: str, vif: str, vm: str, jumbo: bool) -> None:
+    """A bare kernel VXLAN bridge, configured as xen-tvd's plan configures alpha's (VNI 100,
+    group 239.0.0.100, port 4789, learning; underlay 1500 or raised to 1550, VMs 1450 or 1500)."""
+    vm_mtu = 1500 if jumbo else 1450
+    if jumbo:
+        sh("ip", "link", "set", "eth0", "mtu", str(vm_mtu + 50), ns=host)
+    sh("ip", "link", "add", "vx0", "type", "vxlan", "id", "100", "local", local, "dev", "eth0",
+       "dstport", "4789", "group", "239.0.0.100", "ttl", "1", ns=host)
+    for dev, ns in (("vx0", host), (vif, host), ("eth0", vm)):
+        sh("ip", "link", "set", dev, "mtu", str(vm_mtu), ns=ns)
+    plain_bridge(host, ["vx0", vif])
 
 
 def tvd_attach(max_mtu: int, placement: dict[str, list[str]], host_ns: dict[str, str],
@@ -176,6 +195,11 @@ def build(path: str, trees: dict[str, str]) -> tuple[Topology, str, str]:
                 v1, v2 = t.vm(h1, 1), t.vm(h2, 2)
                 plain_bridge(h1, ["eth0", "vif1.0"])
                 plain_bridge(h2, ["eth0", "vif2.0"])
+            elif kind.startswith("kernel-vxlan"):
+                t.wire(h1, h2, "10.99.0.1", "10.99.0.2")
+                v1, v2 = t.vm(h1, 1), t.vm(h2, 2)
+                kernel_vxlan(h1, "10.99.0.1", "vif1.0", v1, kind.endswith("-jumbo"))
+                kernel_vxlan(h2, "10.99.0.2", "vif2.0", v2, kind.endswith("-jumbo"))
             else:
                 t.wire(h1, h2, "10.99.0.1", "10.99.0.2")
                 v1, v2 = t.vm(h1, 1), t.vm(h2, 2)
@@ -291,17 +315,25 @@ def main() -> int:
         want = "baseline" if kind in SAME_HOST else "plain-l2"
         return want if want in med else None
 
+    def twin(path: str) -> str | None:
+        kind = path.rpartition(":")[2]
+        want = kind.replace("tvd-vxlan", "kernel-vxlan") if kind in ("tvd-vxlan", "tvd-vxlan-jumbo") else None
+        return want if want in med else None
+
+    def ratios(m: dict, r: str | None) -> str:
+        return (f"{m['rtt_avg'] / med[r]['rtt_avg']:.3f}/{m['gbps'] / med[r]['gbps']:.3f}/"
+                f"{m['kpps'] / med[r]['kpps']:.3f}") if r else ""
+
     print(f"{'path':24s} {'rtt min/avg/max/mdev (ms)':>30s} {'Gbit/s':>7s} {'kpps':>6s} "
-          f"{'RTT ratio':>9s} {'tput ratio':>10s} {'pps ratio':>9s}")
+          f"{'RTT/tput/pps ratio':>19s} {'vs kernel':>19s}")
     for k in paths:
-        m, r = med[k], ref(k)
+        m = med[k]
         rtt = f"{m['rtt_min']:.3f}/{m['rtt_avg']:.3f}/{m['rtt_max']:.3f}/{m['rtt_mdev']:.3f}"
-        ratios = (f"{m['rtt_avg'] / med[r]['rtt_avg']:9.3f} {m['gbps'] / med[r]['gbps']:10.3f} "
-                  f"{m['kpps'] / med[r]['kpps']:9.3f}") if r else ""
-        print(f"{k:24s} {rtt:>30s} {m['gbps']:7.2f} {m['kpps']:6.0f} {ratios}")
+        print(f"{k:24s} {rtt:>30s} {m['gbps']:7.2f} {m['kpps']:6.0f} {ratios(m, ref(k)):>19s} "
+              f"{ratios(m, twin(k)):>19s}")
     print(f"(median of {args.rounds} interleaved rounds, {args.pings} pings, {args.seconds}s "
           f"iperf3 TCP and {args.seconds}s of 64-byte UDP from trafgen each; same-host paths vs baseline, "
-          f"cross-host vs plain-l2)")
+          f"cross-host vs plain-l2; 'vs kernel': tvd-vxlan paths vs the bare kernel VXLAN twin)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rounds": runs, "median": med}, f, indent=2)

@@ -115,6 +115,9 @@ hosts:
 # vif tx checksum offload per TVD of POLICY after the frontend connected: the product's
 # default (on) unless the TVD says `tx-checksum-offload: false` (beta proves the opt-out)
 TX_CSUM_ON = {"alpha": True, "beta": False}
+# ... and off on the vifs of a VM that opts out itself (xl.cfg tvd_tx_checksum_offload = 0,
+# registered by `tvdctl xl create`), while the other VMs of its TVD keep the TVD's setting
+VM_CSUM_OPT_OUT = {"alpha2"}
 
 # name -> (ip, mac, how): "tvdctl" = tvd="alpha" through `tvdctl xl create`; "xl" = plain
 # `xl create` with bridge=tvd:<tvd> and script=vif-tvd on the vif.
@@ -448,6 +451,7 @@ def guest_cfg(name: str, kernel: Path, ramdisk: Path) -> str:
              "memory = 160", "vcpus = 1", 'on_crash = "destroy"']
     if how == "tvdctl":
         lines += [f"vif = ['mac={mac}']", f'tvd = "{tvd}"', 'tvd_properties = ["signed-kernel:trust"]']
+        lines += ["tvd_tx_checksum_offload = 0"] if name in VM_CSUM_OPT_OUT else []
     else:
         lines += [f"vif = ['mac={mac}, bridge=tvd:{tvd}, script=vif-tvd']", f'tvd = "{tvd}"']
     return "\n".join(lines) + "\n"
@@ -1060,13 +1064,14 @@ class Dom0:
         sc.check("alpha-never-reach-beta", bool(all_rounds["alpha1"]) and not alpha_to_beta, alpha_to_beta)
         # vif tx checksum offload as each TVD's policy says after the frontend connected
         # (netback re-evaluates features then, see dataplane/offload.py): on by default
-        # (alpha), off where the TVD opts out (beta: `tx-checksum-offload: false`), including
-        # not merely "off [requested on]", which netback turns on at frontend connect
+        # (alpha1), off where the TVD opts out (beta: `tx-checksum-offload: false`) or the VM
+        # does (alpha2: tvd_tx_checksum_offload = 0, VM_CSUM_OPT_OUT), including not merely
+        # "off [requested on]", which netback turns on at frontend connect
         csum, wrong = {}, {}
         for n, dom in self.domids.items():
             offl = self.offloads(f"vif{dom}.0")
             got = {k: v for k, v in offl.items() if k.startswith("tx-checksum") and not v.endswith("[fixed]")}
-            want_on = TX_CSUM_ON[GUESTS[n][2]]
+            want_on = TX_CSUM_ON[GUESTS[n][2]] and n not in VM_CSUM_OPT_OUT
             csum[f"vif{dom}.0 ({n}, want {'on' if want_on else 'off'})"] = got
             ok = (offl.get("tx-checksumming", "").startswith("on") if want_on
                   else bool(got) and all(v.startswith("off") and "requested on" not in v for v in got.values()))

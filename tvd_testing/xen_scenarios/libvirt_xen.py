@@ -7,6 +7,10 @@ for nothing), after `tvdctl libvirt install-hook` put the domain and network hoo
 on network tvd-alpha, with the property alpha requires in its metadata, must start through
 the hooks, sit on tvd-alpha, reach alpha1/alpha2 and not beta; the same domain without the
 property must not start; `virsh destroy` must take its vif and the proxy's port away.
+
+The boot runs on qemu's Westmere CPU model when this scenario is selected
+(xentier.SCENARIO_QEMU_CPU): under `-cpu max` libvirt 9.0's libxl driver finds no model of its
+cpu_map in Xen's hw_caps and does not start (docs/test-tiers.md, Tier 3).
 """
 from __future__ import annotations
 

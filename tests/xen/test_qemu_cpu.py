@@ -11,9 +11,16 @@ def _no_env(monkeypatch):
     monkeypatch.delenv("TVD_XEN_QEMU_CPU", raising=False)
 
 
-def test_ci_scenarios_keep_the_default_model():
-    assert xentier.choose_qemu_cpu(xentier.CI_SCENARIOS) == xentier.QEMU_CPU == "max,-smap,-smep"
-    assert "libvirt" not in xentier.CI_SCENARIOS
+def test_ci_runs_libvirt_and_so_boots_on_westmere():
+    assert "libvirt" in xentier.CI_SCENARIOS
+    assert xentier.choose_qemu_cpu(xentier.CI_SCENARIOS) == "Westmere"
+    # libvirt needs positive's domUs; destroy's checks want no domain left, so it stays last
+    ci = list(xentier.CI_SCENARIOS)
+    assert ci.index("positive") < ci.index("libvirt") < ci.index("destroy") == len(ci) - 1
+
+
+def test_other_selections_keep_the_default_model():
+    assert xentier.choose_qemu_cpu(xentier.SCENARIOS) == xentier.QEMU_CPU == "max,-smap,-smep"
 
 
 def test_libvirt_boots_with_westmere():

@@ -92,6 +92,10 @@ DEFAULT_MODULES = ("8021q", "vxlan", "bridge", "br_netfilter", "veth", "nf_table
 MARK = "@@vmtier"
 # seconds the guest's proxy clients wait for an answer (TVD_PROXY_TIMEOUT; tier 3 uses the same)
 PROXY_TIMEOUT = 30
+# seconds a lab waits for the daemons it starts (XEN_TVD_LAB_START_TIMEOUT, default 30): four
+# lab proxies importing Python on two emulated vCPUs, with tier 1 running beside the emulator
+# (scripts/test), gave no answer within 30 s and `lab up` failed
+LAB_START_TIMEOUT = 180
 # Two virtio-net NICs on a qemu hub of their own (no host backend, so nothing leaves qemu):
 # a wire between two NICs with a real driver, for the VLAN tests (offloads, VLAN filter, the
 # driver's tagging). The guest finds them by MAC and exports their names in TVD_VM_WIRE.
@@ -276,7 +280,7 @@ export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TMPDIR=/tmp HOME=/tmp CI="${
 # clients that stand in for vif-tvd (the labs' attach) wait as long as tier 3's vif-tvd: a
 # TVD's first vif-online (bridges, nftables tables, router) takes 10-12 s under TCG with four
 # lab proxies on two vCPUs, and the 10 s default made `lab up` fail (docs/test-tiers.md)
-export TVD_PROXY_TIMEOUT={proxy_timeout}
+export TVD_PROXY_TIMEOUT={proxy_timeout} XEN_TVD_LAB_START_TIMEOUT={lab_start_timeout}
 export PATH={pathprefix}:/usr/sbin:/usr/bin:/sbin:/bin
 cd {project}
 echo "{mark} inner-start $(cut -d' ' -f1 /proc/uptime)"
@@ -299,7 +303,7 @@ def write_guest_script(results: Path, python: str, project: Path, pytest_args: l
     script = GUEST_SCRIPT.format(
         results=shlex.quote(str(results)), mark=MARK, modules=" ".join(modules),
         image="1" if units else "", binds=binds, project=shlex.quote(str(project)),
-        wire_macs=" ".join(WIRE_MACS), proxy_timeout=PROXY_TIMEOUT,
+        wire_macs=" ".join(WIRE_MACS), proxy_timeout=PROXY_TIMEOUT, lab_start_timeout=LAB_START_TIMEOUT,
         pathprefix=shlex.quote(str(Path(python).parent)), python=shlex.quote(python),
         forbid=" ".join(f"--vm-forbid-skip={shlex.quote(f)}" for f in forbid_skip),
         pytest_args=" ".join(shlex.quote(a) for a in pytest_args))

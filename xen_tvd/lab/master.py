@@ -35,10 +35,10 @@ import time
 
 from xen_tvd.lab import nsutil, proxies
 from xen_tvd.lab import replicas as lab_replicas
-from xen_tvd.lab.common import LabError, Log, agent_env
+from xen_tvd.lab.common import LabError, Log, agent_env, start_timeout
 from xen_tvd.lab.processes import (MASTER_MODULE, PROXY_MODULE, cmdline_args, last_line,
                                    log_tail, running, spawn, stop, strays, write_file)
-from xen_tvd.lab.proxies import START_TIMEOUT, vm_uuid
+from xen_tvd.lab.proxies import vm_uuid
 from xen_tvd.lab.spec import LabSpec
 from xen_tvd.lab.state import Paths
 from xen_tvd.lab.topology import Topology
@@ -99,7 +99,7 @@ def start_master(name: str, log: Log) -> None:
     master_cli(name, "init", "--url", URL)    # idempotent: "already initialised"
     p = spawn(["ip", "netns", "exec", ns, sys.executable, "-m", MASTER_MODULE, "--dir",
                 paths.master, "serve"], paths.master_log, paths.master_pid)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + start_timeout()
     while time.monotonic() < deadline:
         if p.poll() is not None:
             raise LabError(f"tvd-master exited {p.returncode}: {log_tail(paths.master_log)}")
@@ -108,7 +108,7 @@ def start_master(name: str, log: Log) -> None:
             return
         time.sleep(0.1)
     stop([p.pid])
-    raise LabError(f"tvd-master did not listen on {URL} within {START_TIMEOUT:g} s: "
+    raise LabError(f"tvd-master did not listen on {URL} within {start_timeout():g} s: "
                    f"{log_tail(paths.master_log)}")
 
 
@@ -279,12 +279,12 @@ def _sync_bundles(name: str, topo: Topology, before: dict[str, int],
     policy; every host the master had then gets a newer one, as the policy is in every
     bundle. Then each proxy must hold at least the master's generation for it."""
     paths = Paths(name)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + start_timeout()
     gens = _master_generations(name)
     while any(gens.get(h, 0) <= g for h, g in before.items() if h in topo.hosts):
         if time.monotonic() > deadline:
             failures["master"] = (f"tvd-master made no bundles for the pushed policy within "
-                                  f"{START_TIMEOUT:g} s: {log_tail(paths.master_log)}")
+                                  f"{start_timeout():g} s: {log_tail(paths.master_log)}")
             return
         time.sleep(0.1)
         gens = _master_generations(name)
@@ -302,7 +302,7 @@ def _sync_bundles(name: str, topo: Topology, before: dict[str, int],
             time.sleep(0.1)
         else:
             failures[h] = (f"tvd-proxy {h}: holds bundle generation {have}, the master made "
-                           f"{gens.get(h)}; not current after {START_TIMEOUT:g} s: "
+                           f"{gens.get(h)}; not current after {start_timeout():g} s: "
                            f"{log_tail(paths.proxy_log(h))}")
 
 

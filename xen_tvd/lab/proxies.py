@@ -16,7 +16,7 @@ import uuid as uuidlib
 
 from xen_tvd.desired.names import BACKEND_BRIDGE_PREFIX
 from xen_tvd.lab import nsutil
-from xen_tvd.lab.common import LabError, Log
+from xen_tvd.lab.common import LabError, Log, start_timeout
 from xen_tvd.lab.processes import (PROXY_MODULE, cmdline_args, log_tail, running, spawn, stop,
                                    strays, write_file)
 from xen_tvd.lab.state import Paths
@@ -25,7 +25,6 @@ from xen_tvd.policy.model import Policy
 from xen_tvd.proxy.client import ProxyClient, ProxyRefused, ProxyUnreachable
 from xen_tvd.proxy.requests import Nic
 
-START_TIMEOUT = 30.0              # a proxy's first bundle follows its capability probes
 SOCKET_MAX = 107                  # sun_path
 _netlink_lock = threading.Lock()
 
@@ -100,7 +99,9 @@ def start(name: str, topo: Topology, host: str, run_args: list[str], log: Log, *
                # the lab's vifs are veth pairs standing in for netback (devices.py)
                "--vif-driver", "veth"],
               paths.proxy_log(host), paths.proxy_pid(host))
-    deadline = time.monotonic() + START_TIMEOUT
+    # a proxy's first answer follows its capability probes
+    limit = start_timeout()
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if p.poll() is not None:
             raise LabError(f"tvd-proxy on {host} exited {p.returncode}: "
@@ -113,7 +114,8 @@ def start(name: str, topo: Topology, host: str, run_args: list[str], log: Log, *
             pass
         time.sleep(0.05)
     stop([p.pid])
-    raise LabError(f"tvd-proxy on {host}: {awaited} within {START_TIMEOUT:g} s: "
+    raise LabError(f"tvd-proxy on {host}: {awaited} within {limit:g} s "
+                   "(XEN_TVD_LAB_START_TIMEOUT raises it on a slow machine): "
                    f"{log_tail(paths.proxy_log(host))}")
 
 

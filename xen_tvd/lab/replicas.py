@@ -22,7 +22,7 @@ import time
 import urllib.request
 
 from xen_tvd.lab import nsutil
-from xen_tvd.lab.common import LabError, Log, agent_env
+from xen_tvd.lab.common import LabError, Log, agent_env, start_timeout
 from xen_tvd.lab.processes import (MASTER_MODULE, cmdline_args, last_line, log_tail, spawn,
                                    stop, write_file)
 from xen_tvd.lab.state import Paths
@@ -30,7 +30,6 @@ from xen_tvd.lab.state import Paths
 
 ETCD_PORT_BASE = 23790
 ETCD = "/usr/bin/etcd"
-START_TIMEOUT = 30.0
 
 
 def replica_ip(mgmt_net, i: int) -> str:
@@ -115,11 +114,11 @@ def start_etcd(name: str, ns: str, n: int, log: Log) -> None:
                "--heartbeat-interval", "50", "--election-timeout", "500",
                "--log-level", "warn", "--logger", "zap"],
               os.path.join(root, f"m{i}.log"), pid_file)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + start_timeout()
     for i in range(n):
         while not _etcd_healthy(ns, ETCD_PORT_BASE + 10 * i):
             if time.monotonic() > deadline:
-                raise LabError(f"etcd member m{i} not healthy within {START_TIMEOUT:g} s: "
+                raise LabError(f"etcd member m{i} not healthy within {start_timeout():g} s: "
                                f"{log_tail(os.path.join(root, f'm{i}.log'))}")
             time.sleep(0.2)
     log(f"etcd: {n} members in {ns}")
@@ -145,7 +144,7 @@ def start(name: str, ns: str, n: int, mgmt_net, bridge: str, port: int, log: Log
             continue
         procs[i] = spawn(["ip", "netns", "exec", ns, sys.executable, "-m", MASTER_MODULE,
                           "--dir", d, "serve"], replica_log(name, i), pid_file)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + start_timeout()
     for i, p in procs.items():
         while not nsutil.tcp_listening(ns, replica_ip(mgmt_net, i), port):
             if p.poll() is not None or time.monotonic() > deadline:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dataplane.dp_helpers import Sniffer, addr, mac, ping, sh, state, veth, vx_segment
+from tests.dataplane.dp_helpers import Sniffer, addr, link, mac, ping, sh, state, veth, vx_segment
 from xen_tvd.dataplane import apply, plug_vif
 from xen_tvd.desired.model import VifPort
+from xen_tvd.planner import plan
+from xen_tvd.policy import load_policy
 
 
 def vm(mkns, host_ns, vif, ip, tag):
@@ -63,3 +65,40 @@ def test_ping_crosses_hosts_and_other_tvd_stays_isolated(mkns, two_hosts, bum):
     assert mac(vm_d, "eth0") in seen
     assert mac(vm_a, "eth0") not in seen, "a frame from alpha VM A reached the beta VM"
     assert mac(vm_b, "eth0") not in seen, "a frame from alpha VM B reached the beta VM"
+
+
+RAISED_POLICY = """
+version: 1
+tvds:
+  alpha: {vlan: 100}
+networks:
+  lan: {subnet: 10.0.0.0/24, multicast: true, mtu: 1500, max-mtu: %d}
+hosts:
+  h1: {address: 10.0.0.1, capabilities: [ethernet, ip], nics: [{network: lan, nic: ul0, address: 10.0.0.1}]}
+  h2: {address: 10.0.0.2, capabilities: [ethernet, ip], nics: [{network: lan, nic: ul0, address: 10.0.0.2}]}
+"""
+
+
+@pytest.mark.parametrize("max_mtu, vm_mtu", [(9000, 1500), (1500, 1450)])
+def test_raised_underlay_keeps_vms_at_1500_end_to_end(mkns, two_hosts, tmp_path, max_mtu, vm_mtu):
+    """Issue #13.2: a network the capability model lets be raised (max-mtu) gets its underlay
+    raised by VXLAN's 50 bytes through policy -> planner -> apply(), so VMs keep 1500 and the
+    largest unfragmented 1500-byte frame crosses hosts; a network that may not be raised keeps
+    the underlay at 1500 and gives the VMs 1450 (the control: that 1472-byte DF ping fails)."""
+    f = tmp_path / "p.yaml"
+    f.write_text(RAISED_POLICY % max_mtu)
+    states = plan(load_policy(str(f)), {h: [VifPort("vif1.0", "alpha")] for h in ("h1", "h2")})
+    guests = []
+    for h, ns, ip in (("h1", two_hosts[0], "192.168.10.1"), ("h2", two_hosts[1], "192.168.10.2")):
+        st = states[h]
+        assert st.segment("alpha").mtu == vm_mtu
+        assert st.underlay_mtu == ({"ul0": 1550} if max_mtu > 1500 else {})
+        g = vm(mkns, ns, "vif1.0", ip, f"vm{h}")
+        rep = apply(st, netns=ns)
+        assert rep.missing_ports == [] and rep.warnings == []
+        assert link(ns, "ul0")["mtu"] == (1550 if max_mtu > 1500 else 1500)
+        assert link(ns, "vif1.0")["mtu"] == vm_mtu
+        sh(g, "ip", "link", "set", "eth0", "mtu", str(vm_mtu))   # the frontend reads the vif's
+        guests.append(g)
+    assert ping(guests[0], "192.168.10.2", size=vm_mtu - 28), "largest DF frame lost across hosts"
+    assert ping(guests[0], "192.168.10.2", size=1472) == (vm_mtu == 1500)

@@ -1,13 +1,15 @@
 """apply(): bridges, VXLAN uplinks, ownership, idempotency and repair, on a real kernel."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from pyroute2 import netns as pr_netns
 
 from tests.dataplane.dp_helpers import (add_link, addr, del_link, ethtool_k, flood_list, link, names, set_link,
                         sh, state, underlay, veth, vx_segment)
 from xen_tvd.dataplane import ApplyReport, DataplaneError, apply
-from xen_tvd.desired.model import HostState, Segment
+from xen_tvd.desired.model import HostState, Segment, VifPort
 from xen_tvd.desired.names import OWNER_ALIAS_PREFIX
 
 
@@ -379,3 +381,27 @@ def test_segment_that_cannot_be_built_is_removed_whole_and_the_others_still_appl
     apply(fixed, netns=ns)
     assert_segment(ns, fixed.segments[0], ports=("vif1.0",))
     assert_converged(fixed, ns)
+
+
+def test_pinned_vifs_flooding_is_repaired_where_it_was_turned_back_on(ns):
+    """Each vif with a declared MAC takes no unknown-unicast flooding. apply() reads every
+    port's flag from one dump per run (a read per vif was N x N at scale: bench/nft_rules.py),
+    so the repair must still find exactly the port an admin changed by hand."""
+    underlay(ns)
+    seg = vx_segment("alpha", 100, "10.0.0.1")
+    ports = tuple(VifPort(f"vif{i}.0", "alpha", mac=f"02:00:00:00:00:0{i}") for i in (1, 2, 3))
+    for p in ports:
+        veth(ns, p.ifname, f"g{p.ifname[3]}")
+    st = HostState("h", segments=(seg,), ports=ports)
+    apply(st, netns=ns)
+
+    def flooding():
+        out = sh(ns, "bridge", "-j", "-d", "link", "show").stdout
+        return {e["ifname"]: e["flood"] for e in json.loads(out) if e["ifname"].startswith("vif")}
+
+    assert flooding() == {"vif1.0": False, "vif2.0": False, "vif3.0": False}
+    sh(ns, "bridge", "link", "set", "dev", "vif2.0", "flood", "on")
+    rep = apply(st, netns=ns)
+    assert [c for c in rep.changes if "flooding" in c] == ["no unknown-unicast flooding to vif2.0"]
+    assert flooding() == {"vif1.0": False, "vif2.0": False, "vif3.0": False}
+    assert_converged(st, ns)

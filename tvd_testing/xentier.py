@@ -8,7 +8,8 @@ Scenarios: the core ones here, the VM-lifecycle ones in tvd_testing/xen_scenario
 files, loaded by default), and any a tester adds with --scenario-file (tvd_testing/xenscenario.py).
 
 One qemu boot (see docs/test-tiers.md, "Tier 3"):
-- Xen (Debian's xen-hypervisor-4.17-amd64, un-gzipped, multiboot via qemu -kernel) with a PV
+- Xen (Debian's xen-hypervisor-4.17-amd64, or the same rebuilt with shadow paging for live
+  migration by scripts/build-xen-shadow; un-gzipped, multiboot via qemu -kernel) with a PV
   dom0 running Debian's stock kernel, Xen booted with `spec-ctrl=eager-fpu` (lazy FPU
   switching corrupted dom0 under TCG). dom0's root is this machine's root over 9p, read-only,
   with tmpfs overlays; what dom0 runs during scenarios comes from a read-only ext4 image, its
@@ -62,7 +63,8 @@ LIFECYCLE_SCENARIOS = ("twonics", "checksum", "migrate", "reboot", "saverestore"
 SCENARIOS = CORE_SCENARIOS + LIFECYCLE_SCENARIOS + ("destroy",)
 # Known but not in SCENARIOS: libvirt (tvd_testing/xen_scenarios/libvirt_xen.py) needs the boot
 # on Westmere (SCENARIO_QEMU_CPU); checksum-optout (tvd_testing/xen_scenarios/checksum.py) costs
-# another ~2 min of domU boots and stays opt-in.
+# another ~2 min of domU boots and stays opt-in; migrate-standin (lifecycle.py) is for a
+# hypervisor without shadow paging, where `migrate` cannot run.
 # What CI runs (tests/xen), in one boot on Westmere: every scenario, libvirt before destroy
 # (whose checks want no domain left). A second boot for libvirt alone would cost ~2.5 min more
 # (dom0 boot + positive); docs/test-tiers.md has the measured times behind the choice.
@@ -208,6 +210,7 @@ class XenResult:
     timings: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     qemu_cpu: str = ""                   # the -cpu model it booted with (choose_qemu_cpu)
+    hypervisor: str = ""                 # the Xen image it booted (find_xen)
 
     def log_tail(self, lines: int = 80) -> str:
         out = []
@@ -221,7 +224,7 @@ class XenResult:
 
     def summary(self) -> str:
         t = ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items())
-        s = f"xentier: exit {self.returncode}; -cpu {self.qemu_cpu}; {t}"
+        s = f"xentier: exit {self.returncode}; -cpu {self.qemu_cpu}; Xen {self.hypervisor}; {t}"
         if self.problems:
             s += "\nproblems:\n  " + "\n  ".join(self.problems)
         return s
@@ -229,7 +232,23 @@ class XenResult:
 
 # --- prerequisites ----------------------------------------------------------------------
 
-def find_xen() -> Path:
+# Debian's hypervisor rebuilt with shadow paging by scripts/build-xen-shadow (bootstrap runs it):
+# PV live migration needs it (the `migrate` scenario)
+SHADOW_XEN = Path("/var/cache/xen-tvd/xen-4.17-shadow-amd64.gz")
+
+
+def find_xen(hypervisor: str | Path | None = None) -> Path:
+    """The hypervisor to boot: `hypervisor` (a xen.gz or an un-gzipped multiboot ELF), else the
+    shadow-paging build of scripts/build-xen-shadow when it is there, else Debian's newest in
+    /boot."""
+    if hypervisor is not None:
+        p = Path(hypervisor)
+        if not p.is_file():
+            raise MissingPrerequisite(f"hypervisor {p} is not a file")
+        return p
+    if SHADOW_XEN.is_file():
+        return SHADOW_XEN
+
     def ver(p):
         return [int(x) if x.isdigit() else x for x in re.split(r"[.-]", p)]
     for p in sorted(glob.glob("/boot/xen-4.17*-amd64.gz"), key=ver, reverse=True):
@@ -246,7 +265,8 @@ def find_tool(name: str) -> Path | None:
     return Path(w) if w else None
 
 
-def check_prerequisites(kernel: str | None = None, scenarios=None) -> dict[str, Path]:
+def check_prerequisites(kernel: str | None = None, scenarios=None,
+                        hypervisor: str | Path | None = None) -> dict[str, Path]:
     """What the tier needs (for `scenarios`, default CI_SCENARIOS); MissingPrerequisite names
     the package of the first thing missing."""
     from tvd_testing import vmtier
@@ -254,7 +274,7 @@ def check_prerequisites(kernel: str | None = None, scenarios=None) -> dict[str, 
         k = vmtier.find_kernel(kernel)
     except vmtier.MissingPrerequisite as e:
         raise MissingPrerequisite(str(e)) from None
-    found = {"kernel": k, "xen": find_xen()}
+    found = {"kernel": k, "xen": find_xen(hypervisor)}
     tools = {
         "qemu": (shutil.which("qemu-system-x86_64"), "apt-get install --no-install-recommends qemu-system-x86"),
         "xl": (str(XEN_LIB / "xl") if (XEN_LIB / "xl").exists() else None,
@@ -636,7 +656,8 @@ def write_dom0_init(work: Path, results: Path, python: str, units: list[Path], s
 def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: str | None = None,
         python: str | None = None, timeout: float = 1800, memory: int = 3072, cpus: int = 2,
         segment_grace: float = 5.0, tcg_thread: str | None = None, qemu_cpu: str | None = None,
-        xen_args: str | None = None, echo=None, scenario_files=()) -> XenResult:
+        xen_args: str | None = None, echo=None, scenario_files=(),
+        hypervisor: str | Path | None = None) -> XenResult:
     """Boot Xen once, run `scenarios` in order inside dom0, return the result. `scenario_files`:
     extra scenario files (tvd_testing/xenscenario.py) whose scenarios may be named."""
     from tvd_testing import vmtier, xenscenario
@@ -646,7 +667,7 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     load_scenarios(files)             # ScenarioError (a ValueError) names what is wrong
     xenscenario.validate_order(scenarios)
     qemu_cpu = choose_qemu_cpu(scenarios, qemu_cpu)
-    pre = check_prerequisites(kernel, scenarios)
+    pre = check_prerequisites(kernel, scenarios, hypervisor)
     python = python or sys.executable
     results = Path(results_dir or tempfile.mkdtemp(prefix="xentier-")).resolve()
     results.mkdir(parents=True, exist_ok=True)
@@ -661,7 +682,9 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     timings: dict[str, float] = {}
     release = pre["kernel"].name.removeprefix("vmlinuz-")
 
-    with gzip.open(pre["xen"], "rb") as src, open(work / "xen", "wb") as dst:
+    with open(pre["xen"], "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(pre["xen"], "rb") as src, open(work / "xen", "wb") as dst:
         shutil.copyfileobj(src, dst)
     r = subprocess.run([str(pre["virtme-mkinitramfs"]), "--mod-kversion", release,
                         "--outfile", str(work / "dom0-initramfs")], capture_output=True, text=True)
@@ -769,7 +792,8 @@ def run(scenarios=SCENARIOS, *, results_dir: str | Path | None = None, kernel: s
     rc_file = results / "driver.rc"
     if not problems and not (rc_file.exists() and rc_file.read_text().strip() == "0"):
         problems.append("the dom0 driver did not exit 0 (driver.log)")
-    return XenResult(0 if not problems else 1, results, serial, res, timings, problems, qemu_cpu)
+    return XenResult(0 if not problems else 1, results, serial, res, timings, problems, qemu_cpu,
+                     str(pre["xen"]))
 
 
 # what dom0 writes on the results disk (copied back into the results directory)
@@ -1352,6 +1376,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a scenario file (tvd_testing/xenscenario.py; docs/test-tiers.md) whose "
                          "scenarios --scenarios may name; repeatable")
     ap.add_argument("--kernel", help="dom0/domU vmlinuz (default: newest /boot/vmlinuz-6.1.0-*-amd64)")
+    ap.add_argument("--hypervisor", help="Xen 4.17 to boot, xen.gz or ELF (default: the build of "
+                    f"scripts/build-xen-shadow, {SHADOW_XEN}, which live migration needs, when it "
+                    "is there, else the newest /boot/xen-4.17*-amd64.gz)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before qemu is killed")
     ap.add_argument("--quiet", action="store_true", help="do not stream the serial console")
     a = ap.parse_args(argv)
@@ -1359,7 +1386,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         res = run(tuple(s for s in a.scenarios.split(",") if s), results_dir=a.results, kernel=a.kernel,
-                  timeout=a.timeout, echo=None if a.quiet else print, scenario_files=a.scenario_file)
+                  timeout=a.timeout, echo=None if a.quiet else print, scenario_files=a.scenario_file,
+                  hypervisor=a.hypervisor)
     except MissingPrerequisite as e:
         print(f"tvdctl-xentest: {e}", file=sys.stderr)
         return 2

@@ -47,4 +47,3 @@ def test_models_are_named_for_known_scenarios():
 def test_summary_names_the_model(tmp_path):
     r = xentier.XenResult(0, tmp_path, tmp_path / "serial.log", None, {"prepare": 1.0}, [], "Westmere")
     assert "-cpu Westmere" in r.summary()
-

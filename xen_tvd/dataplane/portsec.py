@@ -4,9 +4,8 @@ Table `netdev xen_tvd_ports`, owned by xen-tvd and never anything else touched. 
 its own base chain, hooked at ingress of that device: it runs before the bridge sees the frame,
 and only for that vif's frames, so uplinks and router legs pay nothing and a vif pays only for
 its own rules: immediate compares and small anonymous sets, no lookup keyed on interface names
-(bench/nft_rules.py measures it per packet, with and without other vifs' chains; the figures
-that made this replace a bridge-wide chain were in a docs/perf.md lost with the previous
-session's machine, commit c24c17b, and are to be measured again with that bench). Every
+(bench/nft_rules.py measures it per packet, with and without other vifs' chains; figures in
+bench/README.md). Every
 drop has its own counter, named by its comment (the reason), so an admin can see why frames
 died (`counters()`):
   - 802.1Q / 802.1ad / 0x9100 (QinQ) tagged frames, so frames tagged with another TVD's VLAN id

@@ -537,6 +537,9 @@ xl sched-credit2 -d Domain-0 >> "$R/xl-info.txt" 2>&1
 say xen-ready
 install -m 0755 {project}/xen_tvd/data/hotplug/vif-tvd /etc/xen/scripts/vif-tvd || die "install vif-tvd"
 mkdir -p /var/lib/xen-tvd /run/xen-tvd
+# the project under test, not whatever the venv's editable install points at (a worktree that
+# shares another checkout's .venv ran that checkout's proxy and tvdctl here)
+export PYTHONPATH={project}
 {python} -m xen_tvd.proxy.main run --policy "$W/policy.yaml" --host "$(hostname)" \
     --state-dir /var/lib/xen-tvd --segment-grace {grace} > "$R/proxy.log" 2>&1 &
 say proxy-started

@@ -1,6 +1,6 @@
-"""Which Xen image a tier-3 boot uses (xentier.find_xen): the one named, else the shadow-paging
+"""What a tier-3 boot runs: which Xen image (xentier.find_xen): the one named, else the shadow-paging
 build of scripts/build-xen-shadow (live migration needs it: the `migrate` scenario), else
-Debian's in /boot; the summary says which booted."""
+Debian's in /boot (the summary says which booted); and the project under test in dom0."""
 import pytest
 
 from tvd_testing import xentier
@@ -42,3 +42,12 @@ def test_ci_runs_the_live_migration_and_not_its_stand_in():
     checks = xentier.expected_checks("migrate")
     for c in ("live-migrate", "incoming-vif-admitted", "old-vif-cleaned", "pings-after-migration"):
         assert c in checks and f"tvdctl-{c}" in checks
+
+
+def test_dom0_runs_the_project_under_test(tmp_path):
+    """The proxy and tvdctl in dom0 import this checkout's xen_tvd, not the one a shared
+    .venv's editable install points at: PYTHONPATH is the project before the proxy starts."""
+    init = xentier.write_dom0_init(tmp_path, tmp_path / "r", "/venv/bin/python", [tmp_path],
+                                   ("positive",), 5.0).read_text()
+    export = init.index(f"export PYTHONPATH={xentier.PROJECT}\n")
+    assert export < init.index("-m xen_tvd.proxy.main run") < init.index("-m tvd_testing.xentier dom0")

@@ -32,6 +32,14 @@ SSH_LOCAL = Path("/run/xentier/ssh-local")
 SAVE_DIR = Path("/var/tmp")
 
 
+def write_ssh_local() -> None:
+    """The ssh stand-in `xl migrate -s` runs: drops the host argument and runs xl's receiver
+    here, so a migration to localhost needs no ssh server in dom0."""
+    SSH_LOCAL.parent.mkdir(parents=True, exist_ok=True)
+    SSH_LOCAL.write_text("#!/bin/sh\n# xl migrate -s: the receiver runs here, not over ssh\nshift\nexec \"$@\"\n")
+    SSH_LOCAL.chmod(0o755)
+
+
 def ip_of(name: str) -> str:
     return GUESTS[name][0]
 
@@ -361,9 +369,7 @@ def migrate(d, sc):
                     "migration cannot run: boot one built by scripts/build-xen-shadow "
                     "(--hypervisor), or run migrate-standin instead")
         return
-    SSH_LOCAL.parent.mkdir(parents=True, exist_ok=True)
-    SSH_LOCAL.write_text("#!/bin/sh\n# xl migrate -s: the receiver runs here, not over ssh\nshift\nexec \"$@\"\n")
-    SSH_LOCAL.chmod(0o755)
+    write_ssh_local()
     _live_migration(d, sc, "alpha1", "alpha2", "xl", "")
     _live_migration(d, sc, "alpha1", "alpha2", "tvdctl", "tvdctl-")
 
@@ -383,9 +389,7 @@ def migrate_standin(d, sc):
     beta_mark = console_mark(d, "beta")
     # 1. a real live migration, through tvdctl (which wraps xl migrate): ssh replaced by a
     # script that runs `xl migrate-receive` here
-    SSH_LOCAL.parent.mkdir(parents=True, exist_ok=True)
-    SSH_LOCAL.write_text("#!/bin/sh\n# xl migrate -s: the receiver runs here, not over ssh\nshift\nexec \"$@\"\n")
-    SSH_LOCAL.chmod(0o755)
+    write_ssh_local()
     shadow = shadow_paging_built_in()
     sc.facts["hypervisor_shadow_paging"] = shadow
     t = time.monotonic()

@@ -59,12 +59,10 @@ DEFAULT_SELECTION = (
     "tests/lab/test_vlan_lab.py::test_vlan_lab_transport_per_tvd_and_nic_offloads",
     "tests/lab/test_vlan_lab.py::test_vlan_lab_exact_reachability_matrix",
     "tests/lab/test_vlan_lab.py::test_vlan_lab_floods_reach_no_other_tvd",
-    # routed inter-TVD flows through the stateful filter (br_netfilter, conntrack zones):
-    # every probe of the open/controlled/closed matrix, answers routed by the other host
-    # (asymmetric paths of the anycast gateway), and the receiver host's half alone
-    "tests/dataplane/test_routed_flows.py::test_exact_reachability_matrix",
-    "tests/dataplane/test_routed_flows.py::test_answers_routed_by_the_other_host_pass_both_filters",
-    "tests/dataplane/test_routed_flows.py::test_receiver_host_enforces_its_rules_when_the_sender_host_filter_is_gone",
+    # routed inter-TVD flows through the stateful filter (br_netfilter, conntrack zones), on
+    # one rig: every probe of the open/controlled/closed matrix, answers routed by the other
+    # host (asymmetric paths of the anycast gateway), and the receiver host's half alone
+    "tests/dataplane/test_routed_flows.py::test_matrix_then_answers_routed_by_the_other_host_then_receiver_half_alone",
     # nothing a VM sends reaches Dom0's own stack (bridge input hook by device group), and a
     # VM's storm: broadcast at the flood limit, unknown unicast to no pinned vif
     "tests/dataplane/test_host_guard.py::test_no_vm_frame_reaches_dom0s_stack",

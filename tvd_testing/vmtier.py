@@ -88,6 +88,8 @@ DEFAULT_MODULES = ("8021q", "vxlan", "bridge", "br_netfilter", "veth", "nf_table
                    "nft_chain_nat", "nf_conntrack", "nft_ct", "nft_reject_bridge", "sch_ingress",
                    "ip_gre", "macvlan", "wireguard")
 MARK = "@@vmtier"
+# inner tests named in the summary with their seconds (CI's log shows it: scripts/test -rP)
+SLOWEST_SHOWN = 12
 # seconds the guest's proxy clients wait for an answer (TVD_PROXY_TIMEOUT; tier 3 uses the same)
 PROXY_TIMEOUT = 30
 # seconds a lab waits for the daemons it starts (XEN_TVD_LAB_START_TIMEOUT, default 30): four
@@ -117,6 +119,8 @@ class VmResult:
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     kernel: str = ""
+    # the inner tests' seconds, slowest first (from junit): where the tier's time goes
+    slowest: list[tuple[float, str]] = field(default_factory=list)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -128,6 +132,9 @@ class VmResult:
         t = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         c = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         s = f"vmtier: kernel {self.kernel}: exit {self.returncode}; {c or 'no junit'}; {t}"
+        if self.slowest:
+            s += "\nslowest inside the VM:\n  " + "\n  ".join(
+                f"{sec:6.1f}s {name}" for sec, name in self.slowest[:SLOWEST_SHOWN])
         if self.failures:
             s += "\nfailed inside the VM:\n  " + "\n  ".join(self.failures)
         return s
@@ -330,6 +337,13 @@ def parse_junit(path: Path) -> tuple[dict[str, int], list[str]]:
     return counts, failed
 
 
+def seconds_per_test(path: Path) -> list[tuple[float, str]]:
+    """(seconds, test id) of every test case in a junit file, slowest first."""
+    out = [(float(tc.get("time") or 0), f"{tc.get('classname', '')}::{tc.get('name')}")
+           for tc in ET.parse(path).getroot().iter("testcase")]
+    return sorted(out, key=lambda t: -t[0])
+
+
 def run(pytest_args: list[str] | None = None, *, results_dir: str | Path | None = None,
         kernel: str | None = None, python: str | None = None, project: Path = PROJECT,
         memory: str = "2G", cpus: int = 2, timeout: float = 1500, snapshot: bool = True,
@@ -405,14 +419,15 @@ def run(pytest_args: list[str] | None = None, *, results_dir: str | Path | None 
     elif rc == 0:
         rc = 1  # the guest script never reported: do not call that a pass
     junit = results / "junit.xml"
-    counts, failures = ({}, [])
+    counts, failures, slowest = ({}, [], [])
     if junit.exists():
         try:
             counts, failures = parse_junit(junit)
-        except ET.ParseError as e:
+            slowest = seconds_per_test(junit)
+        except (ET.ParseError, ValueError) as e:
             failures = [f"(junit unreadable: {e})"]
     return VmResult(rc, results, log, junit if junit.exists() else None, timings, counts, failures,
-                    kernel=kpath.name.removeprefix("vmlinuz-"))
+                    kernel=kpath.name.removeprefix("vmlinuz-"), slowest=slowest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,12 @@ def test_summary_names_the_hypervisor(tmp_path):
     assert "Xen /x/xen.gz" in r.summary()
 
 
+def test_summary_gives_seconds_per_scenario(tmp_path):
+    res = {"scenarios": {"positive": {"seconds": 67.4, "checks": []}, "migrate": {"checks": []}}}
+    r = xentier.XenResult(0, tmp_path, tmp_path / "serial.log", res, {}, [], "max", "/x/xen.gz")
+    assert "seconds per scenario: positive 67, migrate ?" in r.summary()
+
+
 def test_ci_runs_the_live_migration_and_not_its_stand_in():
     assert "migrate" in xentier.CI_SCENARIOS and "migrate-standin" not in xentier.CI_SCENARIOS
     checks = xentier.expected_checks("migrate")

@@ -225,13 +225,6 @@ class XenResult:
     def summary(self) -> str:
         t = ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items())
         s = f"xentier: exit {self.returncode}; -cpu {self.qemu_cpu}; Xen {self.hypervisor}; {t}"
-        scenarios = (self.results or {}).get("scenarios") or {}
-        if isinstance(scenarios, dict) and scenarios:
-            # where tier 3's time goes, in CI's log too (scripts/test -rP)
-            s += "\nseconds per scenario: " + ", ".join(
-                f"{name} {sc.get('seconds', 0):.0f}" if isinstance(sc, dict)
-                and isinstance(sc.get("seconds"), (int, float)) else f"{name} ?"
-                for name, sc in scenarios.items())
         if self.problems:
             s += "\nproblems:\n  " + "\n  ".join(self.problems)
         return s

@@ -188,6 +188,56 @@ def link_local(mac: str) -> str:
     return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\0" * 6 + bytes([b[0] ^ 2, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])))
 
 
+ALL6 = "33:33:00:00:00:01"
+_, _, _, IP1, IP6_1, M1 = VMS["a1"]
+_, _, _, IP2, IP6_2, M2 = VMS["a2"]
+_, _, _, IP3, IP6_3, M3 = VMS["a3"]
+M4 = VMS["b1"][5]
+LL1 = link_local(M1)
+
+
+def u4(src_mac, src_ip, m, **kw):
+    return eth(BCAST, src_mac, ETH_IP, udp4(src_ip, "192.168.10.255", 9, 9, m), **kw)
+
+
+# kind -> frame(marker). Each is something a1 must never get onto the TVD network (its port
+# security: nftables in test_port_security.py, eBPF in bpf/test_portsec.py).
+ATTACKS = {
+    "spoofed src MAC (unknown)": lambda m: u4("02:ba:d0:00:00:01", IP1, m),
+    "spoofed src MAC (same-TVD VM's)": lambda m: u4(M2, IP1, m),
+    "spoofed src MAC (other TVD VM's)": lambda m: u4(M4, IP1, m),
+    "spoofed src IPv4 (same-TVD VM's)": lambda m: u4(M1, IP3, m),
+    "spoofed src IPv4 (other TVD VM's)": lambda m: u4(M1, VMS["b2"][3], m),
+    "spoofed src IPv6 (global)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(IP6_3, "ff02::1", 9, 9, m)),
+    "spoofed src IPv6 (another's link-local)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(link_local(M3), "ff02::1", 9, 9, m)),
+    "gratuitous ARP request for another's IP": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, IP3, "00:00:00:00:00:00", IP3), trailer=m),
+    "gratuitous ARP reply for another's IP": lambda m: eth(BCAST, M1, ETH_ARP, arp(2, M1, IP3, BCAST, IP3), trailer=m),
+    "ARP with forged sender MAC": lambda m: eth(BCAST, M1, ETH_ARP, arp(2, M2, IP1, BCAST, IP2), trailer=m),
+    "ND advert for another's address": lambda m: eth(ALL6, M1, ETH_IP6, nd_na(LL1, "ff02::1", IP6_3, M1, m)),
+    "802.1Q tagged, own TVD's VLAN 100": lambda m: u4(M1, IP1, m, tags=((0x8100, 100),)),
+    "802.1Q tagged, other TVD's VLAN 200": lambda m: u4(M1, IP1, m, tags=((0x8100, 200),)),
+    "802.1Q priority-tagged (VLAN 0)": lambda m: u4(M1, IP1, m, tags=((0x8100, 0),)),
+    "double-tagged 802.1ad 100 + 802.1Q 200": lambda m: u4(M1, IP1, m, tags=((0x88A8, 100), (0x8100, 200))),
+    "double-tagged 802.1Q 100 + 802.1Q 200": lambda m: u4(M1, IP1, m, tags=((0x8100, 100), (0x8100, 200))),
+    "DHCP server reply (OFFER, sport 67)": lambda m: eth(BCAST, M1, ETH_IP, dhcp_offer(IP1, M1, IP3, m)),
+    "DHCPv6 server reply (sport 547)": lambda m: eth(ALL6, M1, ETH_IP6, udp6(LL1, "ff02::1", 547, 546, m)),
+    "IPv6 router advertisement": lambda m: eth(ALL6, M1, ETH_IP6, nd_ra(LL1, M1, m)),
+    "double-tagged 0x9100 100 + 802.1Q 200": lambda m: u4(M1, IP1, m, tags=((0x9100, 100), (0x8100, 200))),
+    "other ethertype (0x88b5) from a spoofed MAC": lambda m: eth(BCAST, M2, 0x88B5, m),
+}
+# The same crafting, honest: must reach a1's TVD peers (proves the attacks could have arrived).
+CONTROLS = {
+    "ctl: IPv4 from own MAC/IP": lambda m: u4(M1, IP1, m),
+    "ctl: IPv6 from own global address": lambda m: eth(ALL6, M1, ETH_IP6, udp6(IP6_1, "ff02::1", 9, 9, m)),
+    "ctl: IPv6 from own EUI-64 link-local": lambda m: eth(ALL6, M1, ETH_IP6, udp6(LL1, "ff02::1", 9, 9, m)),
+    "ctl: gratuitous ARP for own IP": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, IP1, "00:00:00:00:00:00", IP1), trailer=m),
+    "ctl: ARP probe (sender 0.0.0.0)": lambda m: eth(BCAST, M1, ETH_ARP, arp(1, M1, "0.0.0.0", "00:00:00:00:00:00", IP1), trailer=m),
+    "ctl: ND advert for own address": lambda m: eth(ALL6, M1, ETH_IP6, nd_na(LL1, "ff02::1", IP6_1, M1, m)),
+    "ctl: DHCP client DISCOVER from 0.0.0.0": lambda m: eth(BCAST, M1, ETH_IP, udp4("0.0.0.0", "255.255.255.255", 68, 67, m)),
+    "ctl: other ethertype (0x88b5) from own MAC": lambda m: eth(BCAST, M1, 0x88B5, m),
+}
+
+
 class Lab:
     """Two host namespaces (h1, h2) and a rogue one on a bridged underlay (namespace `fab`),
     TVDs alpha and beta on VXLAN as the planner decides from POLICY, and the VMs above: each a

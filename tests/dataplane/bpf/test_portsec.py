@@ -203,9 +203,11 @@ def test_on_a_real_vif_ingress(mkns, load):
         sh(g, "ip", "link", "set", "eth0", "address", mac)
         sh(g, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
     prog = load()
-    assert tc.attached(h, "vif1.0") is None
-    tc.attach(h, "vif1.0", prog.fd, prog.name)
-    assert tc.attached(h, "vif1.0") == prog.name
+    with tc.socket(h) as ipr:
+        vif = ipr.link_lookup(ifname="vif1.0")[0]
+        assert tc.attached(ipr, vif, "vif1.0") is None
+        tc.attach(ipr, vif, "vif1.0", prog.fd, prog.name)
+        assert tc.attached(ipr, vif, "vif1.0") == tc.Attached(prog.name, kernel.prog_info(prog.fd)[0])
     assert ping(g1, "192.168.10.2"), "honest IPv4 (and its ARP) through the program"
     sniff, inj = MarkSniffer(g2), Injector(g1)
     try:
@@ -222,9 +224,10 @@ def test_on_a_real_vif_ingress(mkns, load):
     assert (got.get("vlan-tag"), got.get("ipv4-source"), got.get("malformed")) == (1, 1, 1), got
     # replacing the program is one request; the name says which one is in force
     other = load(dataclasses.replace(A1, addresses=(f"{IP1}/24", "192.168.10.9/24")))
-    tc.attach(h, "vif1.0", other.fd, other.name)
-    assert tc.attached(h, "vif1.0") == other.name != prog.name
-    tc.detach(h, "vif1.0")
-    tc.detach(h, "vif1.0")
-    assert tc.attached(h, "vif1.0") is None
+    with tc.socket(h) as ipr:
+        tc.attach(ipr, vif, "vif1.0", other.fd, other.name)
+        assert tc.attached(ipr, vif, "vif1.0").name == other.name != prog.name
+        tc.detach(ipr, vif, "vif1.0")
+        tc.detach(ipr, vif, "vif1.0")
+        assert tc.attached(ipr, vif, "vif1.0") is None
     assert ping(g1, "192.168.10.2")

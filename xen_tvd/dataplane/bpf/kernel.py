@@ -51,16 +51,23 @@ def map_lookup(fd: int, key: int, value_size: int) -> bytes:
 
 
 def load_sched_cls(insns: bytes, name: str) -> int:
-    """Load a tc classifier (direct action) program; its fd. Refused: the verifier's words."""
+    """Load a tc classifier (direct action) program; its fd. Refused: the verifier's words
+    (a second load with the log on: writing the log costs the verifier most of its time)."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 16)
-    attr = struct.pack("<IIQQIIQII16s", PROG_SCHED_CLS, len(insns) // 8, ctypes.addressof(code),
-                       ctypes.addressof(lic), 1, len(log), ctypes.addressof(log), 0, 0,
-                       name.encode()[:NAME_LEN])
+
+    def attr(level: int) -> bytes:
+        return struct.pack("<IIQQIIQII16s", PROG_SCHED_CLS, len(insns) // 8, ctypes.addressof(code),
+                           ctypes.addressof(lic), level, len(log) if level else 0,
+                           ctypes.addressof(log) if level else 0, 0, 0, name.encode()[:NAME_LEN])
     try:
-        return _bpf(PROG_LOAD, attr, f"loading BPF program {name}")[0]
+        return _bpf(PROG_LOAD, attr(0), f"loading BPF program {name}")[0]
     except DataplaneError as e:
+        try:
+            os.close(_bpf(PROG_LOAD, attr(1), f"loading BPF program {name}")[0])
+        except DataplaneError:
+            pass
         tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
         raise DataplaneError(f"{e}; verifier: {tail or 'no log'}") from None
 
@@ -88,6 +95,14 @@ def prog_info(prog_fd: int) -> tuple[int, str, list[int]]:
 
 def prog_fd_by_id(prog_id: int) -> int:
     return _bpf(PROG_GET_FD_BY_ID, struct.pack("<I", prog_id), f"opening BPF program {prog_id}")[0]
+
+
+def map_name(map_fd: int) -> str:
+    """A map's name (struct bpf_map_info up to its name)."""
+    info = ctypes.create_string_buffer(40)
+    _bpf(OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", map_fd, len(info), ctypes.addressof(info)),
+         "reading a BPF map's info")
+    return info.raw[24:40].split(b"\0")[0].decode()
 
 
 def map_fd_by_id(map_id: int) -> int:

@@ -7,7 +7,8 @@ link-layer loads cost 0.84–0.87× of a bare bridge in packets/s; this program 
   - a frame too short for the header its ethertype announces (Ethernet, IPv4 with its options,
     UDP, ARP for Ethernet/IPv4, IPv6 and each extension header) is dropped as `malformed`
     (nftables fails such a rule's load and lets the frame pass);
-  - an IPv6 frame with more than MAX_EXT extension headers is dropped as `malformed`.
+  - an IPv6 frame with more than MAX_EXT extension headers, or whose extension headers end
+    beyond MAX_OFF bytes into the frame, is dropped as `malformed`.
 The headers are made linear up to PULL bytes first (bpf_skb_pull_data): a frame sent through a
 packet socket's ring, for one, carries all but its Ethernet header in page fragments.
 Each drop increments its reason's slot in the program's counter map (REASONS); the flood limit
@@ -17,6 +18,7 @@ same token, so a storm spread over n CPUs passes at most n times the limit per r
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import struct
@@ -30,8 +32,10 @@ from .asm import PSEUDO_MAP_FD, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Asm
 REASONS = ("flood-limit", "source-mac", "vlan-tag", "dhcp-server", "ipv4-source", "arp-malformed",
            "arp-sender-mac", "arp-sender-ip", "nd-redirect", "router-advert", "ipv6-source",
            "nd-target", "malformed")
+PREFIX, COUNTERS_MAP = "xtvd", "xtvd_drops"
 PULL = 256            # bytes made linear before parsing (or the whole frame, when shorter)
 MAX_EXT = 8           # IPv6 extension headers walked before the frame counts as malformed
+MAX_OFF = 512         # ... and where the last of them may end, from the frame's start
 _EXT6 = (0, 43, 60)   # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
 _FRAG6, _AH = 44, 51
 # __sk_buff offsets (include/uapi/linux/bpf.h)
@@ -221,12 +225,14 @@ class _Prog:
             a.ja("pass")
 
     def _ipv6(self) -> None:
+        """The extension headers are walked with their offset as a bounded number (R9, at most
+        MAX_OFF): the verifier then sees one state per header kind at each step, where a
+        pointer with a different range on every path made it explore 3^8 of them."""
         a = self.a
         a.label("ipv6")
         self.need(R7, 54)
         a.ldx(1, R4, R7, 20)                        # R4: next header
-        a.mov(R9, R7)
-        a.alu("add", R9, 54)                        # R9: where it starts
+        a.movi(R9, 54)                              # R9: where it starts, from the frame's start
         for i in range(MAX_EXT):
             a.label(f"ext{i}")
             for nh in _EXT6:
@@ -234,22 +240,23 @@ class _Prog:
             a.jmp("eq", R4, _FRAG6, f"frag{i}")
             a.jmp("eq", R4, _AH, f"ah{i}")
             a.ja("l4")
-            for kind in ("opts", "ah"):
+            for kind in ("opts", "ah", "frag"):
                 a.label(f"{kind}{i}")
-                self.need(R9, 8)
-                a.ldx(1, R4, R9, 0)
-                a.ldx(1, R5, R9, 1)
-                a.alu("add", R5, 1 if kind == "opts" else 2)
-                a.alu("lsh", R5, 3 if kind == "opts" else 2)
-                a.alu("add", R9, R5, reg=True)
+                a.mov(R1, R7)
+                a.alu("add", R1, R9, reg=True)
+                self.need(R1, 8)
+                a.ldx(1, R4, R1, 0)
+                if kind == "frag":
+                    a.ldx(2, R5, R1, 2)
+                    a.alu("add", R9, 8)
+                    a.jmp("set", R5, _be16(0xFFF8), "no_l4")   # a later fragment: no transport header
+                else:
+                    a.ldx(1, R5, R1, 1)
+                    a.alu("add", R5, 1 if kind == "opts" else 2)
+                    a.alu("lsh", R5, 3 if kind == "opts" else 2)
+                    a.alu("add", R9, R5, reg=True)
+                a.jmp("gt", R9, MAX_OFF, self.drop("malformed"))
                 a.ja(f"ext{i + 1}")
-            a.label(f"frag{i}")
-            self.need(R9, 8)
-            a.ldx(1, R4, R9, 0)
-            a.ldx(2, R5, R9, 2)
-            a.alu("add", R9, 8)
-            a.jmp("set", R5, _be16(0xFFF8), "no_l4")   # a later fragment: no transport header
-            a.ja(f"ext{i + 1}")
         a.label(f"ext{MAX_EXT}")
         for nh in _EXT6 + (_FRAG6, _AH):
             a.jmp("eq", R4, nh, self.drop("malformed"))
@@ -257,6 +264,7 @@ class _Prog:
         a.label("no_l4")
         a.movi(R4, 59)                              # "no next header"
         a.label("l4")
+        a.alu("add", R9, R7, reg=True)              # R9: the transport header
         self._ipv6_l4()
 
     def _v6_in(self, hi: int, lo: int, addrs: tuple[str, ...], ok: str) -> None:
@@ -330,6 +338,16 @@ class _Prog:
         a.exit()
 
 
+def read_counters(map_fd: int) -> dict[str, int]:
+    """reason -> frames dropped, for the reasons with any, from a program's counter map."""
+    out = {}
+    for i, reason in enumerate(REASONS):
+        n = struct.unpack("<Q", kernel.map_lookup(map_fd, i, 8))[0]
+        if n:
+            out[reason] = n
+    return out
+
+
 def compile_rules(rules: PortRules, counters_fd: int = 0, bucket_fd: int = 0) -> bytes:
     if rules.log_drops:
         raise DataplaneError(f"port {rules.ifname}: log-drops needs the nftables port security "
@@ -337,10 +355,9 @@ def compile_rules(rules: PortRules, counters_fd: int = 0, bucket_fd: int = 0) ->
     return _Prog(rules, counters_fd, bucket_fd).build()
 
 
-def digest(rules: PortRules) -> str:
-    """Names the program: the same rules compile to the same digest (map fds left out)."""
-    import hashlib
-    return hashlib.sha256(compile_rules(rules)).hexdigest()[:11]
+def program_name(rules: PortRules) -> str:
+    """xtvd + a digest of the program (map fds left out): the same rules, the same name."""
+    return PREFIX + hashlib.sha256(compile_rules(rules)).hexdigest()[:kernel.NAME_LEN - len(PREFIX)]
 
 
 @dataclass
@@ -353,8 +370,8 @@ class PortProgram:
 
     @classmethod
     def load(cls, rules: PortRules) -> "PortProgram":
-        name = f"xtvd{digest(rules)}"
-        counters = kernel.map_array("xtvd_drops", 8, len(REASONS))
+        name = program_name(rules)
+        counters = kernel.map_array(COUNTERS_MAP, 8, len(REASONS))
         try:
             bucket = kernel.map_array("xtvd_flood", 16, 1)
             try:
@@ -368,13 +385,7 @@ class PortProgram:
         return cls(name, fd, counters, bucket)
 
     def counters(self) -> dict[str, int]:
-        """reason -> frames dropped, for the reasons with any."""
-        out = {}
-        for i, reason in enumerate(REASONS):
-            n = struct.unpack("<Q", kernel.map_lookup(self.counters_fd, i, 8))[0]
-            if n:
-                out[reason] = n
-        return out
+        return read_counters(self.counters_fd)
 
     def close(self) -> None:
         for fd in (self.fd, self.counters_fd, self.bucket_fd):

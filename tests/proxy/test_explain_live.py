@@ -1,12 +1,15 @@
 """`tvdctl explain` against real standalone tvd-proxies in namespaces (issue #17.1): the live
 kernel step through the proxy's `inspect` request, and `--probe --yes`: one real packet sent
 from the source vif through the proxies' `probe` request, reported dropped by the rule the
-nftables trace names, or arrived. The kernel is tampered with to see disagreements said first.
+nftables trace names (or the eBPF port security counter that moved), or arrived. The kernel is tampered with to see disagreements said first.
 """
 from __future__ import annotations
 
 import json
 
+from xen_tvd.dataplane.bpf import tc
+from xen_tvd.dataplane.bpf.portsec import PortProgram, PortRules
+from xen_tvd.desired.model import VifPort
 from xen_tvd.errors import Refused
 
 from tests.cli.cli_helpers import tvdctl
@@ -36,7 +39,7 @@ def test_inspect_and_a_probe_on_one_host(lab):
         declare_address(lab, vm)
         assert lab.hotplug(vm).returncode == 0
     ns = lab.host_ns["dom0-a"]
-    b_mac = "00:16:3e:00:02:00"
+    a_mac, b_mac = "00:16:3e:00:01:00", "00:16:3e:00:02:00"
     assert lab.ping(a, "10.99.0.2")           # the vSwitch learns b's MAC
 
     # the live kernel of one exchange, read-only, in one request
@@ -65,20 +68,25 @@ def test_inspect_and_a_probe_on_one_host(lab):
         out.stdout
     nothing_of_probes_left(ns)
 
-    # a rule the policy never asked for, in the vif's own chain: the probe dies there, the
-    # trace names it, and explain says first that policy and kernel disagree
-    sh("nft", "insert", "rule", "netdev", "xen_tvd_ports", "p_vif1.0", "ip", "daddr",
-       "10.99.0.2", "counter", "drop", "comment", '"tampered"', ns=ns)
+    # port security the policy never asked for on the vif (a program compiled for another
+    # address): the probe dies there, its counter names the reason, and explain says first
+    # that policy and kernel disagree
+    tampered = PortProgram.load(PortRules.of(VifPort("vif1.0", "alpha", mac=a_mac, addresses=("10.99.0.77",))))
+    try:
+        with tc.socket(ns) as ipr:
+            tc.attach(ipr, ipr.link_lookup(ifname="vif1.0")[0], "vif1.0", tampered.fd, tampered.name)
+    finally:
+        tampered.close()
     out = tvdctl(*base, "a", "b", "--probe", "--yes", "--json")
     assert out.returncode == 1, out.stdout + out.stderr
     j = json.loads(out.stdout)
     assert j["verdict"] == "disagree" and not j["probe"]["arrived"]
     (d,) = j["probe"]["drops"]
     assert (d["host"], d["where"], d["reason"], d["from"]) == \
-        ("dom0-a", "port security", "tampered", "vif1.0"), d
-    assert "p_vif1.0" in d["rule"] and "ip daddr 10.99.0.2 counter drop" in d["rule"], d
+        ("dom0-a", "port security", "ipv4-source", "vif1.0"), d
+    assert f"vif1.0 ingress {tampered.name}" in d["rule"] and "drop ipv4-source" in d["rule"], d
     assert any("the policy allows icmp but the probe did not arrive" in x
-               and "tampered" in x for x in j["disagreements"]), j["disagreements"]
+               and "ipv4-source" in x for x in j["disagreements"]), j["disagreements"]
     nothing_of_probes_left(ns)
 
     # the proxy sends only from, and watches only, vifs it attached

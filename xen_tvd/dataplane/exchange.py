@@ -22,6 +22,7 @@ import json
 from xen_tvd.desired import model
 
 from . import flowfilter, nftables, portsec
+from .bpf import ports as bpf_ports
 from .health import fdb, health
 from .report import DataplaneError
 
@@ -250,6 +251,12 @@ def inspect(state: model.HostState, tvds, vifs, mac: str | None = None,
             out["rules"].append({"where": "port security", "for": ifname, "chain": r["chain"],
                                  "handle": r["handle"], "rule": r["rule"],
                                  "reason": r["comment"], "packets": r["packets"]})
+        prog = bpf_ports.program(netns, ifname) if rules is None else None
+        if prog is not None:     # the eBPF backend: one program, a counter per reason
+            name, counts = prog
+            out["rules"] += [{"where": "port security", "for": ifname, "chain": name, "handle": None,
+                              "rule": f"eBPF {name} at {ifname} ingress: drop {reason}",
+                              "reason": reason, "packets": n} for reason, n in counts.items()]
     return out
 
 

@@ -7,8 +7,10 @@ import socket
 
 from xen_tvd.desired import model
 
-from . import flowfilter, hostguard, portsec
+from . import flowfilter, hostguard, port_security
+from .common import Ctx
 from .netlink import Links, open_ipr
+from .report import ApplyReport
 from .reconcile import uplink_plugin
 
 
@@ -58,8 +60,10 @@ def health(state: model.HostState, netns: str | None = None) -> dict:
 
 def drop_counters(netns: str | None = None) -> dict:
     """{"flows": {(reason, source TVD id, destination TVD id): packets} (flowfilter.drops),
-    "ports": {ifname: {reason: packets}} (portsec.counters), "dom0_guard": packets}."""
-    return {"flows": flowfilter.drops(netns), "ports": portsec.counters(netns),
+    "ports": {ifname: {reason: packets}} (port_security.counters), "dom0_guard": packets}."""
+    with open_ipr(netns) as ipr:
+        ports = port_security.counters(Ctx(ipr, Links(ipr), ApplyReport(), netns))
+    return {"flows": flowfilter.drops(netns), "ports": ports,
             "dom0_guard": hostguard.dropped(netns) or 0}
 
 

@@ -1,4 +1,6 @@
-"""Port security per vif: a netdev ingress chain on each vif (nftables; design item 6).
+"""Port security per vif, the nftables backend: a netdev ingress chain on each vif (design
+item 6). The default backend is eBPF (bpf/portsec.py, compiled from the same PortRules below);
+this one runs when drops are logged (port_security.py says which runs when).
 
 Table `netdev xen_tvd_ports`, owned by xen-tvd and never anything else touched. Each vif has
 its own base chain, hooked at ingress of that device: it runs before the bridge sees the frame,

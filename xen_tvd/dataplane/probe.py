@@ -41,6 +41,7 @@ from xen_tvd.desired.names import PROBE_PREFIX
 
 from . import flowfilter, hostguard, nftables, portsec
 from .exchange import describe_rule
+from .bpf import ports as bpf_ports
 from .netlink import open_ipr, opened_inside
 from .report import DataplaneError
 
@@ -255,6 +256,7 @@ class Probe:
         self.names: dict[str, dict[int, str]] = {}         # where -> ifindex -> name
         self.sent_at: float | None = None
         self.closed = False
+        self.port_before: tuple[str, dict[str, int]] | None = None   # the inject vif's eBPF program
 
     def _match(self) -> str:
         s = self.spec
@@ -283,6 +285,8 @@ class Probe:
             self.names["host"] = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
         if s.inject:
             self._table(self.netns, "netdev", "ingress", -500, s.inject)
+            # an eBPF port security drop leaves no trace event: its counters tell
+            self.port_before = bpf_ports.program(self.netns, s.inject)
         self._table(self.netns, "bridge", "prerouting", -400)
         rtr = s.router_netns
         if rtr and os.path.exists(os.path.join(nftables.NETNS_DIR, rtr)):
@@ -391,10 +395,29 @@ class Probe:
             except DataplaneError:
                 rule = None
             dropped = dict(dropped, rule=rule)
+        if dropped is None and not arrived:
+            dropped = self._port_drop()
         if dropped is not None:
-            dropped["as"] = classify(dropped)
+            dropped["as"] = dropped.get("as") or classify(dropped)
         return {"events": events, "arrived": arrived, "answered": answered,
                 "dropped": dropped, "sent": self.sent_at is not None}
+
+    def _port_drop(self) -> dict | None:
+        """The inject vif's eBPF port security as the drop, when one of its counters moved
+        while the probe was in flight (a frame of the VM's own dropped meanwhile would count
+        too: the rule names the reason, which says whose frame it could have been)."""
+        before, s = self.port_before, self.spec
+        after = bpf_ports.program(self.netns, s.inject) if before is not None else None
+        if after is None or after[0] != before[0]:
+            return None
+        moved = [r for r, n in after[1].items() if n > before[1].get(r, 0)]
+        if not moved:
+            return None
+        return {"where": "host", "family": "tc", "table": f"{s.inject} ingress", "chain": after[0],
+                "handle": 1, "type": "rule", "verdict": "drop",
+                "rule": {"rule": f"eBPF port security: drop {moved[0]}", "comment": moved[0]},
+                "as": {"where": "port security", "reason": moved[0], "vif": s.inject,
+                       "src_id": None, "dst_id": None}}
 
     def _named(self, e: dict) -> dict:
         names = self.names.get(e["where"], {})

@@ -10,7 +10,7 @@ that does not exist yet and never holds a kernel resource (VNI, VLAN id) a newer
      a segment that fails here is deleted whole (no bridge without its uplink), its vifs stay
      detached, the other segments are still applied, and apply() raises at the end
   4. ports: attach each existing VifPort; absent ones are reported, not errors
-     (port security, portsec.py, the Dom0 guard, hostguard.py, and the underlay VXLAN filter,
+     (port security, port_security.py, the Dom0 guard, hostguard.py, and the underlay VXLAN filter,
      underlay_filter.py, are synced right after 1., and so is the inter-TVD flow filter,
      flowfilter.py, when the plan routes any TVD here)
   5. each transport's host-wide settings (the VLAN plugin: NIC VLAN offloads off)
@@ -24,7 +24,7 @@ import dataclasses
 
 from xen_tvd.desired import model, names
 
-from . import bridge, common, flowfilter, hostguard, portsec, router, underlay_filter
+from . import bridge, common, flowfilter, hostguard, port_security, portsec, router, underlay_filter
 from .common import Ctx
 from .netlink import Link, Links, open_ipr
 from .report import ApplyReport, DataplaneError
@@ -74,6 +74,7 @@ def _validate(ctx: Ctx, state: model.HostState) -> dict[str, tuple[str, model.Se
             raise DataplaneError(
                 f"{name} already exists in {ctx.where} but is not owned by xen-tvd (its ifalias does "
                 f"not start with {names.OWNER_ALIAS_PREFIX!r}); rename or delete it, xen-tvd will not touch it")
+    port_security.backend(state.port_security, state.log_drops)
     seen = set()
     for port in state.ports:
         if state.segment(port.tvd) is None:
@@ -160,8 +161,7 @@ def apply(state: model.HostState, netns: str | None = None,
             desired = _validate(ctx, state)
             # Port security and the underlay filter go in before any vif is attached or any
             # VXLAN device exists, so no frame ever crosses a bridge unfiltered.
-            portsec.sync(state, {p.ifname for p in state.ports if ctx.links.get(p.ifname)},
-                         netns, ctx.changed)
+            port_security.sync(ctx, state)
             hostguard.sync(state, netns, ctx.changed)
             # A filter that is no longer wanted is deleted only after _prune removed the VXLAN
             # devices it guarded: deleting it first opened a window accepting VXLAN from anyone.

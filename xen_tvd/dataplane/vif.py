@@ -12,7 +12,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from xen_tvd.desired import model
 from xen_tvd.desired.names import BRIDGE_PREFIX
 
-from . import bridge, common, offload, portsec
+from . import bridge, common, offload
+from .port_security import plug_port as guard_port, unplug_port as unguard_port
 from .common import Ctx
 from .netlink import Link, Links, describe, open_ipr, where
 from .report import ApplyReport, DataplaneError
@@ -55,9 +56,11 @@ def _fail_closed(ctx: Ctx, name: str, err: DataplaneError):
 
 def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = None,
              frontend_mtu_cb: Callable[[int], object] | None = None,
-             require_addresses: bool = False, log_drops: int = 0) -> None:
-    """Attach one vif; its port-security chains are installed first (one nft transaction,
-    no other vif's rules touched), so it never forwards a frame unfiltered."""
+             require_addresses: bool = False, log_drops: int = 0,
+             port_security: str | None = None) -> None:
+    """Attach one vif; its port security (port_security: the host's HostState.port_security)
+    is installed first (its eBPF program, or its nft chains in one transaction; no other
+    vif's touched), so it never forwards a frame unfiltered."""
     if port.tvd != segment.tvd:
         raise DataplaneError(f"plug_vif: port {port.ifname} is for TVD {port.tvd}, segment is {segment.tvd}")
     with open_ipr(netns) as ipr:
@@ -72,7 +75,7 @@ def plug_vif(port: model.VifPort, segment: model.Segment, netns: str | None = No
                 f"cannot plug {port.ifname} into TVD {segment.tvd}: bridge {segment.bridge} {state} "
                 f"in {where(netns)}; run apply() for this host first"))
         try:
-            portsec.plug_port(port, netns, require_addresses, segment, log_drops)
+            guard_port(ctx, link, port, require_addresses, segment, log_drops, port_security)
         except DataplaneError as e:
             _fail_closed(ctx, port.ifname, e)
         attach(ctx, link, port, segment, br, frontend_mtu_cb)
@@ -96,5 +99,5 @@ def unplug_vif(ifname: str, netns: str | None = None) -> None:
         link = ctx.links.get(ifname)
         if link is not None:  # already gone (domain destroyed): nothing to do
             common.detach(ctx, link)
-    # after the detach: its chains go only once it can no longer forward
-    portsec.unplug_port(ifname, netns)
+        # after the detach: its port security goes only once it can no longer forward
+        unguard_port(ctx, ctx.links.refresh(ifname), ifname)

@@ -160,6 +160,9 @@ class HostState:
     # rate-limited kernel log lines for dropped frames: at most this many per second per drop
     # rule (port security reasons, Dom0 guard, flow filter pairs); 0 = count only
     log_drops: int = 0
+    # port security's backend: "ebpf" (a program per vif, dataplane/bpf) or "nftables" (chains
+    # per vif, dataplane/portsec.py: the one that can log drops); None: eBPF unless log_drops
+    port_security: str | None = None
 
     def segment(self, tvd: str) -> Segment | None:
         for s in self.segments:

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--netns", metavar="NS", help="manage this network namespace (lab: one proxy per host)")
     r.add_argument("--log-drops", type=_log_rate, default=0, metavar="PER_SECOND",
                    help="log dropped frames to the kernel log ('xen-tvd drop REASON: '), at most "
-                        "this many lines per second per drop rule (default 0: count only)")
+                        "this many lines per second per drop rule (default 0: count only); "
+                        "port security then runs as nftables rules (the eBPF default cannot log)")
     r.add_argument("--metrics-textfile", metavar="PATH",
                    help="write Prometheus metrics here for node-exporter's textfile collector, "
                         "e.g. /var/lib/prometheus/node-exporter/tvd-proxy.prom")

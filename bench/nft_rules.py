@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Port security cost (netdev xen_tvd_ports, a chain per vif): load times and per-packet rate.
+"""Port security cost, both backends (eBPF: a program per vif, the default; nftables: netdev
+xen_tvd_ports, a chain per vif): load times and per-packet rate.
 
     sudo python3 bench/nft_rules.py [--vifs 1000] [--seconds 3] [--rounds 5] [--json OUT]
 
-1. Management: with N vifs (veth devices; veth stands in for netback) the time of a full load
-   (apply), of a converged rerun, of plug_vif's update of one vif, and the chain/rule counts read
-   back with `nft -j` (never nft's text output).
+1. Management, per backend: with N vifs (veth devices; veth stands in for netback) the time of
+   a full load (apply), of a converged rerun, of plug_vif's update of one vif; for nftables the
+   chain/rule counts read back with `nft -j` (never nft's text output).
 2. Per packet: two "VMs" (namespaces, veth peers of host-side vifs) on one TVD bridge; 64-byte
    UDP from trafgen (netsniff-ng) at one CPU's full speed, packets/s that reached the other VM,
-   in interleaved rounds without port security, with it for the two vifs only, and with it for
-   the two vifs plus N other vifs' chains: a vif's frames meet only its own chain, so the last
-   two must be alike.
+   in interleaved rounds without port security, and per backend with it for the two vifs only
+   and for the two vifs plus N other vifs: a vif's frames meet only its own chain or program,
+   so each backend's two must be alike.
 Everything runs in namespaces this script creates and removes. Never a timed assert.
 """
 from __future__ import annotations
@@ -64,14 +65,15 @@ def timed(fn) -> float:
     return round((time.perf_counter() - t0) * 1e3, 1)
 
 
-def management(ns: str, n: int) -> dict:
+def management(ns: str, n: int, backend: str) -> dict:
     many = others(ns, n)
-    st = HostState("bench", segments=(SEG,), ports=many)
+    st = HostState("bench", segments=(SEG,), ports=many, port_security=backend)
     out = {"vifs": n, "full_load_ms": timed(lambda: apply(st, netns=ns)),
            "converged_rerun_ms": timed(lambda: apply(st, netns=ns))}
     moved = VifPort(many[0].ifname, "t0", mac=many[0].mac, addresses=("10.250.0.1",))
-    out["plug_one_vif_ms"] = timed(lambda: plug_vif(moved, SEG, netns=ns))
-    out.update(counts(ns))
+    out["plug_one_vif_ms"] = timed(lambda: plug_vif(moved, SEG, netns=ns, port_security=backend))
+    if backend == "nftables":
+        out.update(counts(ns))
     return out
 
 
@@ -95,14 +97,18 @@ def pps(g1: str, g2: str, seconds: int) -> float:
 
 def per_packet(h: str, g1: str, g2: str, n: int, rounds: int, seconds: int) -> dict:
     many = others(h, n)
-    states = {"none": None,
-              "two vifs": HostState("bench", segments=(SEG,), ports=REAL),
-              f"two + {n} others": HostState("bench", segments=(SEG,), ports=REAL + many)}
+    states = {"none": None}
+    for b in ("ebpf", "nftables"):
+        states[f"{b}: two vifs"] = HostState("bench", segments=(SEG,), ports=REAL, port_security=b)
+        states[f"{b}: two + {n} others"] = HostState("bench", segments=(SEG,), ports=REAL + many,
+                                                     port_security=b)
     res: dict[str, list[float]] = {k: [] for k in states}
     for r in range(rounds):
         for k in (list(states) if r % 2 == 0 else list(reversed(states))):
-            if states[k] is None:   # the bridge and attachments stay; only the table goes
+            if states[k] is None:   # the bridge and attachments stay; only port security goes
                 sh(h, "nft", "delete table netdev xen_tvd_ports", check=False)
+                for p in REAL:
+                    sh(h, "tc", "qdisc", "del", "dev", p.ifname, "clsact", check=False)
             else:
                 apply(states[k], netns=h)
             res[k].append(pps(g1, g2, seconds))
@@ -128,7 +134,7 @@ def main() -> None:
         return name
 
     try:
-        mgmt = management(mk("mgmt"), a.vifs)
+        mgmt = {b: management(mk(f"mgmt-{b}"), a.vifs, b) for b in ("ebpf", "nftables")}
         h, g1, g2 = mk("h"), mk("g1"), mk("g2")
         for g, p in ((g1, REAL[0]), (g2, REAL[1])):
             sh(h, "ip", "link", "add", p.ifname, "type", "veth", "peer", "name", "eth0", "netns", g)
@@ -143,13 +149,14 @@ def main() -> None:
         for n in made:
             subprocess.run(["ip", "netns", "del", n], check=False)
     result = {"management": mgmt, "per_packet": pkt, "kernel": os.uname().release}
-    m = mgmt
-    print(f"{m['vifs']} vifs: {m['base_chains']} base chains, {m['chains']} chains, {m['rules']} rules; "
-          f"full load {m['full_load_ms']} ms, converged rerun {m['converged_rerun_ms']} ms, "
-          f"plug one vif {m['plug_one_vif_ms']} ms")
+    for b, m in mgmt.items():
+        shape = (f"{m['base_chains']} base chains, {m['chains']} chains, {m['rules']} rules"
+                 if b == "nftables" else f"{m['vifs']} programs")
+        print(f"{b}, {m['vifs']} vifs: {shape}; full load {m['full_load_ms']} ms, converged rerun "
+              f"{m['converged_rerun_ms']} ms, plug one vif {m['plug_one_vif_ms']} ms")
     print(f"64-byte UDP through one bridge, median of {a.rounds} interleaved rounds of {a.seconds} s:")
     for k, v in pkt.items():
-        print(f"  {k:20} {v['kpps_median']:8.1f} kpps  {v['ratio_to_none']:.3f} x none   {v['rounds']}")
+        print(f"  {k:28} {v['kpps_median']:8.1f} kpps  {v['ratio_to_none']:.3f} x none   {v['rounds']}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -52,6 +52,9 @@ DEFAULT_SELECTION = (
     "tests/dataplane/test_port_security.py::test_dishonest_vm_gets_no_forbidden_frame_onto_any_tvd",
     # a vif that declared no addresses: no IP source passes (fail closed)
     "tests/dataplane/test_port_security.py::test_vif_that_declared_no_addresses_fails_closed",
+    # the eBPF port security on 6.1's verifier: every attack and control frame run through the
+    # program by the kernel, header parsing, the flood limit, a real veth's ingress (~15 s)
+    "tests/dataplane/bpf/test_portsec.py",
     # forged VXLAN from a rogue underlay host, unicast and to the groups, with a no-filter control
     "tests/dataplane/test_underlay_filter.py::test_forged_vxlan_from_the_underlay_is_dropped_before_decapsulation",
     # the 802.1Q lab (VLAN segments next to VXLAN, routed gamma -> delta): uplinks per TVD,

@@ -129,6 +129,42 @@ class Injector:
         self.sock.close()
 
 
+class RingInjector:
+    """The same through a packet socket's TX ring (PACKET_TX_RING, TPACKET_V1), as trafgen
+    sends: the kernel puts all but the Ethernet header of such a frame in page fragments
+    (references to the ring, so a slot stays busy while a receiver still queues its frame:
+    each send takes the next of SLOTS)."""
+    FRAME, SLOTS = 2048, 8
+
+    def __init__(self, ns: str, dev: str = "eth0"):
+        import mmap
+        from pyroute2 import netns as pr_netns
+        self.sock = pr_netns.create_socket(ns, socket.AF_PACKET, socket.SOCK_RAW, 0, flags=0)
+        # SOL_PACKET, PACKET_TX_RING: struct tpacket_req {block_size, block_nr, frame_size, frame_nr}
+        self.sock.setsockopt(263, 13, struct.pack("IIII", 4096, self.SLOTS // 2, self.FRAME, self.SLOTS))
+        self.ring = mmap.mmap(self.sock.fileno(), self.FRAME * self.SLOTS)
+        self.sock.bind((dev, 0))
+        self.next = 0
+
+    def send(self, frame: bytes) -> None:
+        at = self.next * self.FRAME
+        if self.next >= self.SLOTS or struct.unpack_from("=Q", self.ring, at)[0] != 0:
+            raise RuntimeError("RingInjector: no free slot (send at most SLOTS frames)")
+        # struct tpacket_hdr: tp_status (long), tp_len, ...; the frame 32 bytes in
+        self.ring[at + 32:at + 32 + len(frame)] = frame
+        struct.pack_into("=QI", self.ring, at, 0, len(frame))
+        struct.pack_into("=Q", self.ring, at, 1)                 # TP_STATUS_SEND_REQUEST
+        self.sock.send(b"")
+        self.next += 1
+
+    def close(self):
+        self.sock.close()
+        try:
+            self.ring.close()
+        except BufferError:
+            pass
+
+
 class MarkSniffer:
     """Every frame an interface receives (AF_PACKET, not outgoing ones), kept if it carries MARK."""
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.dataplane.dishonest import (ATTACKS, BCAST, CONTROLS, ETH_ARP, ETH_IP, ETH_IP6, IP1, IP6_1, LL1, M1, M2,
-                                       Injector, MarkSniffer, arp, eth, icmp6, ipv6, marker, nd_ra, u4, udp4,
+                                       Injector, MarkSniffer, RingInjector, arp, eth, icmp6, ipv6, marker, nd_ra, u4, udp4,
                                        udp6)
 from tests.dataplane.dp_helpers import ping, sh, veth
 from xen_tvd.dataplane import DataplaneError
@@ -209,19 +209,24 @@ def test_on_a_real_vif_ingress(mkns, load):
         tc.attach(ipr, vif, "vif1.0", prog.fd, prog.name)
         assert tc.attached(ipr, vif, "vif1.0") == tc.Attached(prog.name, kernel.prog_info(prog.fd)[0])
     assert ping(g1, "192.168.10.2"), "honest IPv4 (and its ARP) through the program"
-    sniff, inj = MarkSniffer(g2), Injector(g1)
+    sniff, inj, ring = MarkSniffer(g2), Injector(g1), RingInjector(g1)
     try:
         inj.send(u4(M1, IP1, marker("tagged"), tags=((0x8100, 200),)))
         inj.send(u4(M1, "192.168.10.9", marker("spoofed")))
         inj.send(u4(M1, IP1, marker("honest")))
         inj.send(eth(BCAST, M1, ETH_IP, b"\x45" + b"\0" * 10)[:25])     # (the kernel's test run refuses it)
+        # headers in fragments: made linear, then checked like any other frame
+        ring.send(u4(M1, IP1, marker("ring honest")))
+        ring.send(u4(M1, "192.168.10.9", marker("ring spoofed")))
         time.sleep(0.3)
-        assert [sniff.count(k) for k in ("tagged", "spoofed", "honest")] == [0, 0, 1]
+        assert [sniff.count(k) for k in ("tagged", "spoofed", "honest", "ring honest", "ring spoofed")] \
+            == [0, 0, 1, 1, 0]
     finally:
         sniff.close()
         inj.close()
+        ring.close()
     got = prog.counters()
-    assert (got.get("vlan-tag"), got.get("ipv4-source"), got.get("malformed")) == (1, 1, 1), got
+    assert (got.get("vlan-tag"), got.get("ipv4-source"), got.get("malformed")) == (1, 2, 1), got
     # replacing the program is one request; the name says which one is in force
     other = load(dataclasses.replace(A1, addresses=(f"{IP1}/24", "192.168.10.9/24")))
     with tc.socket(h) as ipr:

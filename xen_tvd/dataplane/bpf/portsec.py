@@ -9,8 +9,9 @@ link-layer loads cost 0.84–0.87× of a bare bridge in packets/s; this program 
     (nftables fails such a rule's load and lets the frame pass);
   - an IPv6 frame with more than MAX_EXT extension headers, or whose extension headers end
     beyond MAX_OFF bytes into the frame, is dropped as `malformed`.
-The headers are made linear up to PULL bytes first (bpf_skb_pull_data): a frame sent through a
-packet socket's ring, for one, carries all but its Ethernet header in page fragments.
+A frame whose headers are not all in its linear part (one sent through a packet socket's ring
+carries all but its Ethernet header in page fragments) gets its first PULL bytes made linear
+(bpf_skb_pull_data) and is checked again from the start; no other frame is pulled.
 Each drop increments its reason's slot in the program's counter map (REASONS); the flood limit
 is a token bucket in a second map, updated without a lock: two CPUs racing may each spend the
 same token, so a storm spread over n CPUs passes at most n times the limit per race window.
@@ -73,30 +74,23 @@ class _Prog:
         return f"{stem}{self.n}"
 
     def need(self, ptr: int, length: int) -> None:
-        """Frames shorter than ptr + length bytes are malformed (and the verifier knows)."""
+        """ptr + length bytes must be in the linear part (the verifier then knows); if not,
+        "pull" makes the headers linear and the checks start over, once: a frame still
+        too short after that is malformed."""
         self.a.mov(R3, ptr)
         self.a.alu("add", R3, length)
-        self.a.jmp("gt", R3, R8, self.drop("malformed"), reg=True)
+        self.a.jmp("gt", R3, R8, "pull", reg=True)
 
     def build(self) -> bytes:
         a, r = self.a, self.r
         a.mov(R6, R1)
-        a.ldx(4, R2, R6, _LEN)
-        a.jmp("le", R2, PULL, "want")
-        a.movi(R2, PULL)
-        a.label("want")
-        self._data()
-        a.mov(R3, R7)
-        a.alu("add", R3, R2, reg=True)
-        a.jmp("le", R3, R8, "linear", reg=True)
-        a.mov(R1, R6)
-        a.call(kernel.HELPER_SKB_PULL_DATA)
-        a.jmp("ne", R0, 0, self.drop("malformed"))
-        self._data()
-        a.label("linear")
-        self.need(R7, 14)
-        if r.flood_limit:
+        a.movi(R1, 0)
+        a.stx(8, R10, -16, R1)                      # pulled yet? (a spilled register: tracked)
+        if r.flood_limit:                           # from metadata only: before any start-over
             self._flood()
+        a.label("top")
+        self._data()
+        self.need(R7, 14)
         if r.mac is not None:
             m = _mac(r.mac)
             a.ldx(4, R3, R7, 6)
@@ -118,8 +112,28 @@ class _Prog:
         a.label("pass")
         a.movi(R0, kernel.TC_ACT_OK)
         a.exit()
+        self._pull()
         self._drops()
         return a.assemble()
+
+    def _pull(self) -> None:
+        """Only a frame whose headers are not all linear gets here (a packet socket's ring
+        puts all but the Ethernet header in fragments); a TCP frame's payload is never
+        pulled, so GSO frames stay as they are."""
+        a = self.a
+        a.label("pull")
+        a.ldx(8, R1, R10, -16)
+        a.jmp("ne", R1, 0, self.drop("malformed"))
+        a.movi(R1, 1)
+        a.stx(8, R10, -16, R1)
+        a.ldx(4, R2, R6, _LEN)
+        a.jmp("le", R2, PULL, "pull_len")
+        a.movi(R2, PULL)
+        a.label("pull_len")
+        a.mov(R1, R6)
+        a.call(kernel.HELPER_SKB_PULL_DATA)
+        a.jmp("ne", R0, 0, self.drop("malformed"))
+        a.ja("top")
 
     def _data(self) -> None:
         self.a.ldx(4, R7, R6, _DATA)
@@ -204,9 +218,9 @@ class _Prog:
     def _arp(self) -> None:
         a, r = self.a, self.r
         a.label("arp")
-        a.mov(R3, R7)
-        a.alu("add", R3, 42)
-        a.jmp("gt", R3, R8, self.drop("arp-malformed"), reg=True)
+        a.ldx(4, R3, R6, _LEN)
+        a.jmp("lt", R3, 42, self.drop("arp-malformed"))   # shorter than Ethernet/IPv4 ARP
+        self.need(R7, 42)
         for off, size, want in ((14, 2, _be16(1)), (16, 2, _be16(0x0800)), (18, 1, 6), (19, 1, 4)):
             a.ldx(size, R3, R7, off)
             a.jmp("ne", R3, want, self.drop("arp-malformed"))

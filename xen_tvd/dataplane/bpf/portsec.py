@@ -92,11 +92,7 @@ class _Prog:
         self._data()
         self.need(R7, 14)
         if r.mac is not None:
-            m = _mac(r.mac)
-            a.ldx(4, R3, R7, 6)
-            a.jmp("ne", R3, _le(m[:4]), self.drop("source-mac"), w32=True)
-            a.ldx(2, R3, R7, 10)
-            a.jmp("ne", R3, _le(m[4:]), self.drop("source-mac"))
+            self._mac_at(6, "source-mac")
         a.ldx(4, R3, R6, _VLAN_PRESENT)            # a tag the receive path took off already
         a.jmp("ne", R3, 0, self.drop("vlan-tag"))
         a.ldx(2, R3, R7, 12)
@@ -115,6 +111,14 @@ class _Prog:
         self._pull()
         self._drops()
         return a.assemble()
+
+    def _mac_at(self, off: int, reason: str) -> None:
+        """The declared MAC at this offset of the frame, or a drop for `reason`."""
+        m = _mac(self.r.mac)
+        self.a.ldx(4, R3, R7, off)
+        self.a.jmp("ne", R3, _le(m[:4]), self.drop(reason), w32=True)
+        self.a.ldx(2, R3, R7, off + 4)
+        self.a.jmp("ne", R3, _le(m[4:]), self.drop(reason))
 
     def _pull(self) -> None:
         """Only a frame whose headers are not all linear gets here (a packet socket's ring
@@ -225,11 +229,7 @@ class _Prog:
             a.ldx(size, R3, R7, off)
             a.jmp("ne", R3, want, self.drop("arp-malformed"))
         if r.mac is not None:
-            m = _mac(r.mac)
-            a.ldx(4, R3, R7, 22)
-            a.jmp("ne", R3, _le(m[:4]), self.drop("arp-sender-mac"), w32=True)
-            a.ldx(2, R3, R7, 26)
-            a.jmp("ne", R3, _le(m[4:]), self.drop("arp-sender-mac"))
+            self._mac_at(22, "arp-sender-mac")
         if r.v4 is not None:
             a.ldx(4, R3, R7, 28)
             a.jmp("eq", R3, 0, "pass", w32=True)    # RFC 5227 probe

@@ -44,9 +44,9 @@ def sync(ctx: Ctx, state: model.HostState) -> None:
     unguarded = dataclasses.replace(state, segments=(), ports=())
     if backend(state.port_security, state.log_drops) == NFTABLES:
         portsec.sync(state, present, ctx.netns, ctx.changed)
-        bpf_ports.sync(ctx.netns, unguarded, _candidates(ctx), ctx.changed)
+        bpf_ports.sync(ctx.netns, unguarded, _candidates(ctx), ctx.changed, ctx.ipr)
     else:
-        bpf_ports.sync(ctx.netns, state, _candidates(ctx), ctx.changed)
+        bpf_ports.sync(ctx.netns, state, _candidates(ctx), ctx.changed, ctx.ipr)
         portsec.sync(unguarded, set(), ctx.netns, ctx.changed)
 
 
@@ -56,21 +56,22 @@ def plug_port(ctx: Ctx, link: Link, port: model.VifPort, require_addresses: bool
     portsec.validate_port(port)
     if backend(choice, log_drops) == NFTABLES:
         portsec.plug_port(port, ctx.netns, require_addresses, segment, log_drops)
-        bpf_ports.unplug_port(ctx.netns, link.index, port.ifname)
+        bpf_ports.unplug_port(ctx.netns, link.index, port.ifname, ctx.ipr)
     else:
-        bpf_ports.plug_port(ctx.netns, link.index, portsec.PortRules.of(port, require_addresses, segment))
+        bpf_ports.plug_port(ctx.netns, link.index, portsec.PortRules.of(port, require_addresses, segment),
+                             ctx.ipr)
 
 
 def unplug_port(ctx: Ctx, link: Link | None, ifname: str) -> None:
     """After the vif is detached: its port security goes (a gone device took its program)."""
     if link is not None:
-        bpf_ports.unplug_port(ctx.netns, link.index, ifname)
+        bpf_ports.unplug_port(ctx.netns, link.index, ifname, ctx.ipr)
     portsec.unplug_port(ifname, ctx.netns)
 
 
 def counters(ctx: Ctx) -> dict[str, dict[str, int]]:
     """ifname -> reason -> frames dropped, from whichever backend guards each vif."""
     out = portsec.counters(ctx.netns)
-    for ifname, per in bpf_ports.counters(ctx.netns, _candidates(ctx)).items():
+    for ifname, per in bpf_ports.counters(ctx.netns, _candidates(ctx), ctx.ipr).items():
         out.setdefault(ifname, {}).update(per)
     return out

@@ -24,8 +24,8 @@ def _set(ipr, index: int, rules: PortRules) -> None:
         prog.close()     # the filter holds the program, the program its maps
 
 
-def plug_port(netns: str | None, index: int, rules: PortRules) -> bool:
-    with tc.socket(netns) as ipr:
+def plug_port(netns: str | None, index: int, rules: PortRules, ipr=None) -> bool:
+    with tc.socket(netns, ipr) as ipr:
         return _plug(ipr, index, rules)
 
 
@@ -38,8 +38,8 @@ def _plug(ipr, index: int, rules: PortRules) -> bool:
     return True
 
 
-def unplug_port(netns: str | None, index: int, ifname: str) -> bool:
-    with tc.socket(netns) as ipr:
+def unplug_port(netns: str | None, index: int, ifname: str, ipr=None) -> bool:
+    with tc.socket(netns, ipr) as ipr:
         return _unplug(ipr, index, ifname)
 
 
@@ -50,14 +50,15 @@ def _unplug(ipr, index: int, ifname: str) -> bool:
     return True
 
 
-def sync(netns: str | None, state: model.HostState, candidates: dict[str, int], changed) -> None:
+def sync(netns: str | None, state: model.HostState, candidates: dict[str, int], changed,
+         ipr=None) -> None:
     """candidates: ifname -> index of every device that may carry a vif's program (the
     present ports and any other device not xen-tvd's own). Ports get their programs; a
     program of ours on any other candidate goes."""
     want = {p.ifname: PortRules.of(p, state.require_addresses, state.segment(p.tvd))
             for p in state.ports if p.ifname in candidates}
     n_set = n_gone = 0
-    with tc.socket(netns) as ipr:
+    with tc.socket(netns, ipr) as ipr:
         for ifname, index in sorted(candidates.items()):
             if ifname in want:
                 n_set += _plug(ipr, index, want[ifname])
@@ -96,10 +97,10 @@ def counters_of(prog_id: int) -> dict[str, int]:
     return {}
 
 
-def counters(netns: str | None, devices: dict[str, int]) -> dict[str, dict[str, int]]:
+def counters(netns: str | None, devices: dict[str, int], ipr=None) -> dict[str, dict[str, int]]:
     """ifname -> reason -> frames dropped, for the devices (name -> index) running ours."""
     out = {}
-    with tc.socket(netns) as ipr:
+    with tc.socket(netns, ipr) as ipr:
         for ifname, index in sorted(devices.items()):
             att = tc.attached(ipr, index, ifname)
             if _ours(att) and att.prog_id is not None:

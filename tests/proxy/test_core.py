@@ -146,3 +146,34 @@ def test_the_emulated_nics_tap_by_name_or_beside_its_netback_vif(core):
         if ok:
             assert ask(core, rq.VifOffline(name))["ok"]
     assert "it is a tap, but neither vif3.0-emu nor beside the netback vif" in r["error"], r
+
+
+def test_a_slow_kernel_read_for_status_holds_up_no_admission(core):
+    """status reads drop counters from the kernel (nft, netlink, BPF maps): slow on a loaded
+    or emulated CPU. It reads them without the writer lock, so a vif is admitted meanwhile,
+    and the answer of that status comes once the read ends."""
+    import threading
+
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_counters():
+        reading.set()
+        release.wait(30)
+        return {"flows": {}, "ports": {}, "dom0_guard": 0}
+
+    core.dataplane.drop_counters = slow_counters
+    answer: dict = {}
+    t = threading.Thread(target=lambda: answer.update(ask(core, rq.Status())))
+    t.start()
+    try:
+        assert reading.wait(10), "status never reached the kernel read"
+        admitted: dict = {}
+        a = threading.Thread(target=lambda: admitted.update(ask(core, online("vif3.0"))))
+        a.start()
+        a.join(10)
+        assert admitted.get("ok") and admitted.get("tvd") == "beta", \
+            f"vif-online waited for a status's kernel read: {admitted}"
+    finally:
+        release.set()
+        t.join(10)
+    assert answer.get("ok") and answer["drops"]["dom0_guard"] == 0, answer

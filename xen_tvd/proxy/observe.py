@@ -93,16 +93,40 @@ def segment_view(seg, problems: list[str] = ()) -> dict:
     return d
 
 
-def status(proxy) -> dict:
-    """What `status` adds to the proxy's own answer (the caller holds proxy.lock): segments
-    with transport, peers and kernel health, vifs with VM, admission and session times, drop
+@dataclasses.dataclass(frozen=True)
+class StatusView:
+    """What `status` reads of the proxy, copied under its lock (view()). The kernel is read
+    after the lock is released: a status poll (a monitor, a lab's readiness loop) must never
+    hold up an admission or a reconcile, nor wait behind one to read counters."""
+    applied: object            # HostState or None
+    vifs: dict                 # ifname -> VifRecord
+    regs: dict                 # uuid -> Registration
+    policy: object
+    checked: dict              # ifname -> monotonic time of its last membership check
+    admitted_at: dict          # ifname -> wall time
+    bundle: object             # master mode: the bundle in force (None: none or standalone)
+    wants_bundle: bool         # master mode
+    log_drops: int
+
+
+def view(proxy) -> StatusView:
+    """Under proxy.lock: shallow copies (a record in the tables is replaced, not changed)."""
+    return StatusView(applied=proxy.applied, vifs=dict(proxy.vifs), regs=dict(proxy.regs),
+                      policy=proxy.policy, checked=dict(proxy.checked),
+                      admitted_at=dict(proxy.counters.admitted_at), bundle=proxy.bundle,
+                      wants_bundle=proxy.link is not None, log_drops=proxy.log_drops)
+
+
+def status(dataplane, v: StatusView) -> dict:
+    """What `status` adds to the proxy's own answer, without its lock: segments with
+    transport, peers and kernel health, vifs with VM, admission and session times, drop
     counters, and `degraded` (one line per problem; tvdctl status exits non-zero on any)."""
-    applied = proxy.applied
+    applied = v.applied
     now, mono = time.time(), time.monotonic()
     try:
         # vifs plugged since the last apply are not in applied.ports: check the records
-        kernel = proxy.dataplane.health(dataclasses.replace(applied, ports=tuple(
-            v.port() for v in proxy.vifs.values()))) if applied is not None \
+        kernel = dataplane.health(dataclasses.replace(applied, ports=tuple(
+            r.port() for r in v.vifs.values()))) if applied is not None \
             else {"segments": {}, "ports": {}}
     except DataplaneError as e:
         kernel = {"segments": {}, "ports": {}, "error": str(e)}
@@ -112,15 +136,15 @@ def status(proxy) -> dict:
     if "error" in kernel:
         degraded.append(f"kernel not readable: {kernel['error']}")
     vifs = []
-    for name in sorted(proxy.vifs):
-        rec = proxy.vifs[name]
-        reg = proxy.regs.get(rec.uuid) if rec.uuid else None
-        t = proxy.policy.tvds.get(rec.tvd) if proxy.policy is not None else None
-        checked = proxy.checked.get(name)
+    for name in sorted(v.vifs):
+        rec = v.vifs[name]
+        reg = v.regs.get(rec.uuid) if rec.uuid else None
+        t = v.policy.tvds.get(rec.tvd) if v.policy is not None else None
+        checked = v.checked.get(name)
         checked_at = None if checked is None else round(now - (mono - checked), 3)
         k = kernel["ports"].get(name) or {}
         d = dict(vars(rec), vm=reg.name if reg else None,
-                 admitted_at=proxy.counters.admitted_at.get(name), checked_at=checked_at,
+                 admitted_at=v.admitted_at.get(name), checked_at=checked_at,
                  session_expires=(checked_at + t.session_seconds
                                   if t is not None and t.session_seconds and checked_at else None),
                  attached_to=k.get("bridge"))
@@ -130,13 +154,13 @@ def status(proxy) -> dict:
         if k.get("problem"):
             degraded.append(f"vif {k['problem']}")
         vifs.append(d)
-    if proxy.link is not None and proxy.bundle is None:
+    if v.wants_bundle and v.bundle is None:
         degraded.append("no policy bundle from the master in force: every admission is refused")
-    out = {"segments": segs, "vifs": vifs, "drops": drops(proxy.dataplane, applied, proxy.vifs),
-           "log_drops": proxy.log_drops, "degraded": degraded}
-    if proxy.bundle is not None:
-        out["bundle"] = {"generation": proxy.bundle.generation, "issued": proxy.bundle.issued,
-                         "age": round(now - proxy.bundle.issued, 3)}
+    out = {"segments": segs, "vifs": vifs, "drops": drops(dataplane, applied, v.vifs),
+           "log_drops": v.log_drops, "degraded": degraded}
+    if v.bundle is not None:
+        out["bundle"] = {"generation": v.bundle.generation, "issued": v.bundle.issued,
+                         "age": round(now - v.bundle.issued, 3)}
     return out
 
 

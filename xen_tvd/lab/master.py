@@ -294,7 +294,7 @@ def _sync_bundles(name: str, topo: Topology, before: dict[str, int],
         have = None
         while time.monotonic() < deadline:
             try:
-                have = (proxies.proxy_status(paths, h, 2).get("master") or {}).get("generation")
+                have = (proxies.status_by(paths, h, deadline).get("master") or {}).get("generation")
             except ProxyUnreachable:
                 have = None
             if have is not None and have >= gens.get(h, 0):

@@ -76,6 +76,13 @@ def proxy_status(paths: Paths, host: str, timeout: float = 10) -> dict:
         raise LabError(f"tvd-proxy on {host}: status refused: {e.error}") from None
 
 
+def status_by(paths: Paths, host: str, deadline: float) -> dict:
+    """status, its answer awaited until `deadline` (time.monotonic()). A poller that gives
+    up after a short fixed timeout and asks again queues one more request behind each the
+    proxy still works on: on a slow machine it would never see an answer."""
+    return proxy_status(paths, host, max(deadline - time.monotonic(), 0.5))
+
+
 def start(name: str, topo: Topology, host: str, run_args: list[str], log: Log, *,
           keep=lambda: True, prepare=None, ready=lambda status: True,
           awaited: str = "an answer") -> None:
@@ -107,16 +114,16 @@ def start(name: str, topo: Topology, host: str, run_args: list[str], log: Log, *
             raise LabError(f"tvd-proxy on {host} exited {p.returncode}: "
                            f"{log_tail(paths.proxy_log(host))}")
         try:
-            if ready(proxy_status(paths, host, 2)):
+            if ready(status_by(paths, host, deadline)):
                 log(f"tvd-proxy {host} running (pid {p.pid})")
                 return
         except ProxyUnreachable:
             pass
         time.sleep(0.05)
+    last = log_tail(paths.proxy_log(host))    # what it did last, before stopping says "stopped"
     stop([p.pid])
     raise LabError(f"tvd-proxy on {host}: {awaited} within {limit:g} s "
-                   "(XEN_TVD_LAB_START_TIMEOUT raises it on a slow machine): "
-                   f"{log_tail(paths.proxy_log(host))}")
+                   f"(XEN_TVD_LAB_START_TIMEOUT raises it on a slow machine): {last}")
 
 
 # ---- VMs --------------------------------------------------------------------------------------

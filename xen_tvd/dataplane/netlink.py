@@ -31,10 +31,13 @@ def where(netns: str | None) -> str:
 
 
 @contextlib.contextmanager
-def open_ipr(netns: str | None = None) -> Iterator[IPRoute]:
-    """Yield an IPRoute bound to `netns` (None: current namespace); always closed."""
+def open_ipr(netns: str | None = None, in_process: bool = False) -> Iterator[IPRoute]:
+    """Yield an IPRoute bound to `netns` (None: current namespace); always closed.
+    in_process: a socket of this process even with pyroute2 0.7, whose NetNS runs each call
+    in a helper process, where a request carrying a file descriptor (a BPF program's) means
+    nothing; it is opened on a thread inside the namespace instead."""
     try:
-        ipr = _open(netns)
+        ipr = _open(netns, in_process)
     except FileNotFoundError:
         raise DataplaneError(f"network namespace {netns!r} does not exist (create it first)") from None
     except OSError as e:
@@ -45,13 +48,13 @@ def open_ipr(netns: str | None = None) -> Iterator[IPRoute]:
         ipr.close()
 
 
-def _open(netns: str | None):
+def _open(netns: str | None, in_process: bool = False):
     if not netns:
         return IPRoute()
     try:
         return IPRoute(netns=netns, flags=0)
     except TypeError:     # pyroute2 < 0.8: no netns= on IPRoute
-        return NetNS(netns, flags=0)
+        return opened_inside(netns, IPRoute) if in_process else NetNS(netns, flags=0)
 
 
 def opened_inside(netns: str, factory):

@@ -16,7 +16,7 @@ from typing import Iterator
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..netlink import opened_inside, where
+from ..netlink import open_ipr
 from ..report import DataplaneError
 
 INGRESS = 0xFFFFFFF2          # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
@@ -26,28 +26,15 @@ _TCA_BPF_ID = 11              # pyroute2 0.9 does not decode it: read from the r
 
 @contextlib.contextmanager
 def socket(netns: str | None, reuse=None) -> Iterator[IPRoute]:
-    """An rtnetlink socket of this process, in `netns`: a request carries a program's fd,
-    which means nothing in pyroute2 0.7's NetNS helper process (netlink.open_ipr's fallback);
-    there the socket is opened on a thread inside the namespace instead. `reuse`: the
-    caller's open_ipr handle, used as it is unless it is such a NetNS (opening a socket in a
-    namespace forks a child with pyroute2 0.9, slow in a big process on an emulated CPU)."""
+    """An rtnetlink socket of this process in `netns` (a request carries a program's fd).
+    `reuse`: the caller's open_ipr handle, used as it is unless it is pyroute2 0.7's NetNS
+    (a helper process); opening one more in a namespace forks a child with pyroute2 0.9,
+    slow in a big process on an emulated CPU."""
     if reuse is not None and not isinstance(reuse, NetNS):
         yield reuse
         return
-    try:
-        if netns is None:
-            ipr = IPRoute()
-        else:
-            try:
-                ipr = IPRoute(netns=netns, flags=0)   # pyroute2 0.9: opened in the namespace
-            except TypeError:
-                ipr = opened_inside(netns, IPRoute)   # 0.7: no netns=, IPRoute is synchronous
-    except OSError as e:
-        raise DataplaneError(f"cannot open netlink in {where(netns)}: {e.strerror or e}") from None
-    try:
+    with open_ipr(netns, in_process=True) as ipr:
         yield ipr
-    finally:
-        ipr.close()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 temporary UNIX socket so the libvirt hook can be tested without the real daemon. It is NOT the
 proxy: its admission is a toy (TVD -> required properties). The real `tvd-proxy run` is
 exercised in test_hook_realproxy.py and test_libvirtd_ports.py. It also answers the network
-hook's `port-online`/`port-offline` and the reconnect `check`, by the same toy rule.
+hook's `port-online`/`port-offline` and the reconnect `check`, by the same toy rule, and
+`status` with its tables. `delay`: seconds it works on each request before answering, one at
+a time (a real proxy on a loaded machine).
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import json
 import os
 import socket
 import threading
+import time
 
 
 class FakeProxy:
-    def __init__(self, path: str, tvds: dict[str, set[str]]) -> None:
-        self.path = path
+    def __init__(self, path: str, tvds: dict[str, set[str]], delay: float = 0.0) -> None:
+        self.path, self.delay = path, delay
         self.tvds = {t: set(p) for t, p in tvds.items()}   # TVD -> properties a VM must hold
         self.requests: list[dict] = []
         self.registrations: dict[str, dict] = {}
@@ -47,6 +50,9 @@ class FakeProxy:
         op = req.get("op")
         if op == "ping":
             return {"v": 1, "ok": True, "version": "fake", "host": "fake"}
+        if op == "status":
+            return {"v": 1, "ok": True, "host": "fake", "registrations": list(self.registrations.values()),
+                    "ports": list(self.ports.values())}
         if op == "register":
             for nic in req["nics"]:
                 if nic["tvd"] not in self.tvds:
@@ -98,7 +104,11 @@ class FakeProxy:
                     conn.sendall(b'{"v":1,"ok":false,"error":"malformed request"}\n')
                     continue
                 self.requests.append(req)
-                conn.sendall(json.dumps(self._answer(req)).encode() + b"\n")
+                time.sleep(self.delay)
+                try:
+                    conn.sendall(json.dumps(self._answer(req)).encode() + b"\n")
+                except OSError:
+                    pass        # the client gave up waiting
 
     def close(self) -> None:
         self._stop = True

@@ -30,12 +30,20 @@ interleaved rounds (A B C D A B C D ...) so machine noise spreads over all of th
 gives the median over rounds and the ratios. No timed asserts anywhere: this is a measurement,
 not a test.
 
+--host-cpus gives each host of a cross-host path its own CPU, as two machines have: host 1's
+underlay receive, the VM1 senders (iperf3 client, trafgen) on CPU 0, host 2's underlay receive
+and the iperf3 server on CPU 1 (RPS on each host's underlay NIC). Without it both hosts' work
+runs one after the other on the sender's CPU, which charges a cross-host path the sum of the
+two hosts' per-packet cost where two machines would pay the larger of the two. Same-host paths
+are measured as without it (pinned to CPU 0).
+
 --tree LABEL=DIR adds every xen-tvd path again, built by the xen-tvd source tree DIR (e.g. a
 `git worktree` of the commit before a change), labelled `LABEL:path`, in the same interleaved
 rounds: before/after figures measured side by side in one run.
 
 Usage: python3 bench/paper_section7.py [--rounds 3] [--pings 300] [--seconds 3]
-                                       [--paths a,b,..] [--tree LABEL=DIR] [--json OUT]
+                                       [--paths a,b,..] [--tree LABEL=DIR] [--host-cpus]
+                                       [--json OUT]
 """
 from __future__ import annotations
 
@@ -221,10 +229,14 @@ def build(path: str, trees: dict[str, str]) -> tuple[Topology, str, str]:
 PING_RE = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
 
-def iperf(v1: str, v2: str, seconds: int, *client_args: str) -> dict:
-    """One iperf3 run VM1 -> VM2 (its JSON `end`); retries while the one-shot server starts."""
+def iperf(v1: str, v2: str, seconds: int, *client_args: str, cpus: tuple[int, int] | None = None) -> dict:
+    """One iperf3 run VM1 -> VM2 (its JSON `end`); retries while the one-shot server starts.
+    cpus: (client's, server's) CPU."""
+    if cpus is not None:
+        client_args = (*client_args, "-A", str(cpus[0]))
     for _ in range(20):
-        server = subprocess.Popen(["ip", "netns", "exec", v2, "iperf3", "-s", "-1"],
+        server = subprocess.Popen(["ip", "netns", "exec", v2, "iperf3", "-s", "-1",
+                                   *(("-A", str(cpus[1])) if cpus else ())],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.2)
@@ -249,7 +261,7 @@ def _counter(ns: str, name: str) -> int:
     return int(sh("cat", f"/sys/class/net/eth0/statistics/{name}", ns=ns).stdout)
 
 
-def udp_pps(v1: str, v2: str, seconds: int) -> float:
+def udp_pps(v1: str, v2: str, seconds: int, cpu: int | None = None) -> float:
     """64-byte UDP payloads from VM1 as fast as one CPU can send them (trafgen, a packet-mmap
     ring: no per-packet syscall, so the path's own per-packet cost dominates): packets/s that
     reached VM2's NIC."""
@@ -264,19 +276,33 @@ def udp_pps(v1: str, v2: str, seconds: int) -> float:
         f.write(TRAFGEN.format(da=mac[v2], sa=mac[v1], src=VM_IP[1], dst=VM_IP[2]))
         f.flush()
         before, t0 = _counter(v2, "rx_packets"), time.monotonic()
-        sh("timeout", "-s", "INT", str(seconds), "trafgen", "--dev", "eth0", "--conf", f.name,
+        pin = ("taskset", "-c", str(cpu)) if cpu is not None else ()
+        sh("timeout", "-s", "INT", str(seconds), *pin, "trafgen", "--dev", "eth0", "--conf", f.name,
            "--cpus", "1", "-q", ns=v1, check=False)
         return (_counter(v2, "rx_packets") - before) / (time.monotonic() - t0)
 
 
-def measure(path: str, trees: dict[str, str], pings: int, seconds: int) -> dict:
+def own_cpus(t: Topology) -> None:
+    """--host-cpus: each host's underlay receive (RPS) on its own CPU: h1 on 0, h2 on 1."""
+    for n in t.namespaces:
+        for host, mask in (("-h1", "1"), ("-h2", "2")):
+            if n.endswith(host):
+                sh("sh", "-c", f"echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus", ns=n)
+
+
+def measure(path: str, trees: dict[str, str], pings: int, seconds: int,
+            host_cpus: bool = False) -> dict:
     t, v1, v2 = build(path, trees)
+    cross = path.rpartition(":")[2] not in SAME_HOST
     try:
+        if host_cpus and cross:
+            own_cpus(t)
         out = sh("ping", "-q", "-c", str(pings), "-i", "0.002", VM_IP[2], ns=v1).stdout
         mn, avg, mx, mdev = map(float, PING_RE.search(out).groups())
-        gbps = iperf(v1, v2, seconds)["sum_received"]["bits_per_second"] / 1e9
+        pins = ((0, 1) if cross else (0, 0)) if host_cpus else None
+        gbps = iperf(v1, v2, seconds, cpus=pins)["sum_received"]["bits_per_second"] / 1e9
         return {"rtt_min": mn, "rtt_avg": avg, "rtt_max": mx, "rtt_mdev": mdev, "gbps": gbps,
-                "kpps": udp_pps(v1, v2, seconds) / 1e3}
+                "kpps": udp_pps(v1, v2, seconds, 0 if host_cpus else None) / 1e3}
     finally:
         t.close()
 
@@ -289,6 +315,8 @@ def main() -> int:
     ap.add_argument("--paths", default=",".join(KINDS), help="comma-separated subset of the paths")
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                     help="also measure the xen-tvd paths built by the source tree DIR")
+    ap.add_argument("--host-cpus", action="store_true",
+                    help="each host of a cross-host path on its own CPU (RPS; see above)")
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--attach", help=argparse.SUPPRESS)   # internal: tvd_attach for --tree
     args = ap.parse_args()
@@ -299,12 +327,14 @@ def main() -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         ap.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    if args.host_cpus and (os.cpu_count() or 1) < 2:
+        ap.error("--host-cpus needs two CPUs")
     trees = dict(t.split("=", 1) for t in args.tree)
     paths = kinds + [f"{label}:{k}" for label in trees for k in kinds if k.startswith("tvd-")]
     runs: dict[str, list[dict]] = {k: [] for k in paths}
     for r in range(args.rounds):
         for k in paths:
-            runs[k].append(measure(k, trees, args.pings, args.seconds))
+            runs[k].append(measure(k, trees, args.pings, args.seconds, args.host_cpus))
             m = runs[k][-1]
             print(f"round {r + 1} {k:24s} rtt avg {m['rtt_avg']:.3f} ms {m['gbps']:.2f} Gbit/s "
                   f"{m['kpps']:.0f} kpps", file=sys.stderr)
@@ -333,7 +363,8 @@ def main() -> int:
               f"{ratios(m, twin(k)):>19s}")
     print(f"(median of {args.rounds} interleaved rounds, {args.pings} pings, {args.seconds}s "
           f"iperf3 TCP and {args.seconds}s of 64-byte UDP from trafgen each; same-host paths vs baseline, "
-          f"cross-host vs plain-l2; 'vs kernel': tvd-vxlan paths vs the bare kernel VXLAN twin)")
+          f"cross-host vs plain-l2; 'vs kernel': tvd-vxlan paths vs the bare kernel VXLAN twin"
+          f"{'; each host on its own CPU' if args.host_cpus else ''})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rounds": runs, "median": med}, f, indent=2)

@@ -106,10 +106,18 @@ def test_underlay_table_follows_segments_and_peers(ns):
     apply(HostState("h", segments=(seg,)), netns=ns)                      # peers not computed
     assert nftables.list_json(ns, "table", "inet", "xen_tvd_underlay") is None
     apply(HostState("h", segments=(seg,), underlay_peers=("10.0.0.2", "fd00::2")), netns=ns)
-    sets = {o["set"]["name"]: o["set"].get("elem", []) for o in
-            nftables.list_json(ns, "table", "inet", "xen_tvd_underlay") if "set" in o}
+    listed = {o["set"]["name"]: o["set"] for o in
+              nftables.list_json(ns, "table", "inet", "xen_tvd_underlay") if "set" in o}
+    sets = {name: s.get("elem", []) for name, s in listed.items()}
     assert sorted(sets["peers4"]) == ["10.0.0.2", "10.0.0.9"] and sets["peers6"] == ["fd00::2"]
     assert sets["vxlan_ports"] == [4789]
+    # sized peer sets: the kernel's fixed hash, not an rhashtable, on every packet's lookup
+    assert listed["peers4"].get("size") == listed["peers6"].get("size") == 64, listed
+    many = tuple(str(ipaddress.ip_address("10.1.0.1") + i) for i in range(300))
+    apply(HostState("h", segments=(seg,), underlay_peers=many), netns=ns)   # beyond the minimum size
+    peers4 = [o["set"] for o in nftables.list_json(ns, "table", "inet", "xen_tvd_underlay")
+              if o.get("set", {}).get("name") == "peers4"][0]
+    assert len(peers4["elem"]) == 301 and peers4["size"] >= 301, peers4["size"]
     rep = apply(HostState("h", underlay_peers=("10.0.0.2",)), netns=ns)   # no VXLAN segment left
     table_gone = [i for i, c in enumerate(rep.changes)
                   if c.startswith("deleted nftables table inet xen_tvd_underlay")]

@@ -12,6 +12,11 @@ IP to the inet hooks; so a VM's own UDP to port 4789 is not judged and the TVDs'
 traffic pays nothing for this filter. Installed only when the host has a segment whose transport
 has a part (VXLAN) and the planner supplied underlay_peers (None = not computed: no filter).
 
+The peer sets declare a `size` (set_size): on every packet to a local socket the chain looks the
+source up, and a sized set of IPv4 addresses is the kernel's fixed hash with a one-word key
+(nft_hash_fast), where an unsized one is an rhashtable compared with memcmp (bench/README.md,
+"underlay_filter.py"). The table is replaced whole on any change, so a size never has to grow.
+
 Its limit, without an encrypting transport: a host on the underlay that spoofs a peer's source
 address still gets in (docs/flow-control-design.md, "underlay").
 """
@@ -52,13 +57,20 @@ def wanted(state: model.HostState) -> tuple[set[str], set[str], list[UnderlayPar
             ps)
 
 
+def set_size(n: int) -> int:
+    """The declared size of a peer set of n: room to spare (a fixed hash's buckets are 4/3 of
+    it, 8 bytes each: 32 KB at 2,000 peers), never below 64."""
+    return max(64, 2 * n)
+
+
 def render(v4: set[str], v6: set[str], ps: list[UnderlayPart]) -> str:
-    def elems(xs):
-        return f" elements = {{ {', '.join(str(x) for x in sorted(xs))} }};" if xs else ""
+    def body(xs):
+        elems = f" elements = {{ {', '.join(str(x) for x in sorted(xs))} }};" if xs else ""
+        return f" size {set_size(len(xs))};{elems}"
     rules = [r for part in ps for r in part.rules]
     rules[0] += ' comment "@DIGEST@"'
-    return (f"  set peers4 {{ type ipv4_addr;{elems(v4)} }}\n"
-            f"  set peers6 {{ type ipv6_addr;{elems(v6)} }}\n"
+    return (f"  set peers4 {{ type ipv4_addr;{body(v4)} }}\n"
+            f"  set peers6 {{ type ipv6_addr;{body(v6)} }}\n"
             + "".join(part.sets for part in ps) +
             "  chain input {\n"
             "    type filter hook input priority raw; policy accept;\n"

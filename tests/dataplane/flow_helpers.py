@@ -3,12 +3,14 @@ VMs as namespaces behind vifs, everything planned from one policy by the real pl
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 
 from xen_tvd.dataplane import apply
+from xen_tvd.dataplane.netlink import opened_inside
 from xen_tvd.desired.model import HostState, VifPort
 from xen_tvd.planner import plan
 from xen_tvd.policy import load_policy
@@ -126,10 +128,20 @@ def agent_argv(ns: str, *args: str) -> list[str]:
 
 def tcp_ok(rig: Rig, src: str, dst: str, port: int, timeout: float = 1.0,
            v6: bool = False) -> bool:
-    r = subprocess.run(agent_argv(rig.vms[src], "connect", rig.ip6(dst) if v6 else rig.ip(dst),
-                                  str(port), str(timeout)),
-                       capture_output=True, text=True, cwd=REPO)
-    return r.stdout.strip() == "ok"
+    """Whether VM `src` completes a TCP handshake with `dst`:`port` within `timeout` s. The
+    socket is opened inside src's namespace by a thread of this process (opened_inside), not
+    by an agent process: a Python start costs 1-2 s of tier 2's emulated CPU, and the exact
+    matrix alone makes 90 of these probes."""
+    sock = opened_inside(rig.vms[src], lambda: socket.socket(
+        socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM))
+    try:
+        sock.settimeout(timeout)
+        sock.connect((rig.ip6(dst) if v6 else rig.ip(dst), port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def ping_ok(rig: Rig, src: str, dst: str, timeout: float = 1.0, v6: bool = False) -> bool:

@@ -114,3 +114,14 @@ def test_plan_is_deterministic(tmp_path):
     a = plan(p, ports(h1=["alpha", "beta"], h2=["beta"], h3=["alpha"]))
     b = plan(p, ports(h3=["alpha"], h2=["beta"], h1=["alpha", "beta"]))
     assert a == b
+
+
+def test_flood_limit_is_1000_a_second_unless_the_tvd_sets_its_own(tmp_path):
+    """The default every TVD's vifs get (the storm test sets its own, lower one)."""
+    text = BASE.format(alpha_extra="", vlan_capable="false", mtu=1500, max_mtu=1500, trusted="",
+                       caps="ethernet, ip")
+    f = tmp_path / "p.yaml"
+    f.write_text(text.replace("beta: {vlan: 200}", "beta: {vlan: 200, flood-limit: 200}"))
+    states = plan(load_policy(str(f)), ports(h1=["alpha", "beta"]))
+    assert states["h1"].segment("alpha").flood_limit == 1000
+    assert states["h1"].segment("beta").flood_limit == 200

@@ -27,30 +27,20 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench.paper_section7 import Topology, sh  # noqa: E402
+from tests.dataplane.dishonest import ETH_IP, eth, udp4, vxlan  # noqa: E402  (the tests' frame builders)
 from xen_tvd.dataplane import nftables, underlay_filter  # noqa: E402
 from xen_tvd.dataplane.transports.vxlan import PLUGIN  # noqa: E402
 from xen_tvd.desired.model import VxlanUplink  # noqa: E402
 
 PEER, HOST, VNI, PORT = "10.9.0.1", "10.9.0.2", 100, 4789
 VARIANTS = ("none", "unsized", "sized")
-# the VXLAN header (I flag, VNI) and the inner frame: to the VM's MAC, IPv4/UDP to port 9
+# the inner frame: to the VM's MAC, IPv4/UDP to port 9 (the VM's sink drops it)
 INNER_IP = ("192.168.77.9", "192.168.77.1")
 
 
-def _ipv4_header(src: str, dst: str, payload_len: int) -> bytes:
-    h = bytearray(b"\x45\x00" + (20 + payload_len).to_bytes(2, "big") + b"\x00\x00\x40\x00\x40\x11\x00\x00"
-                  + ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed)
-    s = sum(int.from_bytes(h[i:i + 2], "big") for i in range(0, 20, 2))
-    s = (s & 0xFFFF) + (s >> 16)
-    h[10:12] = (~((s & 0xFFFF) + (s >> 16)) & 0xFFFF).to_bytes(2, "big")
-    return bytes(h)
-
-
 def _conf(host_mac: str, peer_mac: str, vm_mac: str) -> str:
-    udp = b"\x00\x09\x00\x09" + (8 + 64).to_bytes(2, "big") + b"\x00\x00" + bytes(64)
-    inner = (bytes.fromhex(vm_mac.replace(":", "")) + bytes.fromhex("02aa00000009") + b"\x08\x00"
-             + _ipv4_header(*INNER_IP, len(udp)) + udp)
-    payload = b"\x08\x00\x00\x00" + VNI.to_bytes(3, "big") + b"\x00" + inner
+    inner = eth(vm_mac, "02:aa:00:00:00:09", ETH_IP, udp4(*INNER_IP, 9, 9, bytes(64)))
+    payload = vxlan(VNI, inner)
     return (f"{{ eth(da={host_mac}, sa={peer_mac}, type=0x0800), ipv4(saddr={PEER}, daddr={HOST}, "
             f"ttl=64), udp(sport=49152, dport={PORT}), {', '.join(f'0x{b:02x}' for b in payload)} }}\n")
 
